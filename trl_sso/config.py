@@ -1,0 +1,157 @@
+"""`SSOConfig`: the training arguments of the `SSOTrainer`, a `DPOConfig` with the Self-Steering Optimization fields."""
+
+import logging
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+
+logger = logging.getLogger(__name__)
+
+SSO_OBJECTIVES = ("policy", "generator")
+SSO_LOSS_TYPES = ("sigmoid", "ipo")
+_DEFAULT_SFT_COEF = {"policy": 0.0, "generator": 0.1}
+
+
+def bf16_available() -> bool:
+    """Whether this machine has an accelerator on which bf16 mixed precision runs at full speed."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    return is_torch_bf16_gpu_available() or is_torch_xla_available()
+
+
+@dataclass
+class SSOConfig(DPOConfig):
+    r"""
+    Configuration class for the [`SSOTrainer`].
+
+    Self-Steering Optimization ([SSO](https://huggingface.co/papers/2410.17131)) learns from three preference pairs
+    built from one query `x`, a positive and a negative principle prompt (`x+`, `x-`) and three responses sampled from
+    the policy (`y+` under `x+`, `y-` under `x-`, `y_o` under `x`):
+
+    | pair           | prompt | winner | loser |
+    |----------------|--------|--------|-------|
+    | main           | `x`    | `y+`   | `y-`  |
+    | positive steer | `x+`   | `y+`   | `y-`  |
+    | negative steer | `x-`   | `y_o`  | `y+`  |
+
+    This class only holds the SSO parameters; every [`~trl.DPOConfig`] and [`~transformers.TrainingArguments`] field
+    is available too.
+
+    Parameters:
+        > Parameters that control the SSO objective
+
+        sso_objective (`str`, *optional*, defaults to `"policy"`):
+            Which objective to train. `"policy"` (paper v1) trains the policy online on the main pair plus the
+            weighted steering pairs. `"generator"` (paper v2) trains a data generator on the two steering pairs only;
+            the main pair is never forwarded. `sso_steer_coef`, `sso_use_weight`, `sso_weight_alpha` and
+            `sso_detach_weight` only apply to `"policy"`.
+        sso_steer_coef (`float`, *optional*, defaults to `0.1`):
+            Coefficient `c` of the two steering pairs in the `"policy"` objective. `0.0` turns steering off: the
+            steering pairs are then neither tokenized nor forwarded, and the dataset only needs `prompt`, `chosen` and
+            `rejected`.
+        sso_use_weight (`bool`, *optional*, defaults to `True`):
+            Whether to scale the steering loss by the weight `W = sigmoid(-(a * A(x, y+) + (1 - a) * A(x, y-)))`,
+            where `A` is the token-mean log-probability of a response under the plain prompt. `W` is close to 1 for
+            pairs the policy finds unlikely (off-policy) and close to 0.5 for likely ones.
+        sso_weight_alpha (`float`, *optional*, defaults to `0.5`):
+            Share `a` of the chosen response in `W`, in `[0, 1]`. The authors' script uses `0.66`.
+        sso_detach_weight (`bool`, *optional*, defaults to `False`):
+            Whether to stop gradients through `W`. The reference implementation lets them flow.
+        sso_sft_coef (`float`, *optional*):
+            Coefficient `gamma` of the negative log-likelihood (SFT) terms on the winners. `None` picks the paper's
+            value for the objective: `0.0` for `"policy"` and `0.1` for `"generator"`.
+
+    > [!NOTE]
+    > These parameters have default values different from [`~trl.DPOConfig`]:
+    > - `bf16`: when not set, defaults to `True` only on an accelerator that supports it; elsewhere (e.g. a CPU) it
+    >   falls back to `False` with a warning, since bf16 emulation there is several times slower than fp32.
+    > - `loss_type`: only `"sigmoid"` (DPO) and `"ipo"` are supported, one at a time.
+    """
+
+    sso_objective: str = field(
+        default="policy",
+        metadata={
+            "help": "SSO objective: 'policy' (paper v1, main pair plus weighted steering pairs) or 'generator' "
+            "(paper v2, steering pairs only, for training a data generator).",
+            "choices": list(SSO_OBJECTIVES),
+        },
+    )
+    sso_steer_coef: float = field(
+        default=0.1,
+        metadata={
+            "help": "Coefficient of the two steering pairs in the 'policy' objective. 0 turns steering off and the "
+            "steering pairs are not forwarded."
+        },
+    )
+    sso_use_weight: bool = field(
+        default=True,
+        metadata={"help": "Whether to scale the steering loss by the on-policy weight W ('policy' objective)."},
+    )
+    sso_weight_alpha: float = field(
+        default=0.5,
+        metadata={"help": "Share of the chosen response in the weight W, in [0, 1] (the authors' script uses 0.66)."},
+    )
+    sso_detach_weight: bool = field(
+        default=False,
+        metadata={"help": "Whether to stop gradients through the weight W."},
+    )
+    sso_sft_coef: float | None = field(
+        default=None,
+        metadata={
+            "help": "Coefficient of the NLL (SFT) terms on the winners. Defaults to 0.0 for 'policy' and 0.1 for "
+            "'generator'."
+        },
+    )
+
+    def __post_init__(self):
+        if self.sso_objective not in SSO_OBJECTIVES:
+            raise ValueError(
+                f"`sso_objective` must be one of {list(SSO_OBJECTIVES)}, got {self.sso_objective!r}. Use 'policy' to "
+                "train a policy online (paper v1) or 'generator' to train a data generator (paper v2)."
+            )
+        for name in ("sso_steer_coef", "sso_sft_coef"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {value}. Use 0 to turn the term off.")
+        if not 0.0 <= self.sso_weight_alpha <= 1.0:
+            raise ValueError(
+                f"`sso_weight_alpha` must lie in [0, 1], got {self.sso_weight_alpha}: it is the share of the chosen "
+                "response in the weight W (0.5 weighs both responses equally)."
+            )
+        if self.sso_sft_coef is None:
+            self.sso_sft_coef = _DEFAULT_SFT_COEF[self.sso_objective]
+
+        loss_type = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        if len(loss_type) != 1 or loss_type[0] not in SSO_LOSS_TYPES:
+            raise ValueError(
+                f"SSO supports `loss_type` {list(SSO_LOSS_TYPES)} (one at a time), got {loss_type}. Set "
+                "`loss_type='sigmoid'` for DPO or `loss_type='ipo'` for IPO as the base loss of every pair."
+            )
+        unsupported = {
+            "ld_alpha": (self.ld_alpha, None),
+            "f_divergence_type": (self.f_divergence_type, "reverse_kl"),
+            "use_weighting": (self.use_weighting, False),
+            "loss_weights": (self.loss_weights, None),
+        }
+        for name, (value, default) in unsupported.items():
+            if value != default:
+                raise ValueError(
+                    f"`{name}={value!r}` is a DPO variant that SSO does not implement. Leave `{name}` at its "
+                    f"default ({default!r}) when training with SSOTrainer."
+                )
+
+        # bf16: TRL turns it on whenever fp16 is off. Where no accelerator supports it, transformers either refuses
+        # (no `use_cpu`) or emulates it several times slower than fp32, so fall back unless it was asked for.
+        if self.bf16 is None and not self.fp16 and not bf16_available():
+            logger.warning(
+                "No accelerator with bf16 support was found, so SSOConfig trains in fp32 (`bf16=False`). Pass "
+                "`bf16=True` explicitly (with `use_cpu=True` on a CPU) to emulate bf16 anyway; it is much slower."
+            )
+            self.bf16 = False
+        if self.bf16 and not self.use_cpu and not bf16_available():
+            raise ValueError(
+                "`bf16=True` was set, but this machine has no accelerator that supports bf16. Set `bf16=False` to "
+                "train in fp32, or add `use_cpu=True` to emulate bf16 on the CPU (several times slower)."
+            )
+        super().__post_init__()

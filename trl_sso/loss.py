@@ -1,0 +1,137 @@
+"""The SSO objectives as pure tensor functions (no model, no trainer), following arXiv 2410.17131.
+
+Notation (see `SSOConfig`): `x` the query, `x+` / `x-` the query under the positive / negative principle,
+`y+` (chosen), `y-` (rejected), `y_o` (original). For each pair, `L_base(prompt; y_w > y_l)` is the DPO sigmoid or the
+IPO loss against a frozen reference, `A(prompt, y)` the token-mean log-probability of `y` under the policy and
+`NLL = -A`.
+
+    policy (v1):    G    = c * [ L_base(x+; y+ > y-) + L_base(x-; y_o > y+) ]
+                    W    = sigmoid( -( a * A(x, y+) + (1 - a) * A(x, y-) ) )
+                    SFT  = NLL(x, y+) + c * NLL(x+, y+) + c * NLL(x-, y_o)
+                    loss = L_base(x; y+ > y-) + W * G + gamma * SFT                  (steering on, c > 0)
+                    loss = W * ( L_base(x; y+ > y-) + gamma * NLL(x, y+) )          (steering off, c = 0)
+    generator (v2): loss = L_base(x+; y+ > y-) + L_base(x-; y_o > y+) + gamma * [ NLL(x+, y+) + NLL(x-, y_o) ]
+
+With the weight off, `W = 1`. Every equation is per example; the batch loss is the mean over examples.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PairLogps:
+    """Summed completion log-probabilities of one preference pair, each of shape `(batch,)`.
+
+    `chosen` is the winner and `rejected` the loser of the pair (for the negative steering pair: `y_o` and `y+`).
+    `chosen_tokens` / `rejected_tokens` count the completion tokens, for token means (IPO, `A`, NLL).
+    """
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    ref_chosen: torch.Tensor
+    ref_rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+    @property
+    def chosen_logratios(self) -> torch.Tensor:
+        return self.chosen - self.ref_chosen
+
+    @property
+    def rejected_logratios(self) -> torch.Tensor:
+        return self.rejected - self.ref_rejected
+
+    def chosen_mean_logp(self) -> torch.Tensor:
+        """`A(prompt, winner)`: token-mean log-probability of the winner under the policy."""
+        return self.chosen / self.chosen_tokens.clamp(min=1)
+
+    def rejected_mean_logp(self) -> torch.Tensor:
+        """`A(prompt, loser)`: token-mean log-probability of the loser under the policy."""
+        return self.rejected / self.rejected_tokens.clamp(min=1)
+
+
+def base_pair_loss(pair: PairLogps, beta: float, loss_type: str) -> torch.Tensor:
+    """`L_base(prompt; y_w > y_l)` per example, shape `(batch,)`, exactly as TRL's DPOTrainer computes it.
+
+    - `"sigmoid"` (DPO, Eq. 7 of arXiv 2305.18290): `-log sigmoid(beta * (log-ratio_w - log-ratio_l))`, summed
+      log-probabilities.
+    - `"ipo"` (Eq. 17 of arXiv 2310.12036): `(log-ratio_w / |y_w| - log-ratio_l / |y_l| - 1 / (2 * beta))^2`,
+      token-averaged log-ratios.
+    """
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * (pair.chosen_logratios - pair.rejected_logratios))
+    if loss_type == "ipo":
+        chosen = pair.chosen_logratios / pair.chosen_tokens.clamp(min=1)
+        rejected = pair.rejected_logratios / pair.rejected_tokens.clamp(min=1)
+        return (chosen - rejected - 1 / (2 * beta)) ** 2
+    raise ValueError(f"Unsupported SSO base loss {loss_type!r}: use 'sigmoid' or 'ipo'.")
+
+
+def sso_weight(main: PairLogps, alpha: float, detach: bool) -> torch.Tensor:
+    """`W = sigmoid(-(a * A(x, y+) + (1 - a) * A(x, y-)))` per example, in `(0.5, 1)` since `A <= 0`."""
+    weight = torch.sigmoid(-(alpha * main.chosen_mean_logp() + (1 - alpha) * main.rejected_mean_logp()))
+    return weight.detach() if detach else weight
+
+
+def sso_loss(
+    main: PairLogps | None,
+    pos: PairLogps | None,
+    neg: PairLogps | None,
+    *,
+    objective: str = "policy",
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    steer_coef: float = 0.1,
+    use_weight: bool = True,
+    weight_alpha: float = 0.5,
+    detach_weight: bool = False,
+    sft_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The SSO objective (module docstring) for one batch.
+
+    Args:
+        main: the pair `(x; y+ > y-)`; required by `"policy"`, ignored (pass `None`) for `"generator"`.
+        pos: the pair `(x+; y+ > y-)`; required unless the objective is `"policy"` with `steer_coef == 0`.
+        neg: the pair `(x-; y_o > y+)`; required with `pos`.
+
+    Returns:
+        The scalar loss (mean over the batch) and its per-example terms, each of shape `(batch,)`: `main`, `steer_pos`,
+        `steer_neg` (the unscaled base losses of the pairs used), `sft` (the NLL sum before `gamma`) and `weight`
+        (`W`, `"policy"` only).
+    """
+    terms: dict[str, torch.Tensor] = {}
+    if objective == "generator":
+        if pos is None or neg is None:
+            raise ValueError("The 'generator' objective needs the positive and the negative steering pairs.")
+        terms["steer_pos"] = base_pair_loss(pos, beta, loss_type)
+        terms["steer_neg"] = base_pair_loss(neg, beta, loss_type)
+        terms["sft"] = -pos.chosen_mean_logp() - neg.chosen_mean_logp()
+        per_example = terms["steer_pos"] + terms["steer_neg"] + sft_coef * terms["sft"]
+        return per_example.mean(), terms
+
+    if objective != "policy":
+        raise ValueError(f"Unknown SSO objective {objective!r}: use 'policy' or 'generator'.")
+    if main is None:
+        raise ValueError("The 'policy' objective needs the main pair.")
+    terms["main"] = base_pair_loss(main, beta, loss_type)
+    weight = sso_weight(main, weight_alpha, detach_weight) if use_weight else torch.ones_like(terms["main"])
+    if use_weight:
+        terms["weight"] = weight
+    sft_main = -main.chosen_mean_logp()
+
+    if steer_coef == 0:
+        terms["sft"] = sft_main
+        per_example = weight * (terms["main"] + sft_coef * sft_main)
+        return per_example.mean(), terms
+
+    if pos is None or neg is None:
+        raise ValueError("With `steer_coef > 0` the 'policy' objective needs both steering pairs.")
+    terms["steer_pos"] = base_pair_loss(pos, beta, loss_type)
+    terms["steer_neg"] = base_pair_loss(neg, beta, loss_type)
+    steer = steer_coef * (terms["steer_pos"] + terms["steer_neg"])
+    terms["sft"] = sft_main + steer_coef * (-pos.chosen_mean_logp() - neg.chosen_mean_logp())
+    per_example = terms["main"] + weight * steer + sft_coef * terms["sft"]
+    return per_example.mean(), terms

@@ -1,0 +1,537 @@
+"""`SSOTrainer`: TRL's `DPOTrainer` trained on the three SSO preference pairs, and its collator.
+
+Data path: canonical SSO records (`trl_sso.data`) -> `_prepare_dataset` tokenizes the pairs in use
+(main `(x; y+ > y-)`, positive steer `(x+; y+ > y-)`, negative steer `(x-; y_o > y+)`) -> `DataCollatorForSSO` stacks
+them in two blocks (main, steering) -> `_compute_loss` forwards each block once (policy and reference) and hands the
+summed log-probabilities to the pure `trl_sso.loss.sso_loss`.
+
+Two blocks rather than one: the steering prompts carry the principle and are much longer than the plain query, so
+padding the main pair to their length would waste compute. Pairs that the objective does not use are neither
+tokenized, collated nor forwarded.
+"""
+
+import contextlib
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list, is_peft_model, tqdm
+from datasets import Dataset, IterableDataset, concatenate_datasets
+from datasets.fingerprint import Hasher
+from torch.utils.data import DataLoader
+from transformers.utils import logging
+from trl import DPOTrainer
+from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
+from trl.models import prepare_deepspeed
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import get_config_model_id, global_then_local_main_first, pad, use_adapter
+
+from . import data as sso_data
+from .cards import SSO_CITATION, sso_model_card
+from .config import SSOConfig
+from .loss import PairLogps, sso_loss
+
+
+logger = logging.get_logger(__name__)
+
+# Tokenized columns of each pair: (prompt, winner, loser). The main pair keeps DPO's names.
+PAIR_COLUMNS = {
+    "main": ("prompt_ids", "chosen_ids", "rejected_ids"),
+    "pos": ("pos_prompt_ids", "pos_chosen_ids", "pos_rejected_ids"),
+    "neg": ("neg_prompt_ids", "neg_chosen_ids", "neg_rejected_ids"),
+}
+# Precomputed reference log-probabilities of each pair: (winner, loser).
+REF_COLUMNS = {
+    "main": ("ref_chosen_logps", "ref_rejected_logps"),
+    "pos": ("ref_pos_chosen_logps", "ref_pos_rejected_logps"),
+    "neg": ("ref_neg_chosen_logps", "ref_neg_rejected_logps"),
+}
+# Collated blocks: key prefix -> the pairs stacked in it, in order.
+BLOCKS = {"": ("main",), "steer_": ("pos", "neg")}
+# Metric prefix of each pair: the main pair logs under DPO's own names.
+METRIC_PREFIX = {"main": "", "pos": "steer_pos/", "neg": "steer_neg/"}
+
+
+def pairs_in_use(args: SSOConfig) -> tuple[str, ...]:
+    """The pairs an objective trains on: `("main",)`, `("main", "pos", "neg")` or `("pos", "neg")`."""
+    if args.sso_objective == "generator":
+        return ("pos", "neg")
+    return ("main",) if args.sso_steer_coef == 0 else ("main", "pos", "neg")
+
+
+@dataclass
+class DataCollatorForSSO(DataCollatorForPreference):
+    """
+    Data collator for SSO data. Each pair present in the examples is stacked winner block first, loser block second,
+    and the pairs are grouped in two independently padded blocks:
+
+    - main pair (`prompt_ids`, `chosen_ids`, `rejected_ids`): `input_ids`, `attention_mask`, `completion_mask`, laid
+      out `[x y+ ; x y-]` exactly as TRL's `DataCollatorForPreference` does;
+    - steering pairs (`pos_*` and `neg_*` columns): `steer_input_ids`, `steer_attention_mask`,
+      `steer_completion_mask`, laid out `[x+ y+ ; x+ y- ; x- y_o ; x- y+]`.
+
+    Each sequence is truncated to `max_length` before padding (`truncation_mode` as in DPO). Precomputed
+    `ref_*_logps` columns are stacked into tensors of shape `(batch,)`.
+
+    Examples:
+    ```python
+    >>> from trl_sso.trainer import DataCollatorForSSO
+
+    >>> collator = DataCollatorForSSO(pad_token_id=0)
+    >>> example = {
+    ...     "prompt_ids": [1], "chosen_ids": [2, 3], "rejected_ids": [4],
+    ...     "pos_prompt_ids": [5, 1], "pos_chosen_ids": [2, 3], "pos_rejected_ids": [4],
+    ...     "neg_prompt_ids": [6, 1], "neg_chosen_ids": [7], "neg_rejected_ids": [2, 3],
+    ... }
+    >>> batch = collator([example])
+    >>> batch["input_ids"]
+    tensor([[1, 2, 3],
+            [1, 4, 0]])
+    >>> batch["steer_input_ids"]
+    tensor([[5, 1, 2, 3],
+            [5, 1, 4, 0],
+            [6, 1, 7, 0],
+            [6, 1, 2, 3]])
+    >>> batch["steer_completion_mask"]
+    tensor([[0, 0, 1, 1],
+            [0, 0, 1, 0],
+            [0, 0, 1, 0],
+            [0, 0, 1, 1]])
+
+    ```
+    """
+
+    def _truncate(self, sequences: list[list[int]]) -> list[list[int]]:
+        if self.max_length is None:
+            return sequences
+        if self.truncation_mode == "keep_start":
+            return [sequence[: self.max_length] for sequence in sequences]
+        if self.truncation_mode == "keep_end":
+            return [sequence[-self.max_length :] for sequence in sequences]
+        raise ValueError(f"Unsupported truncation mode {self.truncation_mode!r}: use 'keep_start' or 'keep_end'.")
+
+    def _pad(self, sequences: list[list[int]], value: int) -> torch.Tensor:
+        tensors = [torch.tensor(sequence, dtype=torch.long) for sequence in sequences]
+        return pad(tensors, padding_value=value, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of)
+
+    def _collate_block(self, examples: list[dict[str, Any]], pairs: tuple[str, ...], prefix: str) -> dict:
+        input_ids, completion_mask = [], []
+        for pair in pairs:
+            prompt_key, *completion_keys = PAIR_COLUMNS[pair]
+            for completion_key in completion_keys:  # winners of all examples, then losers
+                for example in examples:
+                    prompt, completion = example[prompt_key], example[completion_key]
+                    input_ids.append(prompt + completion)
+                    completion_mask.append([0] * len(prompt) + [1] * len(completion))
+        input_ids, completion_mask = self._truncate(input_ids), self._truncate(completion_mask)
+        return {
+            f"{prefix}input_ids": self._pad(input_ids, self.pad_token_id),
+            f"{prefix}attention_mask": self._pad([[1] * len(ids) for ids in input_ids], 0),
+            f"{prefix}completion_mask": self._pad(completion_mask, 0),
+        }
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        output = {}
+        for prefix, block_pairs in BLOCKS.items():
+            pairs = tuple(pair for pair in block_pairs if PAIR_COLUMNS[pair][0] in examples[0])
+            if pairs:
+                output.update(self._collate_block(examples, pairs, prefix))
+        for columns in REF_COLUMNS.values():
+            for column in columns:
+                if column in examples[0]:
+                    output[column] = torch.tensor([example[column] for example in examples])
+        return output
+
+
+class SSOTrainer(DPOTrainer):
+    """
+    Trainer for Self-Steering Optimization ([SSO](https://huggingface.co/papers/2410.17131)), a drop-in replacement
+    for TRL's [`~trl.DPOTrainer`]: same constructor, same PEFT / quantization / reference-model handling, trained on
+    canonical SSO records (see `trl_sso.data`) with the objective chosen in [`SSOConfig`].
+
+    Example:
+    ```python
+    from datasets import load_dataset
+    from trl_sso import SSOConfig, SSOTrainer
+
+    dataset = load_dataset("json", data_files="sso_round_1.jsonl", split="train")
+    trainer = SSOTrainer(
+        model="Qwen/Qwen2-0.5B-Instruct",
+        args=SSOConfig(output_dir="Qwen2-0.5B-SSO", loss_type="ipo", beta=0.2),
+        train_dataset=dataset,
+    )
+    trainer.train()
+    ```
+
+    Args: as [`~trl.DPOTrainer`], with `args` an [`SSOConfig`].
+    """
+
+    _tag_names = ["trl", "sso"]
+    _name = "SSO"
+    _paper = {
+        "title": "Aligning Large Language Models via Self-Steering Optimization",
+        "id": "2410.17131",
+        "citation": SSO_CITATION,
+    }
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: SSOConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = SSOConfig(f"{model_name.split('/')[-1]}-SSO")
+        elif not isinstance(args, SSOConfig):
+            raise TypeError(
+                f"SSOTrainer needs its arguments as an `SSOConfig`, got `{type(args).__name__}`. Replace "
+                "`DPOConfig(...)` with `SSOConfig(...)` (it accepts every DPOConfig field)."
+            )
+        self.sso_pairs = pairs_in_use(args)
+        super().__init__(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        self._use_sso_collator()
+
+    def _use_sso_collator(self):
+        # DPOTrainer builds its default collator (after settling the pad token) inside its `__init__`, before the
+        # reference log-probs are precomputed; swap it for the SSO one with the same settings. A user collator stays.
+        if type(self.data_collator) is DataCollatorForPreference:
+            c = self.data_collator
+            self.data_collator = DataCollatorForSSO(
+                pad_token_id=c.pad_token_id,
+                max_length=c.max_length,
+                truncation_mode=c.truncation_mode,
+                pad_to_multiple_of=c.pad_to_multiple_of,
+            )
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Data
+
+    def _prepare_dataset(self, dataset, processing_class, args: SSOConfig, dataset_name: str):
+        pairs = pairs_in_use(args)
+        first = next(iter(dataset))
+        if all(column in first for pair in pairs for column in PAIR_COLUMNS[pair]):
+            return dataset  # already tokenized (e.g. passed again to `evaluate`)
+        if any(key in first for key in ("image", "images")):
+            raise ValueError("SSOTrainer supports text datasets only; the dataset has an 'image(s)' column.")
+        map_kwargs = {"num_proc": args.dataset_num_proc} if isinstance(dataset, Dataset) else {}
+        columns = sso_data.required_columns(args.sso_objective, args.sso_steer_coef)
+
+        with global_then_local_main_first():
+            if sso_data.PROMPT not in first and pairs == ("main",):
+                # Plain preference data with an implicit prompt, as DPOTrainer accepts it
+                dataset = dataset.map(extract_prompt, **map_kwargs)
+                first = next(iter(dataset))
+            sso_data.check_columns(dataset.column_names or first.keys(), columns)
+
+            def tokenize(example, index):
+                sso_data.validate_record(example, index, columns)
+                return self._tokenize_record(example, processing_class, pairs)
+
+            if isinstance(dataset, Dataset):
+                map_kwargs["desc"] = f"Tokenizing SSO pairs of {dataset_name} dataset"
+            dataset = dataset.map(tokenize, with_indices=True, **map_kwargs)
+
+            # Drop examples whose prompt alone fills `max_length`: `keep_start` truncation would leave no completion
+            if args.max_length is not None and args.truncation_mode == "keep_start":
+                prompt_columns = [PAIR_COLUMNS[pair][0] for pair in pairs]
+
+                def fits(example):
+                    return all(len(example[column]) < args.max_length for column in prompt_columns)
+
+                if isinstance(dataset, Dataset):
+                    map_kwargs["desc"] = f"Dropping fully truncated examples from {dataset_name} dataset"
+                    before = len(dataset)
+                    dataset = dataset.filter(fits, **map_kwargs)
+                    if len(dataset) < before:
+                        logger.warning(
+                            f"Dropped {before - len(dataset)} of {before} examples of the {dataset_name} dataset "
+                            f"whose prompt (with its principle) fills `max_length={args.max_length}`. Raise "
+                            "`max_length` to keep them."
+                        )
+                    if len(dataset) == 0:
+                        raise ValueError(
+                            f"Every example of the {dataset_name} dataset has a prompt of at least `max_length="
+                            f"{args.max_length}` tokens, so nothing is left to train on. Raise `max_length`."
+                        )
+                else:
+                    dataset = dataset.filter(fits)
+        return dataset
+
+    def _tokenize_record(self, example: dict, processing_class, pairs: tuple[str, ...]) -> dict[str, list[int]]:
+        """Tokenize the pairs in use of one canonical record into the `PAIR_COLUMNS` columns."""
+        prompt = example[sso_data.PROMPT]
+        texts = {"main": (prompt, example[sso_data.CHOSEN], example[sso_data.REJECTED])}
+        if "pos" in pairs:
+            steer = sso_data.build_steered_prompt
+            x_pos = steer(prompt, example[sso_data.POSITIVE_SYSTEM], processing_class)
+            x_neg = steer(prompt, example[sso_data.NEGATIVE_SYSTEM], processing_class)
+            texts["pos"] = (x_pos, example[sso_data.CHOSEN], example[sso_data.REJECTED])
+            texts["neg"] = (x_neg, example[sso_data.ORIGINAL], example[sso_data.CHOSEN])
+        tools = example.get("tools")
+        template_kwargs = {"tools": tools, **(example.get("chat_template_kwargs") or {})}
+        output = {}
+        for pair in pairs:
+            ids = self._tokenize_pair(processing_class, *texts[pair], template_kwargs)
+            output.update(zip(PAIR_COLUMNS[pair], ids, strict=True))
+        return output
+
+    def _tokenize_pair(self, processing_class, prompt, chosen, rejected, template_kwargs):
+        """Tokenize `(prompt; chosen, rejected)` as DPOTrainer does: chat template for messages, EOS for text, and the
+        completion starting where the prompt and prompt+completion token sequences diverge."""
+        if isinstance(prompt, list):
+            prompt_ids = _tokenize(processing_class, prompt, add_generation_prompt=True, **template_kwargs)
+            full_ids = [_tokenize(processing_class, prompt + c, **template_kwargs) for c in (chosen, rejected)]
+        else:
+            eos = self._tokenizer.eos_token
+            prompt_ids = _tokenize(processing_class, prompt)
+            full_ids = [_tokenize(processing_class, prompt + c + ("" if c.endswith(eos) else eos)) for c in (chosen, rejected)]
+        prompt_ids = prompt_ids["input_ids"]
+        full_ids = [ids["input_ids"] for ids in full_ids]
+        prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
+        return prompt_ids[:prompt_len], full_ids[0][prompt_len:], full_ids[1][prompt_len:]
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = [c for p in self.sso_pairs for c in PAIR_COLUMNS[p] + REF_COLUMNS[p]]
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Forward passes
+
+    def _forward_block(self, model, inputs: dict, prefix: str):
+        """One forward of a collated block; returns the summed completion log-probs per sequence and the outputs."""
+        input_ids, completion_mask = inputs[f"{prefix}input_ids"], inputs[f"{prefix}completion_mask"]
+        labels = input_ids.masked_fill(completion_mask == 0, -100)
+        outputs = model(
+            input_ids=input_ids,
+            attention_mask=inputs[f"{prefix}attention_mask"],
+            labels=labels,
+            use_cache=False,
+            fused_lm_head=True,
+        )
+        # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
+        seq_len = completion_mask.size(1) - 1
+        for field in ("log_probs", "entropy", "is_top1"):
+            if getattr(outputs, field, None) is not None:
+                setattr(outputs, field, getattr(outputs, field)[:, -seq_len:])
+        return outputs.log_probs.sum(dim=1), outputs
+
+    def _reference_context(self, model):
+        """Where the reference log-probs come from: `model` itself, or with PEFT the adapter-disabled policy."""
+        if model is self.model and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        return contextlib.nullcontext()
+
+    def _blocks(self) -> list[tuple[str, list[str]]]:
+        """The collated blocks this objective forwards, with the pairs stacked in each: `[(prefix, pairs), ...]`."""
+        blocks = [(prefix, [pair for pair in pairs if pair in self.sso_pairs]) for prefix, pairs in BLOCKS.items()]
+        return [(prefix, pairs) for prefix, pairs in blocks if pairs]
+
+    def _block_ref_logps(self, model, inputs: dict, prefix: str, pairs: list[str]) -> dict[str, torch.Tensor]:
+        """Reference log-probs of the `pairs` stacked in one block, keyed by their `REF_COLUMNS` names."""
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            self._reference_context(model),
+            self.accelerator.autocast(),
+        ):
+            logps, _ = self._forward_block(model, inputs, prefix)
+        chunks = logps.chunk(2 * len(pairs), dim=0)
+        return {column: chunks[2 * i + j] for i, pair in enumerate(pairs) for j, column in enumerate(REF_COLUMNS[pair])}
+
+    def compute_ref_log_probs(self, model, inputs) -> dict[str, torch.Tensor]:
+        """Reference log-probs of every pair in use in the collated batch `inputs`, keyed by `REF_COLUMNS` names."""
+        ref_logps = {}
+        for prefix, pairs in self._blocks():
+            ref_logps.update(self._block_ref_logps(model, inputs, prefix, pairs))
+        return ref_logps
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        """Reference log-probs of every pair in use, computed once over `dataset` and cached per fingerprint."""
+        if isinstance(dataset, IterableDataset):
+            raise ValueError(
+                "`precompute_ref_log_probs=True` needs a map-style `Dataset`, not an `IterableDataset`. Load the "
+                "dataset without `streaming=True`, or set `precompute_ref_log_probs=False`."
+            )
+        self._use_sso_collator()
+        fingerprint = [Hasher.hash((dataset._fingerprint, self._precompute_model_hash, self.sso_pairs))]
+        broadcast_object_list(fingerprint, from_process=0)
+        cache_file = dataset._get_cache_file_path(fingerprint[0])
+        if os.path.exists(cache_file):
+            return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
+
+        loader = DataLoader(
+            dataset.select_columns([c for p in self.sso_pairs for c in PAIR_COLUMNS[p]]),
+            batch_size=batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            shuffle=False,
+        )
+        loader = self.accelerator.prepare(loader)
+        if self.ref_model is None and self.is_deepspeed_enabled:
+            # Before `train`, DeepSpeed parameters are not placed yet: reuse one inference engine for all passes
+            if self._precompute_engine is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            model = self._precompute_engine
+        else:
+            model = self.ref_model or self.model
+        columns = defaultdict(list)
+        for batch in tqdm(loader, desc=f"Computing reference log probs of the SSO pairs for {name} dataset"):
+            ref_logps = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(model, batch))
+            for column, values in ref_logps.items():
+                columns[column].append(values.float().cpu())
+        columns = {column: torch.cat(values).tolist() for column, values in columns.items()}
+
+        if self.accelerator.is_main_process:
+            Dataset.from_dict(columns).map(
+                new_fingerprint=fingerprint[0], cache_file_name=cache_file, desc="Caching reference log probs"
+            )
+        self.accelerator.wait_for_everyone()
+        return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Loss
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if return_outputs:
+            raise NotImplementedError(
+                "SSOTrainer does not return logits for `compute_metrics`: its pairs span several forward passes. "
+                "Leave `compute_metrics` unset; the SSO metrics are logged under `eval_*`."
+            )
+        pairs, blocks = {}, []
+        for prefix, names in self._blocks():
+            logps, outputs = self._forward_block(model, inputs, prefix)
+            if self.precompute_ref_logps:
+                ref_logps = {column: inputs[column] for pair in names for column in REF_COLUMNS[pair]}
+            else:
+                ref_logps = self._block_ref_logps(self.ref_model or self.model, inputs, prefix, names)
+            tokens = inputs[f"{prefix}completion_mask"].sum(dim=1)
+            logps, tokens = logps.chunk(2 * len(names)), tokens.chunk(2 * len(names))
+            for i, pair in enumerate(names):
+                ref_chosen, ref_rejected = REF_COLUMNS[pair]
+                pairs[pair] = PairLogps(
+                    chosen=logps[2 * i],
+                    rejected=logps[2 * i + 1],
+                    ref_chosen=ref_logps[ref_chosen],
+                    ref_rejected=ref_logps[ref_rejected],
+                    chosen_tokens=tokens[2 * i],
+                    rejected_tokens=tokens[2 * i + 1],
+                )
+            blocks.append((prefix, names, outputs))
+
+        args = self.args
+        loss, terms = sso_loss(
+            pairs.get("main"),
+            pairs.get("pos"),
+            pairs.get("neg"),
+            objective=args.sso_objective,
+            beta=self.beta,
+            loss_type=self.loss_types[0],
+            steer_coef=args.sso_steer_coef,
+            use_weight=args.sso_use_weight,
+            weight_alpha=args.sso_weight_alpha,
+            detach_weight=args.sso_detach_weight,
+            sft_coef=args.sso_sft_coef,
+        )
+        self._record_metrics(inputs, pairs, terms, blocks)
+        return loss
+
+    def _record_metrics(self, inputs: dict, pairs: dict[str, PairLogps], terms: dict, blocks: list) -> None:
+        """Log DPO's metrics for the main pair, the same under `steer_pos/` and `steer_neg/` for the steering pairs,
+        the loss terms under `loss/` and the mean weight as `sso/weight`. One gather for all per-example values."""
+        mode = "train" if self.model.training else "eval"
+        names, values = [], []
+        for pair_name, pair in pairs.items():
+            prefix = METRIC_PREFIX[pair_name]
+            chosen_rewards = self.beta * pair.chosen_logratios.detach()
+            rejected_rewards = self.beta * pair.rejected_logratios.detach()
+            per_example = {
+                "rewards/chosen": chosen_rewards,
+                "rewards/rejected": rejected_rewards,
+                "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+                "rewards/margins": chosen_rewards - rejected_rewards,
+                "logps/chosen": pair.chosen.detach(),
+                "logps/rejected": pair.rejected.detach(),
+            }
+            for name, value in per_example.items():
+                names.append(prefix + name)
+                values.append(value)
+        for term, value in terms.items():
+            names.append("sso/weight" if term == "weight" else f"loss/{term}")
+            values.append(value.detach())
+        means = self.accelerator.gather_for_metrics(torch.stack(values, dim=1).float()).mean(dim=0)
+        for name, mean in zip(names, means.tolist(), strict=True):
+            self._metrics[mode][name].append(mean)
+
+        # Token-level metrics over every forwarded block: entropy of the completions, next-token accuracy on the
+        # winners, and the number of tokens seen
+        counts = []
+        for prefix, block_pairs, outputs in blocks:
+            mask = inputs[f"{prefix}completion_mask"][:, 1:].bool()
+            winners = torch.zeros_like(mask)
+            size = mask.size(0) // (2 * len(block_pairs))
+            for i in range(len(block_pairs)):
+                winners[2 * i * size : (2 * i + 1) * size] = mask[2 * i * size : (2 * i + 1) * size]
+            counts += [
+                (outputs.entropy.detach() * mask).sum(),
+                mask.sum(),
+                (outputs.is_top1 & winners).sum(),
+                winners.sum(),
+                inputs[f"{prefix}attention_mask"].sum(),
+            ]
+        totals = self.accelerator.gather_for_metrics(torch.stack(counts).float().view(1, -1)).sum(dim=0).view(-1, 5)
+        entropy, tokens, correct, winner_tokens, num_tokens = totals.sum(dim=0).tolist()
+        self._metrics[mode]["entropy"].append(entropy / tokens if tokens else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append(correct / winner_tokens if winner_tokens else 0.0)
+        if mode == "train":
+            self._total_train_tokens += int(num_tokens) // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Model card
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """Write the SSO model card (tags `trl`, `sso`; base model; dataset; SSO settings; citations) to the output
+        directory, in place of TRL's DPO card."""
+        if not self.is_world_process_zero():
+            return
+        base_model = get_config_model_id(self.model.config)
+        if base_model and os.path.isdir(base_model):
+            base_model = None
+        tags = {tags} if isinstance(tags, str) else set(tags or ())
+        card = sso_model_card(
+            args=self.args,
+            model_name=model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
+            base_model=base_model,
+            dataset_name=dataset_name,
+            hub_model_id=self.hub_model_id,
+            tags=sorted(tags | set(self._tag_names)),
+            is_adapter=is_peft_model(self.model),
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
