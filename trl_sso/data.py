@@ -80,6 +80,7 @@ def build_steered_prompt(prompt: str | list[dict], system: str, processing_class
     [{'role': 'system', 'content': 'Be kind.'}, {'role': 'user', 'content': 'Hi'}]
     >>> build_steered_prompt("Hi", "Be kind.")
     'Be kind.\\n\\nHi'
+
     ```
     """
     if isinstance(prompt, str):

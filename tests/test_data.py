@@ -1,0 +1,151 @@
+"""The canonical record: validation errors that name row, column and fix; the x+/x- rule; the reference converters."""
+
+import copy
+
+import pytest
+from conftest import PRINCIPLE_NEG, PRINCIPLE_POS, sso_rows
+
+from trl_sso.data import (
+    SSODataError,
+    build_steered_prompt,
+    check_columns,
+    convert_reference_dataset,
+    from_reference_record,
+    supports_system_role,
+    validate_dataset,
+    validate_record,
+)
+
+
+@pytest.mark.parametrize("conversational", [True, False])
+def test_valid_records_pass(conversational):
+    validate_dataset(sso_rows(conversational))
+
+
+def test_missing_columns_name_them_and_hint_at_the_generator():
+    with pytest.raises(SSODataError) as error:
+        check_columns(["prompt", "chosen", "rejected"], ("prompt", "chosen", "rejected", "original", "positive_system"))
+    message = str(error.value)
+    assert "'original'" in message and "'positive_system'" in message
+    assert "trl-sso generate" in message and "sso_steer_coef=0" in message
+
+
+def _broken(mutate, conversational=True, index=3):
+    rows = sso_rows(conversational)
+    mutate(rows[index])
+    return rows
+
+
+@pytest.mark.parametrize(
+    "mutate,conversational,fragments",
+    [
+        (lambda r: r.update(original=""), False, ["Row 3", "'original'", "empty string"]),
+        (lambda r: r.update(chosen=[{"role": "assistant", "content": "  "}]), True, ["Row 3", "'chosen'", "empty"]),
+        (lambda r: r.update(rejected=[]), True, ["Row 3", "'rejected'", "empty message list"]),
+        (lambda r: r.update(positive_system=""), True, ["Row 3", "'positive_system'", "principle"]),
+        (lambda r: r.update(negative_system=None), True, ["Row 3", "'negative_system'", "plain string"]),
+        (
+            lambda r: r["prompt"].insert(0, {"role": "system", "content": "You are nice."}),
+            True,
+            ["Row 3", "'prompt'", "system message", "principle"],
+        ),
+        (lambda r: r.update(chosen="Plain text."), True, ["Row 3", "mixes formats", "'chosen' is standard"]),
+        (lambda r: r.update(original=42), True, ["Row 3", "'original'", "int"]),
+        (lambda r: r.update(prompt=[{"role": "assistant", "content": "Hi"}]), True, ["Row 3", "no user turn"]),
+    ],
+)
+def test_bad_records_name_row_column_and_fix(mutate, conversational, fragments):
+    rows = _broken(mutate, conversational)
+    with pytest.raises(SSODataError) as error:
+        validate_dataset(rows)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_main_pair_only_needs_three_columns():
+    row = {k: v for k, v in sso_rows()[0].items() if k in ("prompt", "chosen", "rejected")}
+    validate_record(row, 0, ("prompt", "chosen", "rejected"))
+
+
+def test_steered_prompt_rule(tokenizer):
+    prompt = [{"role": "user", "content": "Hi"}]
+    assert build_steered_prompt(prompt, PRINCIPLE_POS, tokenizer) == [
+        {"role": "system", "content": PRINCIPLE_POS},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert build_steered_prompt("Hi", PRINCIPLE_NEG) == f"{PRINCIPLE_NEG}\n\nHi"
+    assert prompt == [{"role": "user", "content": "Hi"}]  # the input is not modified
+
+
+def test_steered_prompt_without_system_role(tokenizer):
+    # A Gemma-style template that refuses the system role: the principle goes into the first user turn
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<turn>{{ m['role'] }}\n{{ m['content'] }}</turn>\n{% endfor %}"
+    )
+    assert not supports_system_role(tokenizer)
+    prompt = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    steered = build_steered_prompt(prompt, PRINCIPLE_POS, tokenizer)
+    assert steered[0] == {"role": "user", "content": f"{PRINCIPLE_POS}\n\nHi"}
+    assert steered[1:] == prompt[1:] and prompt[0]["content"] == "Hi"
+
+
+def test_template_that_drops_system_messages_counts_as_unsupported(tokenizer):
+    tokenizer.chat_template = "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    assert not supports_system_role(tokenizer)
+
+
+V1 = {
+    "instruction": "Explain rainbows.",
+    "p_system": "Be accurate.",
+    "n_system": "Be inaccurate.",
+    "system": "You are a helpful assistant.",
+    "chosen": "Light refracts in droplets.",
+    "rejected": "Rainbows are painted.",
+    "raw": "Sunlight and rain make them.",
+    "source": "v1",
+}
+V2 = {
+    "prompt": "Explain rainbows.",
+    "p_system": "Generate a relatively good response.",
+    "n_system": "Generate a relatively bad response.",
+    "chosen": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Light refracts in droplets."}],
+    "rejected": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Rainbows are painted."}],
+    "raw": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Sunlight and rain make them."}],
+}
+
+
+@pytest.mark.parametrize("record", [V1, V2], ids=["v1", "v2"])
+def test_reference_formats_convert_to_conversational(record):
+    out = from_reference_record(copy.deepcopy(record))
+    assert out["prompt"] == [{"role": "user", "content": "Explain rainbows."}]
+    assert out["chosen"] == [{"role": "assistant", "content": "Light refracts in droplets."}]
+    assert out["rejected"] == [{"role": "assistant", "content": "Rainbows are painted."}]
+    assert out["original"] == [{"role": "assistant", "content": "Sunlight and rain make them."}]
+    assert out["positive_system"] == record["p_system"] and out["negative_system"] == record["n_system"]
+    assert not {"p_system", "n_system", "raw", "instruction"} & set(out)
+    validate_record(out, 0)
+
+
+def test_v1_keeps_extra_columns_and_its_system_prompt_aside():
+    out = from_reference_record(V1, conversational=False)
+    assert out["prompt"] == "Explain rainbows." and out["original"] == "Sunlight and rain make them."
+    assert out["source"] == "v1" and out["reference_system"] == "You are a helpful assistant."
+
+
+def test_convert_reference_dataset():
+    from datasets import Dataset
+
+    dataset = convert_reference_dataset(Dataset.from_list([V2, V2]), conversational=False)
+    assert set(dataset.column_names) == {"prompt", "chosen", "rejected", "original", "positive_system", "negative_system"}
+    assert dataset[1]["rejected"] == "Rainbows are painted."
+    validate_dataset(dataset)
+
+
+def test_unknown_format_and_missing_turns_are_clear():
+    with pytest.raises(SSODataError, match="Row 7 matches neither public SSO format"):
+        from_reference_record({"question": "x"}, index=7)
+    broken = copy.deepcopy(V2)
+    broken["raw"] = [{"from": "human", "value": "Explain rainbows."}]
+    with pytest.raises(SSODataError, match="Row 2: no text found for 'original'"):
+        from_reference_record(broken, index=2)

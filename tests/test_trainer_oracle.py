@@ -1,0 +1,99 @@
+"""SSOTrainer against TRL's DPOTrainer as an oracle, on the same model and data.
+
+- steering off and W off: SSO is DPO on the main pair, loss and gradients;
+- W off, steer coefficient c: SSO = DPO(main) + c * (DPO on x+ data + DPO on x- data with original > chosen), where
+  the oracle datasets carry the principle as a system message (or, for text prompts, prepended to the prompt).
+"""
+
+import pytest
+import torch
+from conftest import load_tiny_model, sso_args, sso_dataset, sso_rows
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from trl_sso import SSOTrainer
+
+
+N = 4  # examples in the compared batch
+
+
+def models(model_dir):
+    """A policy that differs from its reference (so that log-ratios, rewards and losses are not trivial) and the
+    reference itself, both fresh and identical for every trainer."""
+    policy, reference = load_tiny_model(model_dir), load_tiny_model(model_dir)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return {"model": policy, "ref_model": reference}
+
+
+def loss_and_grads(trainer):
+    trainer.model.train()
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(N)]))
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def dpo_loss_and_grads(model_dir, tokenizer, dataset, tmp_path, loss_type):
+    args = DPOConfig(
+        output_dir=str(tmp_path), bf16=False, gradient_checkpointing=False, report_to="none", max_length=128,
+        loss_type=loss_type, beta=0.1, seed=0,
+    )
+    return loss_and_grads(DPOTrainer(**models(model_dir), args=args, train_dataset=dataset, processing_class=tokenizer))
+
+
+def steered_rows(conversational, system_column, winner, loser):
+    rows = []
+    for row in sso_rows(conversational, N):
+        system = row[system_column]
+        prompt = [{"role": "system", "content": system}, *row["prompt"]] if conversational else f"{system}\n\n{row['prompt']}"
+        rows.append({"prompt": prompt, "chosen": row[winner], "rejected": row[loser]})
+    return Dataset.from_list(rows)
+
+
+def assert_close(got, expected):
+    loss, grads = got
+    expected_loss, expected_grads = expected
+    assert abs(loss.item() - 0.6931) > 1e-3 and abs(loss.item() - 25.0) > 1e-3  # policy != reference
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("conversational", [True, False], ids=["conversational", "standard"])
+def test_steering_and_weight_off_equals_dpo(tiny_model_dir, tokenizer, tmp_path, loss_type, conversational):
+    dataset = sso_dataset(conversational, N)
+    args = sso_args(tmp_path / "sso", sso_steer_coef=0.0, sso_use_weight=False, loss_type=loss_type)
+    sso = SSOTrainer(**models(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tokenizer)
+    expected = dpo_loss_and_grads(tiny_model_dir, tokenizer, dataset, tmp_path / "dpo", loss_type)
+    assert_close(loss_and_grads(sso), expected)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("conversational", [True, False], ids=["conversational", "standard"])
+def test_weight_off_equals_dpo_on_three_datasets(tiny_model_dir, tokenizer, tmp_path, loss_type, conversational):
+    c = 0.3
+    args = sso_args(tmp_path / "sso", sso_steer_coef=c, sso_use_weight=False, loss_type=loss_type)
+    sso = SSOTrainer(
+        **models(tiny_model_dir), args=args, train_dataset=sso_dataset(conversational, N), processing_class=tokenizer
+    )
+    parts = {
+        "main": sso_dataset(conversational, N).select_columns(["prompt", "chosen", "rejected"]),
+        "pos": steered_rows(conversational, "positive_system", "chosen", "rejected"),
+        "neg": steered_rows(conversational, "negative_system", "original", "chosen"),
+    }
+    oracle = {
+        name: dpo_loss_and_grads(tiny_model_dir, tokenizer, data, tmp_path / name, loss_type)
+        for name, data in parts.items()
+    }
+    expected_loss = oracle["main"][0] + c * (oracle["pos"][0] + oracle["neg"][0])
+    expected_grads = {
+        name: oracle["main"][1][name] + c * (oracle["pos"][1][name] + oracle["neg"][1][name]) for name in oracle["main"][1]
+    }
+    assert_close(loss_and_grads(sso), (expected_loss, expected_grads))
