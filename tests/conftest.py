@@ -128,6 +128,7 @@ def sso_args(tmp_path, **overrides):
         seed=0,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        dataloader_pin_memory=False,
     )
     kwargs.update(overrides)
     return SSOConfig(**kwargs)

@@ -519,19 +519,30 @@ class SSOTrainer(DPOTrainer):
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """Write the SSO model card (tags `trl`, `sso`; base model; dataset; SSO settings; citations) to the output
         directory, in place of TRL's DPO card."""
+        self._write_model_card(self.args.output_dir, model_name, dataset_name, tags)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """Save the model (or adapter) as `Trainer` does, then the SSO model card beside it. (PEFT writes a generic
+        card of its own when saving an adapter; checkpoints and `push_to_hub` write the SSO card themselves.)"""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call:
+            self._write_model_card(output_dir or self.args.output_dir)
+
+    def _write_model_card(self, output_dir, model_name=None, dataset_name=None, tags=None):
         if not self.is_world_process_zero():
             return
         base_model = get_config_model_id(self.model.config)
         if base_model and os.path.isdir(base_model):
-            base_model = None
+            base_model = None  # a local path says nothing to readers of the card
         tags = {tags} if isinstance(tags, str) else set(tags or ())
         card = sso_model_card(
             args=self.args,
-            model_name=model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
+            model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
             base_model=base_model,
             dataset_name=dataset_name,
             hub_model_id=self.hub_model_id,
             tags=sorted(tags | set(self._tag_names)),
             is_adapter=is_peft_model(self.model),
         )
-        card.save(os.path.join(self.args.output_dir, "README.md"))
+        os.makedirs(output_dir, exist_ok=True)
+        card.save(os.path.join(output_dir, "README.md"))
