@@ -54,7 +54,7 @@ def test_steer_pairs_are_not_tokenized_or_forwarded_when_off(tiny_model_dir, tok
     )
     assert not any(c.startswith(("pos_", "neg_")) for c in trainer.train_dataset.column_names)
     batch = trainer.data_collator([trainer.train_dataset[0]])
-    assert not any(key.startswith("steer_") for key in batch)
+    assert not any(key.startswith(("pos_", "neg_")) for key in batch)
     trainer.train()
     assert not logged(trainer, "steer_pos/rewards/margins")
 
@@ -66,7 +66,8 @@ def test_generator_objective_never_forwards_the_main_pair(tiny_model_dir, tokeni
     seen = []
     trainer.model.register_forward_pre_hook(lambda module, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
     trainer.train()
-    assert seen and all(rows == 4 * args.per_device_train_batch_size for rows in seen)
+    # two forwards per step (positive, negative steer pair), none of the main pair's plain prompt
+    assert len(seen) == 2 * args.max_steps and all(rows == 2 * args.per_device_train_batch_size for rows in seen)
 
 
 def test_lora_uses_the_adapter_disabled_model_as_reference(tiny_model_dir, tokenizer, tmp_path):

