@@ -7,13 +7,15 @@ Targets: <= 1.15 with steering on (the extra work is the extra tokens, nothing e
     python tests/benchmarks/bench_step.py                      # random Llama (hidden 512, 8 layers), CPU friendly
     python tests/benchmarks/bench_step.py --hidden 1024 --layers 16 --batch 4 --device cuda
 
-Prints one line per SSO configuration: median step times, their ratio, the token ratios (padded tokens forwarded and
-real tokens) and the normalised ratio. Timings are medians over interleaved repetitions, since machines are noisy.
+Prints one line per SSO configuration: fastest step times, their ratio, the token ratios (padded tokens forwarded and
+real tokens) and the normalised ratio. A second check compares SSO with the sum of the DPO steps on the pairs it is
+made of (DPOTrainer on the plain, the x+ and the x- datasets): SSO should cost what its pairs cost as DPO, nothing
+more (that sum counts the optimizer step once per pair, so it slightly favours SSO). Each figure is the fastest of
+interleaved repetitions: on a shared machine noise only ever adds time, so the minimum is the steadiest estimate.
 """
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -55,6 +57,16 @@ def make_dataset(n: int, prompt_words: int, principle_words: int, response_words
             }
         )
     return Dataset.from_list(rows)
+
+
+def as_dpo(dataset: Dataset, system_column: str, winner: str, loser: str) -> Dataset:
+    """The DPO dataset of one steering pair: the principle as system message, the pair's winner and loser."""
+    return Dataset.from_list(
+        [
+            {"prompt": [{"role": "system", "content": r[system_column]}, *r["prompt"]], "chosen": r[winner], "rejected": r[loser]}
+            for r in dataset
+        ]
+    )
 
 
 def tokenizer_path() -> str:
@@ -129,8 +141,14 @@ def main():
     model_path = os.path.join(work, "model")
     build_model(args, tokenizer, model_path)
 
-    dpo = Stepper(DPOTrainer(model_path, args=DPOConfig(**common_args(work + "/dpo", args)), train_dataset=dataset,
-                             processing_class=tokenizer))
+    def dpo_stepper(name, data):
+        trainer = DPOTrainer(model_path, args=DPOConfig(**common_args(f"{work}/{name}", args)), train_dataset=data,
+                             processing_class=tokenizer)
+        return Stepper(trainer)
+
+    dpo = dpo_stepper("dpo", dataset)
+    dpo_pos = dpo_stepper("dpo-pos", as_dpo(dataset, "positive_system", "chosen", "rejected"))
+    dpo_neg = dpo_stepper("dpo-neg", as_dpo(dataset, "negative_system", "original", "chosen"))
     variants = {
         "policy, steering on, W on": {},
         "policy, steering off, W on": {"sso_steer_coef": 0.0},
@@ -143,28 +161,35 @@ def main():
         for i, (name, overrides) in enumerate(variants.items())
     }
 
-    steppers = [dpo, *ssos.values()]
+    steppers = [dpo, dpo_pos, dpo_neg, *ssos.values()]
     for stepper in steppers:  # warm-up
         stepper.step()
     times = {id(s): [] for s in steppers}
     for _ in range(args.repeats):  # interleaved, so that load changes hit every variant alike
         for stepper in steppers:
             times[id(stepper)].append(stepper.step())
-    dpo_time = statistics.median(times[id(dpo)])
+    dpo_time, pos_time, neg_time = (min(times[id(s)]) for s in (dpo, dpo_pos, dpo_neg))
 
     n_params = sum(p.numel() for p in dpo.trainer.model.parameters()) / 1e6
     print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {n_params:.1f}M parameters; "
-          f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; median of {args.repeats}")
+          f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; fastest of {args.repeats}")
     print(f"DPOTrainer: {dpo_time * 1000:.0f} ms/step, {dpo.padded_tokens} padded / {dpo.real_tokens} real tokens")
     header = f"{'SSOTrainer variant':30} {'ms/step':>8} {'time x':>7} {'tokens x (padded/real)':>23} {'time/token x':>13}"
     print(header)
     print("-" * len(header))
     for name, stepper in ssos.items():
-        t = statistics.median(times[id(stepper)])
+        t = min(times[id(stepper)])
         token_ratio = stepper.padded_tokens / dpo.padded_tokens
         real_ratio = stepper.real_tokens / dpo.real_tokens
         print(f"{name:30} {t * 1000:8.0f} {t / dpo_time:7.2f} {token_ratio:11.2f} / {real_ratio:<9.2f} "
               f"{(t / dpo_time) / token_ratio:13.3f}")
+
+    print()
+    print(f"DPOTrainer on the x+ pairs: {pos_time * 1000:.0f} ms/step; on the x- pairs: {neg_time * 1000:.0f} ms/step")
+    policy = min(times[id(ssos["policy, steering on, W on"])])
+    generator = min(times[id(ssos["generator"])])
+    print(f"SSO policy (steering on) / (DPO main + DPO x+ + DPO x-): {policy / (dpo_time + pos_time + neg_time):.3f}")
+    print(f"SSO generator / (DPO x+ + DPO x-): {generator / (pos_time + neg_time):.3f}")
 
 
 if __name__ == "__main__":

