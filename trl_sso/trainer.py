@@ -12,6 +12,7 @@ objective does not use are neither tokenized, collated nor forwarded.
 """
 
 import contextlib
+import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -291,6 +292,7 @@ class SSOTrainer(DPOTrainer):
             texts["pos"] = (x_pos, example[sso_data.CHOSEN], example[sso_data.REJECTED])
             texts["neg"] = (x_neg, example[sso_data.ORIGINAL], example[sso_data.CHOSEN])
         tools = example.get("tools")
+        tools = json.loads(tools) if isinstance(tools, str) else tools  # as DPOTrainer reads a `tools` column
         template_kwargs = {"tools": tools, **(example.get("chat_template_kwargs") or {})}
         output = {}
         for pair in pairs:
