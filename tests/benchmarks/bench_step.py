@@ -185,7 +185,10 @@ def main():
               f"{(t / dpo_time) / token_ratio:13.3f}")
 
     print()
-    print(f"DPOTrainer on the x+ pairs: {pos_time * 1000:.0f} ms/step; on the x- pairs: {neg_time * 1000:.0f} ms/step")
+    per_token = dpo_time / dpo.padded_tokens
+    for label, stepper, t in (("x+", dpo_pos, pos_time), ("x-", dpo_neg, neg_time)):
+        print(f"DPOTrainer on the {label} pairs: {t * 1000:.0f} ms/step, {stepper.padded_tokens} padded tokens, "
+              f"{(t / stepper.padded_tokens) / per_token:.3f}x the per-token time of DPO on the plain pairs")
     policy = min(times[id(ssos["policy, steering on, W on"])])
     generator = min(times[id(ssos["generator"])])
     print(f"SSO policy (steering on) / (DPO main + DPO x+ + DPO x-): {policy / (dpo_time + pos_time + neg_time):.3f}")

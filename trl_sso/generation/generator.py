@@ -1,0 +1,289 @@
+"""The SSO data generator: prompts + a policy -> a dataset of canonical SSO records.
+
+For each batch of queries: principles (`sources`) -> `x+` / `x-` through `trl_sso.data.build_steered_prompt`, the rule
+the trainer uses too -> y+, y-, y_o sampled from the policy (`samplers`) -> filters (`filters`) -> the batch's kept
+records and drop counts are written to `output_dir/batches/` in one atomic file. Then the batches are merged in
+prompt order into `output_dir/dataset` (Arrow, `datasets.load_from_disk`) with `output_dir/summary.json`.
+
+Resumable: a rerun of the same command skips the batches already on disk, and since every batch is seeded by its own
+index, the final dataset equals that of an uninterrupted run. Distributed: under `accelerate launch` each process
+generates the batches `i` with `i % num_processes == rank`, and the main process merges them, so the result equals a
+single-process run with the same seed.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from ..data import NEGATIVE_SYSTEM, POSITIVE_SYSTEM, build_steered_prompt
+from ..principles import LIBRARY, check_feature_names, load_features
+from .arguments import GenerateArguments
+from .filters import REASONS, drop_reason, logprob_keep
+from .prompts import load_prompts
+from .samplers import TransformersSampler, VLLMSampler, require_chat_template
+from .sources import PrincipleSource
+
+
+logger = logging.getLogger(__name__)
+
+BATCH_DIR, DATASET_DIR, SUMMARY_FILE = "batches", "dataset", "summary.json"
+# Settings that change the result: a rerun with other values must not reuse earlier batches.
+_RESULT_SETTINGS = (
+    "model", "prompts", "prompt_column", "prompt_split", "num_prompts", "seed", "iteration", "max_new_tokens",
+    "temperature", "top_p", "original_temperature", "batch_size", "backend", "dtype", "principle_source",
+    "principle_model", "policy_writes_principles", "features_file", "features", "num_features", "concision_prob",
+    "min_response_chars", "drop_truncated", "drop_revealing", "logprob_filter",
+)
+
+
+def _settings_key(args: GenerateArguments) -> str:
+    settings = {name: getattr(args, name) for name in _RESULT_SETTINGS}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_atomic(path: Path, payload: dict) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one, never a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, ensure_ascii=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _load_model(name: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if torch_dtype == "auto" and not torch.cuda.is_available():
+        torch_dtype = torch.float32  # checkpoints stored in bf16 run many times slower on a CPU
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    require_chat_template(tokenizer, name)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return model, tokenizer
+
+
+class SSOGenerator:
+    """Generates SSO records from a prompt set with a policy; see the module docstring."""
+
+    def __init__(self, args: GenerateArguments, sampler=None, tokenizer=None, principle_sampler=None):
+        from accelerate import PartialState
+
+        self.args, self.state = args, PartialState()
+        self.model_name = args.model
+        if self.model_name is None:
+            from ..offline import default_model_path
+
+            self.model_name = default_model_path()
+        self.features = load_features(args.features_file) if args.features_file else dict(LIBRARY)
+        if args.features:
+            check_feature_names(args.features, self.features)
+        self.prompts = load_prompts(args.prompts, args.prompt_column, args.prompt_split, args.num_prompts)
+        if sampler is None:
+            if args.backend == "vllm":
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+                require_chat_template(tokenizer, self.model_name)
+                sampler = VLLMSampler.from_pretrained(self.model_name, tokenizer, seed=args.seed)
+            else:
+                model, tokenizer = _load_model(self.model_name, args.dtype)
+                sampler = TransformersSampler(model, tokenizer, args.batch_size)
+        self.sampler, self.tokenizer = sampler, tokenizer
+        if args.principle_source == "model" and principle_sampler is None:
+            principle_model, principle_tokenizer = _load_model(args.principle_model, args.dtype)
+            principle_sampler = TransformersSampler(principle_model, principle_tokenizer, args.batch_size)
+        self.source = PrincipleSource(
+            args.principle_source, self.features, seed=args.seed, num_features=args.num_features,
+            concision_prob=args.concision_prob, candidates=args.features, policy_sampler=sampler,
+            policy_writes_principles=args.policy_writes_principles, principle_sampler=principle_sampler,
+        )
+        self.output_dir = Path(args.output_dir)
+        self.batches = self._plan_batches()
+
+    def _plan_batches(self) -> list[list[int]]:
+        """Prompt indices in batches of `batch_size`, grouped by prompt length so that each batch carries little
+        padding. The plan depends only on the prompts, so every process computes the same one."""
+        lengths = [sum(len(m["content"]) for m in p) for p in self.prompts]
+        order = sorted(range(len(self.prompts)), key=lambda i: (lengths[i], i))
+        size = self.args.batch_size
+        return [order[start : start + size] for start in range(0, len(order), size)]
+
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def _batch_path(self, batch_index: int) -> Path:
+        return self.output_dir / BATCH_DIR / f"batch-{batch_index:06d}.json"
+
+    def _generate_batch(self, batch_index: int, indices: list[int]) -> dict:
+        args = self.args
+        prompts = [self.prompts[i] for i in indices]
+        queries = [" ".join(m["content"] for m in p if m["role"] == "user") for p in prompts]
+        batch_seed = args.seed * 100_003 + batch_index
+        principles = self.source.assign(indices, queries, batch_seed)
+        x_pos = [build_steered_prompt(p, pr.positive_system, self.tokenizer) for p, pr in zip(prompts, principles)]
+        x_neg = [build_steered_prompt(p, pr.negative_system, self.tokenizer) for p, pr in zip(prompts, principles)]
+        steered = self.sampler.sample(x_pos + x_neg, args.temperature, args.top_p, args.max_new_tokens, batch_seed)
+        chosen, rejected = steered[: len(prompts)], steered[len(prompts) :]
+        original_temperature = args.temperature if args.original_temperature is None else args.original_temperature
+        originals = self.sampler.sample(prompts, original_temperature, args.top_p, args.max_new_tokens, batch_seed + 1)
+
+        reasons = [
+            drop_reason(c, r, o, min_chars=args.min_response_chars, drop_truncated=args.drop_truncated,
+                        drop_revealing=args.drop_revealing)
+            for c, r, o in zip(chosen, rejected, originals)
+        ]
+        if args.logprob_filter:
+            alive = [i for i, reason in enumerate(reasons) if reason is None]
+            scores = self._logprob_scores([prompts[i] for i in alive], [x_pos[i] for i in alive],
+                                          [x_neg[i] for i in alive], [chosen[i] for i in alive],
+                                          [rejected[i] for i in alive])
+            for i, keep in zip(alive, logprob_keep(scores)):
+                reasons[i] = None if keep else "logprob"
+
+        records = []
+        for k, index in enumerate(indices):
+            if reasons[k] is not None:
+                continue
+            pr = principles[k]
+            records.append(
+                {
+                    "prompt": prompts[k],
+                    "chosen": [{"role": "assistant", "content": chosen[k].text}],
+                    "rejected": [{"role": "assistant", "content": rejected[k].text}],
+                    "original": [{"role": "assistant", "content": originals[k].text}],
+                    POSITIVE_SYSTEM: pr.positive_system,
+                    NEGATIVE_SYSTEM: pr.negative_system,
+                    "features": pr.features,
+                    "principle_source": pr.source,
+                    "principle_fallback": pr.fallback,
+                    "prompt_index": index,
+                    "generator_model": str(self.args.model or "HuggingFaceTB/SmolLM2-135M-Instruct"),
+                    "seed": args.seed,
+                    "iteration": args.iteration,
+                    "chosen_tokens": chosen[k].num_tokens,
+                    "rejected_tokens": rejected[k].num_tokens,
+                    "original_tokens": originals[k].num_tokens,
+                }
+            )
+        tokens = sum(c.num_tokens for c in chosen + rejected + originals)
+        return {
+            "settings": _settings_key(args),
+            "records": records,
+            "dropped": dict(Counter(r for r in reasons if r is not None)),
+            "fallbacks": sum(p.fallback for p in principles),
+            "features": dict(Counter(name for p in principles for name in p.features)),
+            "prompts": len(indices),
+            "generated_tokens": tokens,
+        }
+
+    def _logprob_scores(self, plain, pos, neg, chosen, rejected) -> list[dict[str, float]]:
+        n = len(plain)
+        if n == 0:
+            return []
+        prompts = pos + plain + neg + pos + plain + neg
+        responses = [c.text for c in chosen] * 3 + [r.text for r in rejected] * 3
+        values = self.sampler.mean_logps(prompts, responses)
+        keys = ("p_chosen", "o_chosen", "n_chosen", "p_rejected", "o_rejected", "n_rejected")
+        return [{key: values[j * n + i] for j, key in enumerate(keys)} for i in range(n)]
+
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def run(self):
+        """Generate every missing batch of this process, then (main process) merge them into the dataset."""
+        from tqdm.auto import tqdm
+
+        batch_dir = self.output_dir / BATCH_DIR
+        batch_dir.mkdir(parents=True, exist_ok=True)
+        key = _settings_key(self.args)
+        mine = [b for b in range(len(self.batches)) if b % self.state.num_processes == self.state.process_index]
+        todo = [b for b in mine if not self._batch_done(b, key)]
+        if len(todo) < len(mine) and self.state.is_main_process:
+            logger.warning(f"Resuming: {len(mine) - len(todo)} of {len(mine)} batches are already in {batch_dir}.")
+        start, prompts_done, tokens = time.perf_counter(), 0, 0
+        bar = tqdm(total=sum(len(self.batches[b]) for b in todo), unit="prompt", desc="Generating SSO triples",
+                   disable=not self.state.is_local_main_process)
+        for b in todo:
+            result = self._generate_batch(b, self.batches[b])
+            _write_atomic(self._batch_path(b), result)
+            prompts_done += result["prompts"]
+            tokens += result["generated_tokens"]
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.update(result["prompts"])
+            bar.set_postfix(prompts_s=f"{prompts_done / elapsed:.2f}", tokens_s=f"{tokens / elapsed:.1f}")
+        bar.close()
+        self.state.wait_for_everyone()
+        if not self.state.is_main_process:
+            return None
+        return self._merge(key)
+
+    def _batch_done(self, batch_index: int, key: str) -> bool:
+        path = self._batch_path(batch_index)
+        if not path.exists():
+            return False
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        except (json.JSONDecodeError, KeyError, OSError):
+            return False  # unreadable: regenerate it
+        if settings != key:
+            raise ValueError(
+                f"{self.output_dir} holds batches generated with other settings. Use a new `--output_dir`, or delete "
+                f"{self.output_dir / BATCH_DIR} to start over."
+            )
+        return True
+
+    def _merge(self, key: str):
+        import datasets
+
+        results = []
+        for b in range(len(self.batches)):
+            if not self._batch_done(b, key):
+                raise RuntimeError(f"Batch {b} is missing from {self.output_dir / BATCH_DIR}; rerun to complete it.")
+            results.append(json.loads(self._batch_path(b).read_text(encoding="utf-8")))
+        records = sorted((r for result in results for r in result["records"]), key=lambda r: r["prompt_index"])
+        dropped = Counter()
+        features = Counter()
+        for result in results:
+            dropped.update(result["dropped"])
+            features.update(result["features"])
+        if not records:
+            raise RuntimeError(
+                f"Every generated triple was filtered out ({dict(dropped)}). Raise `max_new_tokens`, relax the filters "
+                "or use a stronger model."
+            )
+        dataset = datasets.Dataset.from_list(records)
+        final = self.output_dir / DATASET_DIR
+        staging = self.output_dir / f".{DATASET_DIR}.tmp"
+        dataset.save_to_disk(str(staging))
+        if final.exists():
+            import shutil
+
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        n = len(records)
+        summary = {
+            "num_prompts": sum(r["prompts"] for r in results),
+            "num_records": n,
+            "dropped": {reason: dropped.get(reason, 0) for reason in REASONS},
+            "principle_fallbacks": sum(r["fallbacks"] for r in results),
+            "feature_counts": dict(sorted(features.items())),
+            "generated_tokens": sum(r["generated_tokens"] for r in results),
+            "mean_tokens": {
+                side: sum(r[f"{side}_tokens"] for r in records) / n for side in ("chosen", "rejected", "original")
+            },
+            "generator_model": records[0]["generator_model"],
+            "settings": {k: v for k, v in asdict(self.args).items() if k != "output_dir"},
+        }
+        _write_atomic(self.output_dir / SUMMARY_FILE, summary)
+        return dataset, summary
+
+
+def generate(args: GenerateArguments, **components):
+    """Run the generator; returns `(dataset, summary)` on the main process and `None` elsewhere."""
+    return SSOGenerator(args, **components).run()

@@ -1,0 +1,68 @@
+"""Prompt sets for generation: the packaged default (200 prompts written by us across advice, writing, coding, math,
+safety-sensitive and factual questions), a local file (JSON, JSONL, CSV, Parquet or a saved dataset folder), or any
+`datasets` dataset name. Every prompt becomes a list of user (and earlier assistant) messages, without system ones."""
+
+import json
+from importlib.resources import files
+from pathlib import Path
+
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def default_prompts() -> list[dict]:
+    """The packaged prompts, as `{"category", "prompt"}` records."""
+    text = files("trl_sso").joinpath("resources/default_prompts.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _as_messages(value, index: int, column: str) -> list[dict] | None:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value.strip()}] if value.strip() else None
+    if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        messages = [m for m in value if m["role"] != "system"]
+        return messages if any(m["role"] == "user" and str(m["content"]).strip() for m in messages) else None
+    raise ValueError(
+        f"Row {index} of the prompt column {column!r} holds {type(value).__name__}; expected a string or a list of "
+        "{'role', 'content'} messages. Pick another column with `--prompt_column`."
+    )
+
+
+def load_prompts(source: str | None = None, column: str = "prompt", split: str = "train",
+                 num_prompts: int | None = None) -> list[list[dict]]:
+    """Load and normalise a prompt set (see the module docstring); blank prompts are skipped."""
+    if source is None:
+        values = [record["prompt"] for record in default_prompts()]
+        column = "prompt"
+    else:
+        import datasets
+
+        path = Path(source)
+        if path.is_dir() and (path / "dataset_info.json").exists():
+            dataset = datasets.load_from_disk(str(path))
+            dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+        elif path.is_file():
+            builder = FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise ValueError(
+                    f"Cannot read prompts from {source!r}: use a .json, .jsonl, .csv or .parquet file, a saved "
+                    "dataset folder, or a dataset name."
+                )
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+        else:
+            dataset = datasets.load_dataset(source, split=split)
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"The prompt set {source!r} has no column {column!r} (it has {dataset.column_names}). Choose one with "
+                "`--prompt_column`."
+            )
+        values = dataset[column]
+    prompts = [m for i, v in enumerate(values) if (m := _as_messages(v, i, column)) is not None]
+    if num_prompts is not None:
+        prompts = prompts[:num_prompts]
+    if not prompts:
+        raise ValueError(
+            f"The prompt set {source or 'default'!r} (column {column!r}) holds no non-empty prompt. Check the file and "
+            "`--prompt_column`, or raise `--num_prompts`."
+        )
+    return prompts

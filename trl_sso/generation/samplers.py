@@ -1,0 +1,141 @@
+"""Sampling backends behind one interface: `sample(prompts, temperature, top_p, max_new_tokens, seed)`.
+
+- `TransformersSampler` (default): batched `model.generate`, left-padded, prompts bucketed by length so that a batch
+  carries little padding, KV cache on, seeded per batch so that the result of a batch depends only on its content.
+- `VLLMSampler`: the same on a `vllm.LLM`, for GPUs. Used only when installed and asked for.
+
+Prompts are message lists; the chat template turns them into text. Each result is a `Completion`.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Completion:
+    text: str
+    num_tokens: int
+    finished: bool  # ended with an end-of-sequence token rather than at `max_new_tokens`
+
+
+def render(tokenizer, messages: list[dict]) -> str:
+    """The prompt text the model continues: the chat template with the generation prompt."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def require_chat_template(tokenizer, model_name: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"The tokenizer of {model_name!r} has no chat template, so the principle cannot be given as a system "
+            "message. Use an instruction-tuned (chat) model, or set `tokenizer.chat_template` before generating."
+        )
+
+
+class TransformersSampler:
+    """Batched sampling with transformers `generate`."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 8):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        return ids | {self.tokenizer.eos_token_id}
+
+    def sample(self, prompts: list[list[dict]], temperature: float, top_p: float, max_new_tokens: int, seed: int):
+        import torch
+
+        texts = [render(self.tokenizer, messages) for messages in prompts]
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])  # bucket by length: little padding per batch
+        results: list[Completion | None] = [None] * len(texts)
+        for chunk_index, start in enumerate(range(0, len(order), self.batch_size)):
+            chunk = order[start : start + self.batch_size]
+            inputs = self.tokenizer(
+                [texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.model.device)
+            torch.manual_seed(seed * 1_000 + chunk_index)
+            with torch.no_grad():
+                output = self.model.generate(
+                    **inputs,
+                    do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None,
+                    top_p=top_p if temperature > 0 else None,
+                    top_k=None,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    use_cache=True,
+                )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+            for i, tokens in zip(chunk, new_tokens):
+                end = next((j for j, t in enumerate(tokens) if t in self.eos_ids), None)
+                kept = tokens if end is None else tokens[:end]
+                text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+                results[i] = Completion(text=text, num_tokens=len(kept), finished=end is not None)
+        return results
+
+    def mean_logps(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
+        """Token-mean log-probability of each response after its prompt (teacher forcing), for the log-prob filter."""
+        import torch
+
+        values = []
+        for start in range(0, len(prompts), self.batch_size):
+            pairs = list(zip(prompts[start : start + self.batch_size], responses[start : start + self.batch_size]))
+            prompt_ids = [self.tokenizer(render(self.tokenizer, p), add_special_tokens=False)["input_ids"] for p, _ in pairs]
+            response_ids = [self.tokenizer(r, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id] for _, r in pairs]
+            rows = [p + r for p, r in zip(prompt_ids, response_ids)]
+            width = max(len(r) for r in rows)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.model.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.model.device)
+            with torch.no_grad():
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+            logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+            for row, r in enumerate(response_ids):
+                values.append(logps[row, -len(r) :].mean().item())
+        return values
+
+
+class VLLMSampler:
+    """Sampling with a `vllm.LLM` (or any object with the same `generate(prompts, sampling_params)` interface)."""
+
+    def __init__(self, llm: Any, tokenizer):
+        self.llm, self.tokenizer = llm, tokenizer
+
+    @classmethod
+    def from_pretrained(cls, model: str, tokenizer, **llm_kwargs):
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise ImportError(
+                "`backend='vllm'` needs vLLM, which is not installed. Install it on a GPU machine with "
+                "`pip install vllm`, or use the default `backend='transformers'`."
+            ) from error
+        return cls(LLM(model=model, **llm_kwargs), tokenizer)
+
+    def sample(self, prompts: list[list[dict]], temperature: float, top_p: float, max_new_tokens: int, seed: int):
+        params = self._sampling_params(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+        outputs = self.llm.generate([render(self.tokenizer, m) for m in prompts], params, use_tqdm=False)
+        results = []
+        for output in outputs:
+            best = output.outputs[0]
+            results.append(Completion(best.text.strip(), len(best.token_ids), best.finish_reason == "stop"))
+        return results
+
+    @staticmethod
+    def _sampling_params(**kwargs):
+        try:
+            from vllm import SamplingParams
+        except ImportError:  # a stand-in LLM in tests: plain keyword arguments
+            return kwargs
+        return SamplingParams(**kwargs)
+
+    def mean_logps(self, prompts, responses):
+        raise NotImplementedError(
+            "The log-probability filter scores responses with the transformers backend only. Use "
+            "`backend='transformers'` or turn `logprob_filter` off."
+        )
