@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..data import NEGATIVE_SYSTEM, POSITIVE_SYSTEM, build_steered_prompt
+from ..offline import DEFAULT_MODEL_ID
 from ..principles import LIBRARY, check_feature_names, load_features
 from .arguments import GenerateArguments
 from .filters import REASONS, drop_reason, logprob_keep
@@ -77,24 +78,24 @@ class SSOGenerator:
         from accelerate import PartialState
 
         self.args, self.state = args, PartialState()
-        self.model_name = args.model
-        if self.model_name is None:
-            from ..offline import default_model_path
-
-            self.model_name = default_model_path()
         self.features = load_features(args.features_file) if args.features_file else dict(LIBRARY)
         if args.features:
             check_feature_names(args.features, self.features)
         self.prompts = load_prompts(args.prompts, args.prompt_column, args.prompt_split, args.num_prompts)
         if sampler is None:
+            model_name = args.model
+            if model_name is None:
+                from ..offline import default_model_path
+
+                model_name = default_model_path()
             if args.backend == "vllm":
                 from transformers import AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(self.model_name)
-                require_chat_template(tokenizer, self.model_name)
-                sampler = VLLMSampler.from_pretrained(self.model_name, tokenizer, seed=args.seed)
+                tokenizer = AutoTokenizer.from_pretrained(model_name)
+                require_chat_template(tokenizer, model_name)
+                sampler = VLLMSampler.from_pretrained(model_name, tokenizer, seed=args.seed)
             else:
-                model, tokenizer = _load_model(self.model_name, args.dtype)
+                model, tokenizer = _load_model(model_name, args.dtype)
                 sampler = TransformersSampler(model, tokenizer, args.batch_size)
         self.sampler, self.tokenizer = sampler, tokenizer
         if args.principle_source == "model" and principle_sampler is None:
@@ -164,7 +165,7 @@ class SSOGenerator:
                     "principle_source": pr.source,
                     "principle_fallback": pr.fallback,
                     "prompt_index": index,
-                    "generator_model": str(self.args.model or "HuggingFaceTB/SmolLM2-135M-Instruct"),
+                    "generator_model": args.model or DEFAULT_MODEL_ID,
                     "seed": args.seed,
                     "iteration": args.iteration,
                     "chosen_tokens": chosen[k].num_tokens,

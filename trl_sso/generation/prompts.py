@@ -49,6 +49,8 @@ def load_prompts(source: str | None = None, column: str = "prompt", split: str =
                     "dataset folder, or a dataset name."
                 )
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+        elif path.suffix.lower() in FILE_BUILDERS or path.is_absolute() or source.startswith("."):
+            raise FileNotFoundError(f"The prompt file {source!r} does not exist. Check the path given to `--prompts`.")
         else:
             dataset = datasets.load_dataset(source, split=split)
         if column not in dataset.column_names:

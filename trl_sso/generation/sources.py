@@ -64,8 +64,8 @@ def parse_feature_choice(text: str, known: list[str], k: int, rng: random.Random
     return chosen, missing > 0
 
 
-_GOOD_KEYS = ("good", "good_principle", "positive", "good_guideline", "good guideline")
-_BAD_KEYS = ("bad", "bad_principle", "negative", "bad_guideline", "bad guideline")
+_GOOD_KEYS = ("good", "good_principle", "good_guideline", "positive", "positive_principle")
+_BAD_KEYS = ("bad", "bad_principle", "bad_guideline", "negative", "negative_principle")
 
 
 def parse_principle_json(text: str) -> tuple[str, str] | None:
@@ -78,7 +78,7 @@ def parse_principle_json(text: str) -> tuple[str, str] | None:
             continue
         if not isinstance(data, dict):
             continue
-        lowered = {str(k).lower().strip(): v for k, v in data.items()}
+        lowered = {re.sub(r"[\s-]+", "_", str(k).strip().lower()): v for k, v in data.items()}
         good = next((lowered[k] for k in _GOOD_KEYS if isinstance(lowered.get(k), str) and lowered[k].strip()), None)
         bad = next((lowered[k] for k in _BAD_KEYS if isinstance(lowered.get(k), str) and lowered[k].strip()), None)
         if good and bad:

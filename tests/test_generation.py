@@ -1,0 +1,206 @@
+"""The generator's logic with scripted samplers (fast, exact): schema and provenance, filters and their counts,
+resume after a crash, the vLLM adapter, prompt loading and bad input."""
+
+import hashlib
+import json
+
+import pytest
+from datasets import Dataset
+
+from trl_sso.data import validate_dataset
+from trl_sso.generation import GenerateArguments, SSOGenerator
+from trl_sso.generation.filters import drop_reason, logprob_keep, normalize
+from trl_sso.generation.prompts import default_prompts, load_prompts
+from trl_sso.generation.samplers import Completion, VLLMSampler, require_chat_template
+
+
+class Echo:
+    """A deterministic stand-in policy: the answer depends on the principle (if any), the query and the seed."""
+
+    def __init__(self, fail_after=None, answer=None):
+        self.calls, self.fail_after, self.answer = 0, fail_after, answer
+
+    def sample(self, prompts, temperature, top_p, max_new_tokens, seed):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated crash")
+        out = []
+        for messages in prompts:
+            system = next((m["content"] for m in messages if m["role"] == "system"), "")
+            user = messages[-1]["content"]
+            tag = system.split(".")[0] if system else "plain"
+            text = self.answer(tag, user) if self.answer else f"{tag} / {hashlib.md5(f'{user}{seed}'.encode()).hexdigest()[:8]}"
+            out.append(Completion(text, len(text.split()), True))
+        return out
+
+
+def make(tmp_path, tokenizer, sampler=None, **overrides):
+    kwargs = dict(output_dir=str(tmp_path / "out"), num_prompts=10, batch_size=4, seed=3)
+    kwargs.update(overrides)
+    return SSOGenerator(GenerateArguments(**kwargs), sampler=sampler or Echo(), tokenizer=tokenizer)
+
+
+def test_dataset_schema_provenance_and_summary(tmp_path, tokenizer):
+    dataset, summary = make(tmp_path, tokenizer).run()
+    assert len(dataset) == 10 and summary["num_records"] == 10 and summary["num_prompts"] == 10
+    validate_dataset(dataset)
+    row = dataset[0]
+    assert row["prompt_index"] == 0 and row["prompt"] == [{"role": "user", "content": default_prompts()[0]["prompt"]}]
+    assert row["chosen"][0]["content"].startswith("Your response should be ")
+    assert row["rejected"][0]["content"].startswith("Your response should be ")
+    assert row["original"][0]["content"].startswith("plain / ")
+    for column in ("features", "principle_source", "generator_model", "seed", "iteration"):
+        assert column in dataset.column_names
+    assert row["generator_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and row["seed"] == 3
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["num_records"] == 10 and sum(on_disk["feature_counts"].values()) >= 20
+    from datasets import load_from_disk
+
+    assert load_from_disk(str(tmp_path / "out" / "dataset")).to_list() == dataset.to_list()
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, tokenizer):
+    reference, _ = make(tmp_path / "a", tokenizer).run()
+    crashing = make(tmp_path / "b", tokenizer, sampler=Echo(fail_after=3))  # dies in the second batch
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.run()
+    done = sorted(p.name for p in (tmp_path / "b" / "out" / "batches").iterdir())
+    assert done == ["batch-000000.json"]  # the first batch is safe on disk, nothing partial
+    resumed_sampler = Echo()
+    resumed, _ = make(tmp_path / "b", tokenizer, sampler=resumed_sampler).run()
+    assert resumed_sampler.calls == 2 * 2  # two batches left, two sampling calls each
+    assert resumed.to_list() == reference.to_list()
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, tokenizer):
+    make(tmp_path, tokenizer).run()
+    with pytest.raises(ValueError, match="other settings"):
+        make(tmp_path, tokenizer, seed=4).run()
+
+
+def test_filters_are_counted_by_reason(tmp_path, tokenizer):
+    def answer(tag, user):
+        if "capital" in user or "boiling" in user:
+            return "Same answer."
+        if "dog" in user:
+            return f"As my guidelines say: {tag}." if tag.startswith("Your response should be") else "plain"
+        if "raise" in user:
+            return "" if tag == "plain" else tag
+        return f"{tag}: {user}"
+
+    prompts = tmp_path / "prompts.jsonl"
+    questions = ["What is the capital of Peru?", "Should I get a dog?", "How do I ask for a raise?", "Why is grass green?"]
+    prompts.write_text("\n".join(json.dumps({"question": q}) for q in questions))
+    dataset, summary = make(tmp_path, tokenizer, sampler=Echo(answer=answer), prompts=str(prompts),
+                            prompt_column="question", num_prompts=None).run()
+    assert [r["prompt"][0]["content"] for r in dataset] == ["Why is grass green?"]
+    dropped = {k: v for k, v in summary["dropped"].items() if v}
+    assert dropped == {"chosen_equals_rejected": 1, "reveals_guidelines": 1, "empty": 1}
+
+
+def test_each_filter():
+    def c(text, finished=True):
+        return Completion(text, 3, finished)
+
+    assert normalize("Helpful Response: The sky is blue.") == normalize("the sky is  blue.")
+    assert drop_reason(c("A"), c("Hi there"), c("Hello")) == "empty"  # shorter than min_chars
+    assert drop_reason(c("Good one"), c("Bad one"), c("Other"), drop_truncated=True) is None
+    assert drop_reason(c("Good one", False), c("Bad one"), c("Other"), drop_truncated=True) == "truncated"
+    assert drop_reason(c("Good one", False), c("Bad one"), c("Other")) is None
+    assert drop_reason(c("Helpful Response: Same"), c("Unhelpful answer: same"), c("Other")) == "chosen_equals_rejected"
+    assert drop_reason(c("Good one"), c("Bad one"), c("good one")) == "original_equals_chosen"
+    assert drop_reason(c("Good one"), c("Bad one"), c("Bad one")) == "original_equals_rejected"
+    assert drop_reason(c("Per the guidelines, ok"), c("Bad one"), c("Other")) == "reveals_guidelines"
+    assert drop_reason(c("Per the guidelines, ok"), c("Bad one"), c("Other"), drop_revealing=False) is None
+    good = dict(p_chosen=-1, o_chosen=-2, n_chosen=-3, n_rejected=-1, o_rejected=-2, p_rejected=-3)
+    wrong_order = dict(good, n_chosen=-1.5)  # more likely under the negative principle than the plain prompt
+    off_policy = dict(good, o_chosen=-2.9, p_chosen=-1, n_chosen=-3.5)
+    assert logprob_keep([good, wrong_order, good]) == [True, False, True]
+    assert logprob_keep([good, off_policy]) == [True, False]
+
+
+def test_logprob_filter_runs_through_the_sampler(tmp_path, tokenizer):
+    class Scored(Echo):
+        def mean_logps(self, prompts, responses):
+            # plain prompts score the responses highest: every record fails the principle ordering
+            return [-1.0 if not any(m["role"] == "system" for m in p) else -2.0 for p in prompts]
+
+    with pytest.raises(RuntimeError, match="logprob"):
+        make(tmp_path, tokenizer, sampler=Scored(), logprob_filter=True).run()
+
+
+class FakeVLLM:
+    """Mimics `vllm.LLM.generate`: a RequestOutput per prompt with `.outputs[0].text/.token_ids/.finish_reason`."""
+
+    def __init__(self):
+        self.seen = []
+
+    def generate(self, prompts, params, use_tqdm=False):
+        from types import SimpleNamespace
+
+        self.seen.append((prompts, params))
+        return [
+            SimpleNamespace(outputs=[SimpleNamespace(text=f" reply {i} ", token_ids=[1, 2, 3], finish_reason="stop" if i else "length")])
+            for i, _ in enumerate(prompts)
+        ]
+
+
+def test_vllm_adapter(tokenizer):
+    llm = FakeVLLM()
+    sampler = VLLMSampler(llm, tokenizer)
+    out = sampler.sample([[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Yo"}]], 0.7, 0.8, 16, 5)
+    assert [c.text for c in out] == ["reply 0", "reply 1"] and [c.finished for c in out] == [False, True]
+    prompts, params = llm.seen[0]
+    assert prompts[0].endswith("<|im_start|>assistant\n") and "Hi" in prompts[0]
+    assert params == {"temperature": 0.7, "top_p": 0.8, "max_tokens": 16, "seed": 5}
+    with pytest.raises(NotImplementedError, match="transformers backend"):
+        sampler.mean_logps([], [])
+
+
+def test_vllm_missing_is_a_clear_error(tokenizer):
+    pytest.importorskip("torch")
+    with pytest.raises(ImportError, match="pip install vllm"):
+        VLLMSampler.from_pretrained("any", tokenizer)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv", ".parquet"])
+def test_prompts_from_files(tmp_path, suffix):
+    data = Dataset.from_dict({"q": ["First?", "  ", "Third?"], "other": [1, 2, 3]})
+    path = tmp_path / f"prompts{suffix}"
+    {".json": lambda: data.to_json(path, lines=False), ".jsonl": lambda: data.to_json(path),
+     ".csv": lambda: data.to_csv(path), ".parquet": lambda: data.to_parquet(path)}[suffix]()
+    assert load_prompts(str(path), column="q") == [[{"role": "user", "content": "First?"}], [{"role": "user", "content": "Third?"}]]
+
+
+def test_default_prompts_and_bad_prompt_sets(tmp_path):
+    records = default_prompts()
+    assert len(records) == 200 and len({r["prompt"] for r in records}) == 200
+    assert {r["category"] for r in records} == {"advice", "writing", "coding", "math", "safety", "factual"}
+    assert len(load_prompts(num_prompts=5)) == 5
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "Hi"}\n')
+    with pytest.raises(ValueError, match="no column 'prompt'.*\\['text'\\].*--prompt_column"):
+        load_prompts(str(path))
+    path.write_text('{"prompt": ""}\n')
+    with pytest.raises(ValueError, match="no non-empty prompt"):
+        load_prompts(str(path))
+    with pytest.raises(ValueError, match="\\.json, \\.jsonl, \\.csv or \\.parquet"):
+        (tmp_path / "p.txt").write_text("x")
+        load_prompts(str(tmp_path / "p.txt"))
+
+
+def test_bad_arguments_and_features(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="num_prompts"):
+        GenerateArguments(num_prompts=0)
+    with pytest.raises(ValueError, match="principle_model"):
+        GenerateArguments(principle_source="model")
+    from trl_sso.principles import PrincipleError
+
+    with pytest.raises(PrincipleError, match="Unknown feature\\(s\\) \\['Wit'\\]"):
+        make(tmp_path, tokenizer, features=["Accuracy", "Wit"])
+
+
+def test_model_without_chat_template(tokenizer):
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="no chat template.*instruction-tuned"):
+        require_chat_template(tokenizer, "gpt2")

@@ -1,0 +1,103 @@
+"""The generator on real models: resume after a crash and two processes reproduce a single uninterrupted run (tiny
+random Llama), and `trl-sso generate` with no model runs the packaged SmolLM2 end to end, its output training an
+SSOTrainer step."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import sso_args
+from datasets import load_from_disk
+
+from trl_sso.generation import GenerateArguments, SSOGenerator
+from trl_sso.generation.samplers import TransformersSampler
+
+
+def tiny_generator(model_dir, output_dir, sampler_wrapper=None, **overrides):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sampler = TransformersSampler(AutoModelForCausalLM.from_pretrained(model_dir).eval(), tokenizer, batch_size=4)
+    if sampler_wrapper:
+        sampler = sampler_wrapper(sampler)
+    kwargs = dict(model=model_dir, output_dir=str(output_dir), num_prompts=6, batch_size=2, max_new_tokens=8, seed=11,
+                  drop_revealing=False)
+    kwargs.update(overrides)
+    return SSOGenerator(GenerateArguments(**kwargs), sampler=sampler, tokenizer=tokenizer)
+
+
+class CrashAfter:
+    def __init__(self, sampler, calls):
+        self.sampler, self.calls = sampler, calls
+
+    def sample(self, *args, **kwargs):
+        self.calls -= 1
+        if self.calls < 0:
+            raise KeyboardInterrupt  # like a Ctrl-C in the middle of a batch
+        return self.sampler.sample(*args, **kwargs)
+
+
+def test_resume_with_real_sampling_matches_uninterrupted(tiny_model_dir, tmp_path):
+    reference, _ = tiny_generator(tiny_model_dir, tmp_path / "ref").run()
+    with pytest.raises(KeyboardInterrupt):
+        tiny_generator(tiny_model_dir, tmp_path / "run", lambda s: CrashAfter(s, 3)).run()
+    resumed, summary = tiny_generator(tiny_model_dir, tmp_path / "run").run()
+    assert resumed.to_list() == reference.to_list()
+    assert summary["num_prompts"] == 6
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tiny_model_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    options = ["generate", "--model", tiny_model_dir, "--num_prompts", "6", "--batch_size", "2",
+               "--max_new_tokens", "8", "--seed", "5", "--drop_revealing", "false"]
+    single = subprocess.run([sys.executable, "-m", "trl_sso.cli.main", *options, "--output_dir", str(tmp_path / "one")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m",
+              "trl_sso.cli.main"]
+    double = subprocess.run([*launch, *options, "--output_dir", str(tmp_path / "two")], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert "Wrote" in double.stdout and double.stdout.count("Wrote") == 1  # merged and reported once
+    one = load_from_disk(str(tmp_path / "one" / "dataset")).to_list()
+    two = load_from_disk(str(tmp_path / "two" / "dataset")).to_list()
+    assert one == two and len(one) > 0
+
+
+def test_cli_end_to_end_with_the_packaged_model(tmp_path, tiny_model_dir, tokenizer):
+    out = tmp_path / "sso-data"
+    result = subprocess.run(
+        ["trl-sso", "generate", "--output_dir", str(out), "--num_prompts", "4", "--max_new_tokens", "16"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SSO records from 4 prompts" in result.stdout
+    dataset = load_from_disk(str(out / "dataset"))
+    assert len(dataset) >= 1 and dataset[0]["generator_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    from trl_sso import SSOTrainer
+
+    trainer = SSOTrainer(model=tiny_model_dir, args=sso_args(tmp_path / "train", max_steps=1,
+                                                            per_device_train_batch_size=1),
+                         train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        ["trl-sso", "generate", "--prompts", str(tmp_path / "missing.csv"), "--output_dir", str(tmp_path / "o"),
+         "--model", "unused"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "trl-sso generate: error: The prompt file" in result.stderr
