@@ -57,27 +57,34 @@ def _write_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _load_model(name: str, dtype: str):
+def _process_state():
+    """This process's place in an `accelerate launch` run. Without an accelerator, accelerate only forms a
+    multi-process group when asked for the CPU explicitly, so ask for it then."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import is_npu_available, is_xpu_available
+
+    return PartialState(cpu=not (torch.cuda.is_available() or is_xpu_available() or is_npu_available()))
+
+
+def _load_model(name: str, dtype: str, device):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    if torch_dtype == "auto" and not torch.cuda.is_available():
+    if torch_dtype == "auto" and device.type == "cpu":
         torch_dtype = torch.float32  # checkpoints stored in bf16 run many times slower on a CPU
     tokenizer = AutoTokenizer.from_pretrained(name)
     require_chat_template(tokenizer, name)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    return model, tokenizer
+    return model.to(device).eval(), tokenizer
 
 
 class SSOGenerator:
     """Generates SSO records from a prompt set with a policy; see the module docstring."""
 
     def __init__(self, args: GenerateArguments, sampler=None, tokenizer=None, principle_sampler=None):
-        from accelerate import PartialState
-
-        self.args, self.state = args, PartialState()
+        self.args, self.state = args, _process_state()
         self.features = load_features(args.features_file) if args.features_file else dict(LIBRARY)
         if args.features:
             check_feature_names(args.features, self.features)
@@ -95,11 +102,11 @@ class SSOGenerator:
                 require_chat_template(tokenizer, model_name)
                 sampler = VLLMSampler.from_pretrained(model_name, tokenizer, seed=args.seed)
             else:
-                model, tokenizer = _load_model(model_name, args.dtype)
+                model, tokenizer = _load_model(model_name, args.dtype, self.state.device)
                 sampler = TransformersSampler(model, tokenizer, args.batch_size)
         self.sampler, self.tokenizer = sampler, tokenizer
         if args.principle_source == "model" and principle_sampler is None:
-            principle_model, principle_tokenizer = _load_model(args.principle_model, args.dtype)
+            principle_model, principle_tokenizer = _load_model(args.principle_model, args.dtype, self.state.device)
             principle_sampler = TransformersSampler(principle_model, principle_tokenizer, args.batch_size)
         self.source = PrincipleSource(
             args.principle_source, self.features, seed=args.seed, num_features=args.num_features,
