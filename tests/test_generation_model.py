@@ -101,3 +101,33 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "trl-sso generate: error: The prompt file" in result.stderr
+
+
+def test_mean_logps_match_a_direct_computation(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    sampler = TransformersSampler(model, tokenizer, batch_size=2)
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "A much longer question here?"}]] * 2
+    responses = ["Hello there.", "Yes.", "Hm", "A longer answer, with commas."]
+    got = sampler.mean_logps(prompts, responses)
+    for prompt, response, value in zip(prompts, responses, got):
+        prompt_ids = tokenizer(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                               add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + response_ids])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        expected = logps[len(prompt_ids) - 1 :].gather(-1, ids[0, len(prompt_ids) :, None]).mean().item()
+        assert value == pytest.approx(expected, abs=1e-4)
+
+
+def test_logprob_filter_end_to_end(tiny_model_dir, tmp_path):
+    try:
+        _, summary = tiny_generator(tiny_model_dir, tmp_path, logprob_filter=True, num_prompts=8).run()
+    except RuntimeError as error:  # a random model may fail every record; the message then says so
+        assert "filtered out" in str(error) and "'logprob'" in str(error)
+        return
+    assert summary["num_records"] + sum(summary["dropped"].values()) == 8
