@@ -21,12 +21,16 @@ _LAZY = {
     "convert_reference_dataset": "trl_sso.data",
     "from_reference_record": "trl_sso.data",
     "SSODataError": "trl_sso.data",
+    "GenerateArguments": "trl_sso.generation",
+    "SSOGenerator": "trl_sso.generation",
+    "generate": "trl_sso.generation",
 }
 
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
     from .config import SSOConfig
+    from .generation import GenerateArguments, SSOGenerator, generate
     from .data import (
         SSODataError,
         build_steered_prompt,
