@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -99,6 +100,14 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
+    def setup(self):
+        super().setup()
+        self.server.connections.add(self.connection)
+
+    def finish(self):
+        self.server.connections.discard(self.connection)
+        super().finish()
+
     # -- plumbing ------------------------------------------------------------------------------------------------------
 
     def _body(self) -> bytes:
@@ -134,8 +143,9 @@ class Handler(BaseHTTPRequestHandler):
                 status = state.faults.pop(0)
                 return self._error(status, f"Injected failure ({status}).")
         if self.headers.get("Authorization", "") in ("", "Bearer "):
-            # Writes need a token; LFS uploads go to a pre-signed URL (on the Hub, a storage bucket) and carry none
-            if self.command not in ("GET", "HEAD") and not parsed.path.startswith("/lfs-upload/"):
+            # Writes need a token; LFS uploads go to a pre-signed URL (on the Hub, a storage bucket) and carry none,
+            # and card metadata can be validated anonymously
+            if self.command not in ("GET", "HEAD") and not parsed.path.startswith(("/lfs-upload/", "/api/validate-yaml")):
                 return self._error(401, "Invalid credentials in Authorization header.")
         for method, pattern, handler in ROUTES:
             if method == self.command:
@@ -448,6 +458,7 @@ class LocalHubServer(ThreadingHTTPServer):
     def __init__(self, root: Path):
         super().__init__(("127.0.0.1", 0), Handler)
         self.state = HubState(root)
+        self.connections: set[socket.socket] = set()  # open keep-alive connections, closed on stop
 
 
 class LocalHub:
@@ -479,8 +490,15 @@ class LocalHub:
         return self
 
     def stop(self):
+        """Stop serving and drop every open connection, as a server that goes away would."""
         self.server.shutdown()
         self.server.server_close()
+        for connection in list(self.server.connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __exit__(self, *exc):
-        self.stop()
+        if self.thread.is_alive():
+            self.stop()

@@ -64,8 +64,11 @@ def sso_model_card(
     hub_model_id: str | None,
     tags: list[str],
     is_adapter: bool,
+    results: dict[str, float] | None = None,
+    quantization: dict[str, Any] | None = None,
 ):
-    """The model card of an SSO-trained model or adapter (`library_name: peft` for adapters)."""
+    """The model card of an SSO-trained model or adapter (`library_name: peft` for adapters), with the final training
+    metrics and, for QLoRA, the quantization of the base model."""
     from huggingface_hub import ModelCard, ModelCardData
 
     settings = [(name, getattr(args, name)) for name in _CARD_SETTINGS if hasattr(args, name)]
@@ -90,6 +93,118 @@ def sso_model_card(
         settings=settings,
         versions=framework_versions(),
         paper_id="2410.17131",
+        results=sorted((results or {}).items()),
+        quantization=sorted((quantization or {}).items()),
         sso_citation=SSO_CITATION,
         trl_citation=TRL_CITATION,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Dataset card
+
+_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+_CANONICAL = ("prompt", "chosen", "rejected", "original", "positive_system", "negative_system")
+
+
+def size_category(n: int) -> str:
+    return next((label for limit, label in _SIZE_CATEGORIES if n < limit), "n>1M")
+
+
+def sso_dataset_card(dataset, summary: dict | None, repo_id: str, config_name: str, existing: dict):
+    """The card of a pushed SSO dataset. `existing` is the repo's current card metadata: its `configs` and
+    `dataset_info` (written by `push_to_hub`) are kept, so every pushed round stays loadable."""
+    import json
+
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    metadata = dict(existing)
+    tags = sorted(set(metadata.get("tags") or []) | {"trl", "sso", "synthetic", "preference"})
+    metadata.update(
+        license=metadata.get("license") or "other",
+        task_categories=metadata.get("task_categories") or ["text-generation"],
+        tags=tags,
+        size_categories=[size_category(len(dataset))],
+        pretty_name=metadata.get("pretty_name") or f"SSO preferences: {repo_id.split('/')[-1]}",
+    )
+    config_names = [c["config_name"] for c in metadata.get("configs") or []] or [config_name]
+    example = {k: v for k, v in dataset[0].items() if k in _CANONICAL}
+    text = json.dumps(example, ensure_ascii=False, indent=2)
+    return DatasetCard.from_template(
+        DatasetCardData(**metadata),
+        template_path=str(template_path("sso_dataset_card.md")),
+        pretty_name=metadata["pretty_name"],
+        repo_id=repo_id,
+        config_name=config_name,
+        config_names=config_names,
+        num_records=len(dataset),
+        extra_columns=[c for c in dataset.column_names if c not in _CANONICAL],
+        example=text if len(text) < 4000 else text[:4000] + "\n...",
+        summary=summary,
+        sso_citation=SSO_CITATION,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Cards of pushed folders (models, adapters, reward models)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _local(name: str | None) -> str | None:
+    """A Hub id, or `None` for a local path (which says nothing to readers of a card)."""
+    return None if not name or Path(name).exists() or name.startswith(("/", ".")) else name
+
+
+def reward_model_card(path: Path, repo_id: str):
+    """The card of a reward model folder, with the pairwise accuracy recorded next to it (`eval_results.json` or
+    `all_results.json`, as `eval_accuracy`)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = _read_json(path / "config.json")
+    results = {**_read_json(path / "all_results.json"), **_read_json(path / "eval_results.json")}
+    sso = _read_json(path / "sso_reward.json")  # written by `trl-sso reward`: base model and dataset ids
+    base_model = _local(sso.get("base_model") or config.get("_name_or_path"))
+    card_data = ModelCardData(
+        base_model=base_model, datasets=sso.get("dataset_name"), library_name="transformers",
+        pipeline_tag="text-classification", tags=["trl", "sso", "reward-model"], model_name=repo_id.split("/")[-1],
+    )
+    accuracy = results.get("eval_accuracy")
+    if accuracy is not None:
+        card_data.eval_results = None  # no model-index: the accuracy is reported in the text and metrics below
+        card_data.metrics = ["accuracy"]
+    return ModelCard.from_template(
+        card_data, template_path=str(template_path("reward_model_card.md")), model_name=repo_id.split("/")[-1],
+        base_model=base_model, dataset_name=sso.get("dataset_name"), repo_id=repo_id, accuracy=accuracy,
+        eval_size=results.get("eval_samples"), versions=framework_versions(), sso_citation=SSO_CITATION,
+    )
+
+
+def folder_card(path: Path, kind: str, repo_id: str):
+    """The card to publish with a model, adapter or reward-model folder: the SSO card SSOTrainer wrote (with the
+    repo id filled in), else one built from the folder's own metadata."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    if kind == "reward_model":
+        return reward_model_card(path, repo_id)
+    readme = path / "README.md"
+    if readme.exists() and "sso" in (ModelCard.load(readme).data.tags or []):
+        card = ModelCard.load(readme)
+        local_name = card.data.model_name
+        if local_name and local_name != repo_id:
+            card.content = card.content.replace(f'"{local_name}"', f'"{repo_id}"')
+        return card
+    adapter = _read_json(path / "adapter_config.json")
+    config = _read_json(path / "config.json")
+    base_model = _local(adapter.get("base_model_name_or_path") or config.get("_name_or_path"))
+    data = ModelCardData(base_model=base_model, library_name="peft" if kind == "adapter" else "transformers",
+                         tags=["trl", "sso"], pipeline_tag="text-generation", model_name=repo_id.split("/")[-1])
+    what = "A PEFT adapter" if kind == "adapter" else "A model"
+    return ModelCard(
+        f"---\n{data.to_yaml()}\n---\n\n# {repo_id.split('/')[-1]}\n\n{what} trained with Self-Steering Optimization "
+        f"([SSO](https://huggingface.co/papers/2410.17131)) using trl-sso.\n\n## Citation\n\n```bibtex\n{SSO_CITATION}\n```\n"
     )

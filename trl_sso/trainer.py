@@ -12,6 +12,7 @@ objective does not use are neither tokenized, collated nor forwarded.
 """
 
 import contextlib
+import copy
 import json
 import os
 from collections import defaultdict
@@ -502,12 +503,39 @@ class SSOTrainer(DPOTrainer):
         directory, in place of TRL's DPO card."""
         self._write_model_card(self.args.output_dir, model_name, dataset_name, tags)
 
+    def _save(self, output_dir=None, state_dict=None):
+        """Save as `Trainer` does, but never with the Hub token inside `training_args.bin`."""
+        super()._save(output_dir, state_dict)
+        if self.args.hub_token and self.args.should_save:
+            from transformers.trainer import TRAINING_ARGS_NAME
+
+            args = copy.copy(self.args)
+            args.hub_token = None
+            torch.save(args, os.path.join(output_dir or self.args.output_dir, TRAINING_ARGS_NAME))
+
     def save_model(self, output_dir=None, _internal_call=False):
         """Save the model (or adapter) as `Trainer` does, then the SSO model card beside it. (PEFT writes a generic
         card of its own when saving an adapter; checkpoints and `push_to_hub` write the SSO card themselves.)"""
         super().save_model(output_dir, _internal_call)
         if not _internal_call:
             self._write_model_card(output_dir or self.args.output_dir)
+
+    def _final_metrics(self) -> dict[str, float]:
+        """The last logged value of the main training metrics (loss, rewards, the SSO terms), for the model card."""
+        keep = ("loss", "train_loss", "rewards/accuracies", "rewards/margins", "steer_pos/rewards/margins",
+                "steer_neg/rewards/margins", "sso/weight", "eval_loss", "eval_rewards/accuracies")
+        results = {}
+        for entry in self.state.log_history:
+            results.update({k: v for k, v in entry.items() if k in keep and isinstance(v, (int, float))})
+        return results
+
+    def _quantization_setup(self) -> dict[str, Any] | None:
+        config = getattr(self.model.config, "quantization_config", None)
+        if config is None:
+            return None
+        config = config if isinstance(config, dict) else config.to_dict()
+        keys = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant")
+        return {k: config[k] for k in keys if config.get(k) not in (None, False)}
 
     def _write_model_card(self, output_dir, model_name=None, dataset_name=None, tags=None):
         if not self.is_world_process_zero():
@@ -524,6 +552,8 @@ class SSOTrainer(DPOTrainer):
             hub_model_id=self.hub_model_id,
             tags=sorted(tags | set(self._tag_names)),
             is_adapter=is_peft_model(self.model),
+            results=self._final_metrics(),
+            quantization=self._quantization_setup(),
         )
         os.makedirs(output_dir, exist_ok=True)
         card.save(os.path.join(output_dir, "README.md"))

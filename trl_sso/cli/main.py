@@ -26,6 +26,15 @@ def _generate(namespace) -> int:
     return 0
 
 
+def _push(namespace) -> int:
+    from ..hub import push
+
+    url = push(namespace.path, namespace.repo_id, config_name=namespace.config_name, private=namespace.private,
+               revision=namespace.revision, commit_message=namespace.commit_message)
+    print(f"Published {namespace.path} to {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..generation.arguments import GenerateArguments
     from .options import add_dataclass_options
@@ -39,15 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_options(generate, GenerateArguments)
     generate.set_defaults(handler=_generate)
+
+    push = commands.add_parser(
+        "push", help="Publish a generated dataset, an SSO model or adapter, or a reward model, with its card.",
+        description="Publish PATH to the Hub with the right card: a generated dataset (as config iteration_<t>), an "
+        "SSO-trained model, a LoRA/QLoRA adapter, or a reward model. The token comes from `hf auth login` or HF_TOKEN.",
+    )
+    push.add_argument("path", help="Folder to publish (what it holds is detected).")
+    push.add_argument("--repo_id", required=True, help="Target repo, namespace/name.")
+    push.add_argument("--config_name", help="Dataset config name (default: iteration_<t> from the dataset's summary).")
+    push.add_argument("--private", action="store_true", help="Create the repo as private.")
+    push.add_argument("--revision", help="Branch to push to (created when missing), e.g. iteration_2.")
+    push.add_argument("--commit_message", help="Commit message.")
+    push.set_defaults(handler=_push)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     namespace = parser.parse_args(argv)
+    from ..generation.generator import NoRecordsError
+    from ..hub import HubPushError
+
     try:
         return namespace.handler(namespace)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, ImportError) as error:
+    except (ValueError, OSError, ImportError, HubPushError, NoRecordsError) as error:
         # Bad options and inputs: the message says what to fix; a stack trace would only hide it
         print(f"trl-sso {namespace.command}: error: {error}", file=sys.stderr)
         return 2

@@ -41,6 +41,9 @@ class GenerateArguments:
     drop_truncated: bool = field(default=False, metadata={"help": "Drop triples with a response that hit max_new_tokens without an end-of-sequence token."})
     drop_revealing: bool = field(default=True, metadata={"help": "Drop triples whose chosen or rejected response mentions the guidelines."})
     logprob_filter: bool = field(default=False, metadata={"help": "Keep only triples that pass the log-probability filter (transformers backend)."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Publish the dataset (as config iteration_<iteration>) when done."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "Dataset repo to publish to (namespace/name); needed with --push_to_hub."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the dataset repo as private."})
 
     def __post_init__(self):
         if self.num_prompts is not None and self.num_prompts < 1:
@@ -52,5 +55,7 @@ class GenerateArguments:
             raise ValueError(f"`concision_prob` must lie in [0, 1], got {self.concision_prob}.")
         if self.principle_source == "model" and not self.principle_model:
             raise ValueError("`principle_source='model'` needs `principle_model`, the model that writes the guidelines.")
+        if self.push_to_hub and not self.hub_dataset_id:
+            raise ValueError("`push_to_hub` needs `hub_dataset_id` (namespace/name of the dataset repo).")
         if self.logprob_filter and self.backend != "transformers":
             raise ValueError("`logprob_filter` scores responses with the transformers backend; use `backend='transformers'`.")

@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 from ..data import NEGATIVE_SYSTEM, POSITIVE_SYSTEM, build_steered_prompt
@@ -33,13 +32,17 @@ from .sources import PrincipleSource
 logger = logging.getLogger(__name__)
 
 BATCH_DIR, DATASET_DIR, SUMMARY_FILE = "batches", "dataset", "summary.json"
+
+
+class NoRecordsError(RuntimeError):
+    """Every generated triple was filtered out."""
 # Settings that change the result: a rerun with other values must not reuse earlier batches.
 _RESULT_SETTINGS = (
     "model", "prompts", "prompt_column", "prompt_split", "num_prompts", "seed", "iteration", "max_new_tokens",
     "temperature", "top_p", "original_temperature", "batch_size", "backend", "dtype", "principle_source",
     "principle_model", "policy_writes_principles", "features_file", "features", "num_features", "concision_prob",
     "min_response_chars", "drop_truncated", "drop_revealing", "logprob_filter",
-)
+)  # publishing options (push_to_hub, hub_*) do not change the data
 
 
 def _settings_key(args: GenerateArguments) -> str:
@@ -261,7 +264,7 @@ class SSOGenerator:
             dropped.update(result["dropped"])
             features.update(result["features"])
         if not records:
-            raise RuntimeError(
+            raise NoRecordsError(
                 f"Every generated triple was filtered out ({dict(dropped)}). Raise `max_new_tokens`, relax the filters "
                 "or use a stronger model."
             )
@@ -286,9 +289,14 @@ class SSOGenerator:
                 side: sum(r[f"{side}_tokens"] for r in records) / n for side in ("chosen", "rejected", "original")
             },
             "generator_model": records[0]["generator_model"],
-            "settings": {k: v for k, v in asdict(self.args).items() if k != "output_dir"},
+            "settings": {k: getattr(self.args, k) for k in _RESULT_SETTINGS},
         }
         _write_atomic(self.output_dir / SUMMARY_FILE, summary)
+        if self.args.push_to_hub:
+            from ..hub import push_dataset
+
+            url = push_dataset(self.output_dir, self.args.hub_dataset_id, private=self.args.hub_private)
+            logger.warning(f"Published the dataset to {url} (config iteration_{self.args.iteration}).")
         return dataset, summary
 
 

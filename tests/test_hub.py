@@ -1,0 +1,220 @@
+"""Round trips through the local Hub test server: datasets, adapters, full models and reward models pushed and pulled
+back with the unmodified huggingface_hub, datasets, transformers and peft; cards; retries and failures; no secrets."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import load_tiny_model, sso_args, sso_dataset
+from hub_server import LocalHub
+
+from trl_sso.hub import HubPushError, detect_artifact, load_sso_dataset, push
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A local Hub on 127.0.0.1, with HF_ENDPOINT, a dummy HF_TOKEN, HF_HUB_DISABLE_XET=1 and a temporary HF_HOME.
+    The libraries read some of these at import, so their module constants are pointed at the server too."""
+    import datasets.config
+    import huggingface_hub.constants as constants
+
+    with LocalHub(tmp_path / "hub-root") as server:
+        env = server.environ()
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        endpoint = server.endpoint
+        patches = {
+            constants: dict(ENDPOINT=endpoint, HUGGINGFACE_CO_URL_TEMPLATE=endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+                            HF_HUB_OFFLINE=False, HF_HUB_DISABLE_XET=True, HF_HOME=env["HF_HOME"],
+                            HF_HUB_CACHE=os.path.join(env["HF_HOME"], "hub")),
+            datasets.config: dict(HF_ENDPOINT=endpoint, HUB_DATASETS_URL=endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+                                  HF_HUB_OFFLINE=False, HF_DATASETS_OFFLINE=False,
+                                  HF_DATASETS_CACHE=tmp_path / "datasets-cache"),
+        }
+        for module, values in patches.items():
+            for name, value in values.items():
+                monkeypatch.setattr(module, name, value)
+        import huggingface_hub.hf_api
+
+        monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)  # the instance behind upload_file & co
+        monkeypatch.setattr("trl_sso.hub.time.sleep", lambda seconds: None)  # no real waiting between retries
+        yield server
+
+
+@pytest.fixture
+def generated(tmp_path, tokenizer):
+    """Two generated rounds (scripted policy, fast), as `trl-sso generate` writes them."""
+    from test_generation import Echo
+
+    from trl_sso.generation import GenerateArguments, SSOGenerator
+
+    folders = []
+    for iteration in (1, 2):
+        args = GenerateArguments(output_dir=str(tmp_path / f"round{iteration}"), num_prompts=6, batch_size=3,
+                                 iteration=iteration, seed=iteration)
+        SSOGenerator(args, sampler=Echo(), tokenizer=tokenizer).run()
+        folders.append(tmp_path / f"round{iteration}")
+    return folders
+
+
+def test_dataset_rounds_as_configs_both_loadable(hub, generated):
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    assert detect_artifact(generated[0]) == "dataset"
+    for folder in generated:
+        push(folder, "tester/sso-data")
+    first = datasets.load_dataset("tester/sso-data", "iteration_1", split="train")
+    second = datasets.load_dataset("tester/sso-data", "iteration_2", split="train")
+    assert first.to_list() == datasets.load_from_disk(str(generated[0] / "dataset")).to_list()
+    assert second[0]["iteration"] == 2 and len(first) == len(second) == 6
+    card = DatasetCard.load("tester/sso-data", repo_type="dataset")
+    assert {c["config_name"] for c in card.data.configs} == {"iteration_1", "iteration_2"}
+    for tag in ("trl", "sso", "synthetic", "preference"):
+        assert tag in card.data.tags
+    assert card.data.size_categories == ["n<1K"] and card.data.license and card.data.task_categories
+    assert "principle source | library" in card.text and "chosen_equals_rejected" in card.text
+    assert "load_dataset(\"tester/sso-data\", \"iteration_2\"" in card.text and "DPOTrainer" in card.text
+    # pulled into the canonical schema, and pushing the same content again is harmless
+    assert load_sso_dataset("tester/sso-data", "iteration_1").to_list() == first.to_list()
+    push(generated[0], "tester/sso-data")
+    assert datasets.load_dataset("tester/sso-data", "iteration_1", split="train").to_list() == first.to_list()
+
+
+def test_reference_format_datasets_are_pulled_into_the_schema(hub):
+    from datasets import Dataset
+    from test_data import V1, V2
+
+    Dataset.from_list([V1, V1]).push_to_hub("tester/sso-v1")
+    Dataset.from_list([V2]).push_to_hub("tester/sso-v2")
+    v1 = load_sso_dataset("tester/sso-v1")
+    v2 = load_sso_dataset("tester/sso-v2", conversational=False)
+    assert v1[0]["original"] == [{"role": "assistant", "content": "Sunlight and rain make them."}]
+    assert v2[0]["prompt"] == "Explain rainbows." and v2[0]["positive_system"] == V2["p_system"]
+
+
+def test_lora_adapter_round_trip_same_logits(hub, tiny_model_dir, tokenizer, tmp_path):
+    from peft import LoraConfig, PeftModel
+
+    from trl_sso import SSOTrainer
+
+    args = sso_args(tmp_path / "adapter", max_steps=2, learning_rate=1e-2, push_to_hub=True,
+                    hub_model_id="tester/sso-adapter", hub_strategy="end")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = SSOTrainer(model=tiny_model_dir, args=args, train_dataset=sso_dataset(), processing_class=tokenizer,
+                         peft_config=lora)
+    trainer.train()
+    trainer.push_to_hub()
+    ids = tokenizer("Hello there, how are you?", return_tensors="pt")["input_ids"]
+    trainer.model.eval()
+    with torch.no_grad():
+        before = trainer.model(input_ids=ids).logits
+    reloaded = PeftModel.from_pretrained(load_tiny_model(tiny_model_dir), "tester/sso-adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, before)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load("tester/sso-adapter")
+    assert card.data.library_name == "peft" and "sso" in card.data.tags and "xiang2024sso" in card.text
+    assert "Training results" in card.text
+
+
+def test_full_model_and_reward_model_round_trip(hub, tiny_model_dir, tokenizer, tmp_path):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+
+    from trl_sso import SSOTrainer
+
+    trainer = SSOTrainer(model=tiny_model_dir, args=sso_args(tmp_path / "full", max_steps=1), train_dataset=sso_dataset(),
+                         processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model()
+    assert detect_artifact(tmp_path / "full") == "model"
+    push(tmp_path / "full", "tester/sso-full", revision="iteration_1", commit_message="round 1")
+    reloaded = AutoModelForCausalLM.from_pretrained("tester/sso-full", revision="iteration_1")
+    for (name, a), b in zip(trainer.model.state_dict().items(), reloaded.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    from huggingface_hub import hf_hub_download
+
+    card = ModelCard.load(hf_hub_download("tester/sso-full", "README.md", revision="iteration_1"))
+    assert card.data.library_name == "transformers" and {"trl", "sso"} <= set(card.data.tags)
+    assert '"tester/sso-full"' in card.text  # the quick start names the published repo
+
+    config = LlamaConfig.from_pretrained(tiny_model_dir, num_labels=1)
+    reward = AutoModelForSequenceClassification.from_config(config)
+    folder = tmp_path / "reward"
+    reward.save_pretrained(folder)
+    (folder / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.75, "eval_samples": 40}))
+    assert detect_artifact(folder) == "reward_model"
+    push(folder, "tester/sso-rm")
+    again = AutoModelForSequenceClassification.from_pretrained("tester/sso-rm")
+    torch.testing.assert_close(again.score.weight, reward.score.weight)
+    card = ModelCard.load("tester/sso-rm")
+    assert card.data.pipeline_tag == "text-classification" and card.data.library_name == "transformers"
+    assert "0.7500" in card.text and "(40 pairs)" in card.text
+
+
+def test_transient_errors_are_retried(hub, generated):
+    import datasets
+
+    hub.fail_next(3, 503)
+    push(generated[0], "tester/flaky")
+    assert len(datasets.load_dataset("tester/flaky", "iteration_1", split="train")) == 6
+
+
+@pytest.mark.parametrize("status,fragment", [(401, "HTTP 401"), (403, "write access")])
+def test_permanent_failures_stop_with_a_clear_message(hub, generated, status, fragment):
+    before = sorted(p.name for p in generated[0].rglob("*"))
+    hub.fail_next(1, status)
+    with pytest.raises(HubPushError, match=fragment) as error:
+        push(generated[0], "tester/refused")
+    assert "local files are untouched" in str(error.value)
+    assert sorted(p.name for p in generated[0].rglob("*")) == before
+    push(generated[0], "tester/refused")  # pushable later
+
+
+def test_unknown_namespace_and_server_gone(hub, generated):
+    with pytest.raises(HubPushError, match="HTTP 404.*namespace"):
+        push(generated[0], "nobody/data")
+    hub.stop()
+    with pytest.raises(HubPushError, match="could not be reached"):
+        push(generated[0], "tester/gone")
+
+
+def test_tokens_never_reach_cards_configs_or_logs(hub, tiny_model_dir, tokenizer, tmp_path, capfd, caplog):
+    from trl_sso import SSOTrainer
+
+    token = os.environ["HF_TOKEN"]
+    args = sso_args(tmp_path / "secret", max_steps=1, hub_token=token, save_strategy="steps", save_steps=1)
+    trainer = SSOTrainer(model=tiny_model_dir, args=args, train_dataset=sso_dataset(), processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model()
+    push(tmp_path / "secret", "tester/secret-model")
+    out, err = capfd.readouterr()
+    assert token not in out + err + caplog.text
+    for path in (tmp_path / "secret").rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+    from huggingface_hub import hf_hub_download
+
+    for name in ("README.md", "config.json"):
+        assert token not in open(hf_hub_download("tester/secret-model", name)).read()
+
+
+def test_push_cli(hub, generated, tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    result = subprocess.run([sys.executable, "-m", "trl_sso.cli.main", "push", str(generated[1]), "--repo_id",
+                             "tester/cli-data", "--config_name", "round_two", "--private"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Published" in result.stdout and env["HF_TOKEN"] not in result.stdout + result.stderr
+    from huggingface_hub import HfApi
+
+    files = HfApi().list_repo_files("tester/cli-data", repo_type="dataset")
+    assert any(f.startswith("round_two/") for f in files)
+    failed = subprocess.run([sys.executable, "-m", "trl_sso.cli.main", "push", str(generated[1]), "--repo_id",
+                             "nobody/cli-data"], capture_output=True, text=True, env=env, timeout=300)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr and "HTTP 404" in failed.stderr
