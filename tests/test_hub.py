@@ -215,6 +215,7 @@ def test_push_cli(hub, generated, tmp_path):
 
     files = HfApi().list_repo_files("tester/cli-data", repo_type="dataset")
     assert any(f.startswith("round_two/") for f in files)
+    assert HfApi().dataset_info("tester/cli-data").private
     failed = subprocess.run([sys.executable, "-m", "trl_sso.cli.main", "push", str(generated[1]), "--repo_id",
                              "nobody/cli-data"], capture_output=True, text=True, env=env, timeout=300)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr and "HTTP 404" in failed.stderr
