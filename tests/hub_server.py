@@ -232,7 +232,7 @@ def create_repo(h, state, body, query):
     url = h._url(("" if kind == "model" else f"/{kind}s") + f"/{repo_id}")
     if (kind, repo_id) in state.repos:
         return h._json(409, {"error": "You already created this repo", "url": url})
-    repo = Repo(kind, repo_id, bool(payload.get("private")))
+    repo = Repo(kind, repo_id, bool(payload.get("private")) or payload.get("visibility") == "private")
     state.repos[(kind, repo_id)] = repo
     state.new_commit(repo, "main", {}, "initial commit")
     h._json(200, {"url": url, "name": repo_id, "id": repo_id})
