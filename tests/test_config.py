@@ -57,10 +57,21 @@ def test_bf16_falls_back_to_fp32_on_cpu_with_a_warning(tmp_path, caplog):
     assert "fp32" in caplog.text
 
 
-def test_explicit_bf16_without_support_is_a_clear_error(tmp_path):
+def test_explicit_bf16_on_cpu_is_emulated_with_a_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="trl_sso.config"):
+        args = SSOConfig(str(tmp_path), bf16=True)
+    assert args.bf16 is True and args.use_cpu is True  # no accelerator here: CPU, so that multi-process runs use gloo
+    assert "emulated" in caplog.text
+
+
+def test_explicit_bf16_on_an_accelerator_without_it_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("trl_sso.config.accelerator_available", lambda: True)  # e.g. a pre-Ampere GPU
+    monkeypatch.setattr("trl_sso.config.bf16_available", lambda: False)
+    from trl_sso.config import settle_device_and_precision
+
+    args = type("Args", (), {"use_cpu": False, "bf16": True, "fp16": False})()
     with pytest.raises(ValueError, match="`bf16=True` was set.*`bf16=False`.*`use_cpu=True`"):
-        SSOConfig(str(tmp_path), bf16=True)
-    assert SSOConfig(str(tmp_path), bf16=True, use_cpu=True).bf16 is True
+        settle_device_and_precision(args)
 
 
 def test_fields_parse_from_the_command_line(tmp_path):

@@ -20,6 +20,42 @@ def bf16_available() -> bool:
     return is_torch_bf16_gpu_available() or is_torch_xla_available()
 
 
+def accelerator_available() -> bool:
+    import torch
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+    from transformers.utils import is_torch_xla_available
+
+    return torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available() or (
+        is_torch_xla_available()
+    )
+
+
+def settle_device_and_precision(args) -> None:
+    """CPU-friendly defaults for TRL training arguments, applied before their own `__post_init__`.
+
+    - bf16: TRL turns it on whenever fp16 is off. Where no accelerator supports it, transformers either refuses (no
+      `use_cpu`) or emulates it several times slower than fp32, so fall back to fp32 with a warning unless it was
+      asked for, and explain the fix when it was.
+    - use_cpu: on a machine with no accelerator at all, set it, so that `accelerate launch` with several processes
+      forms a real (gloo) process group instead of running independent copies.
+    """
+    if not args.use_cpu and not accelerator_available():
+        args.use_cpu = True
+    if args.bf16 is None and not args.fp16 and not bf16_available():
+        logger.warning(
+            f"No accelerator with bf16 support was found, so {type(args).__name__} trains in fp32 (`bf16=False`). "
+            "Pass `bf16=True` explicitly (with `use_cpu=True` on a CPU) to emulate bf16 anyway; it is much slower."
+        )
+        args.bf16 = False
+    if args.bf16 and args.use_cpu:
+        logger.warning("`bf16=True` on the CPU is emulated and several times slower than fp32; `bf16=False` is faster.")
+    elif args.bf16 and not bf16_available():
+        raise ValueError(
+            "`bf16=True` was set, but this machine has no accelerator that supports bf16. Set `bf16=False` to "
+            "train in fp32, or add `use_cpu=True` to emulate bf16 on the CPU (several times slower)."
+        )
+
+
 @dataclass
 class SSOConfig(DPOConfig):
     r"""
@@ -141,17 +177,5 @@ class SSOConfig(DPOConfig):
                     f"default ({default!r}) when training with SSOTrainer."
                 )
 
-        # bf16: TRL turns it on whenever fp16 is off. Where no accelerator supports it, transformers either refuses
-        # (no `use_cpu`) or emulates it several times slower than fp32, so fall back unless it was asked for.
-        if self.bf16 is None and not self.fp16 and not bf16_available():
-            logger.warning(
-                "No accelerator with bf16 support was found, so SSOConfig trains in fp32 (`bf16=False`). Pass "
-                "`bf16=True` explicitly (with `use_cpu=True` on a CPU) to emulate bf16 anyway; it is much slower."
-            )
-            self.bf16 = False
-        if self.bf16 and not self.use_cpu and not bf16_available():
-            raise ValueError(
-                "`bf16=True` was set, but this machine has no accelerator that supports bf16. Set `bf16=False` to "
-                "train in fp32, or add `use_cpu=True` to emulate bf16 on the CPU (several times slower)."
-            )
+        settle_device_and_precision(self)
         super().__post_init__()

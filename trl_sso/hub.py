@@ -216,12 +216,21 @@ def load_sso_dataset(repo_id: str, config_name: str | None = None, split: str = 
     the public reference formats (v1 `instruction`/`raw`, v2 `from`/`value` turns) converted."""
     import datasets
 
-    from .data import SSO_COLUMNS, convert_reference_dataset
-
     dataset = with_retries(
         lambda: datasets.load_dataset(repo_id, config_name, split=split, revision=revision, token=token),
         f"Loading dataset {repo_id}",
     )
-    if all(column in dataset.column_names for column in SSO_COLUMNS):
+    return to_canonical(dataset, conversational)
+
+
+def to_canonical(dataset, conversational: bool = True):
+    """`dataset` unchanged when it has the SSO columns or is plain preference data; converted when it is in one of
+    the public reference formats."""
+    from .data import CHOSEN, PROMPT, SSO_COLUMNS, convert_reference_dataset
+
+    columns = set(dataset.column_names)
+    if set(SSO_COLUMNS) <= columns or not {"p_system", "n_system"} <= columns:
+        return dataset
+    if not ({"instruction", "raw"} <= columns or {PROMPT, CHOSEN, "raw"} <= columns):
         return dataset
     return convert_reference_dataset(dataset, conversational=conversational)

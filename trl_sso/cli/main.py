@@ -1,6 +1,9 @@
 """`trl-sso`: Self-Steering Optimization from the command line.
 
     trl-sso generate --output_dir sso-data --num_prompts 4 --max_new_tokens 16
+    trl-sso train --model_name_or_path MODEL --dataset_name sso-data --output_dir sso-model [--use_peft]
+    trl-sso reward --model_name_or_path MODEL --dataset_name sso-data --output_dir sso-rm
+    trl-sso push PATH --repo_id NAMESPACE/NAME
 """
 
 import argparse
@@ -61,20 +64,41 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", help="Branch to push to (created when missing), e.g. iteration_2.")
     push.add_argument("--commit_message", help="Commit message.")
     push.set_defaults(handler=_push)
+    for name, (_, help_text) in TRL_COMMANDS.items():
+        commands.add_parser(name, help=help_text + f" See `trl-sso {name} --help`.", add_help=False)
     return parser
 
 
+# Commands parsed by TRL's own parser (all training flags, `--config recipe.yaml`): dispatched before argparse
+TRL_COMMANDS = {
+    "train": ("train_main", "Train a policy or a data generator with SSO (full, LoRA or QLoRA)."),
+    "reward": ("reward_main", "Train a reward model on the preference pairs of an SSO dataset."),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    if argv and argv[0] in TRL_COMMANDS:
+        from . import train
+
+        command = argv[0]
+        handler = getattr(train, TRL_COMMANDS[command][0])
+        return _run(command, lambda: handler(argv[1:]))
     namespace = parser.parse_args(argv)
+    return _run(namespace.command, lambda: namespace.handler(namespace))
+
+
+def _run(command: str, action) -> int:
+    from ..data import SSODataError
     from ..generation.generator import NoRecordsError
     from ..hub import HubPushError
 
     try:
-        return namespace.handler(namespace)
-    except (ValueError, OSError, ImportError, HubPushError, NoRecordsError) as error:
+        return action()
+    except (ValueError, OSError, ImportError, HubPushError, NoRecordsError, SSODataError) as error:
         # Bad options and inputs: the message says what to fix; a stack trace would only hide it
-        print(f"trl-sso {namespace.command}: error: {error}", file=sys.stderr)
+        print(f"trl-sso {command}: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -4,10 +4,6 @@ safety-sensitive and factual questions), a local file (JSON, JSONL, CSV, Parquet
 
 import json
 from importlib.resources import files
-from pathlib import Path
-
-
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 def default_prompts() -> list[dict]:
@@ -35,24 +31,9 @@ def load_prompts(source: str | None = None, column: str = "prompt", split: str =
         values = [record["prompt"] for record in default_prompts()]
         column = "prompt"
     else:
-        import datasets
+        from ..io import load_any
 
-        path = Path(source)
-        if path.is_dir() and (path / "dataset_info.json").exists():
-            dataset = datasets.load_from_disk(str(path))
-            dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
-        elif path.is_file():
-            builder = FILE_BUILDERS.get(path.suffix.lower())
-            if builder is None:
-                raise ValueError(
-                    f"Cannot read prompts from {source!r}: use a .json, .jsonl, .csv or .parquet file, a saved "
-                    "dataset folder, or a dataset name."
-                )
-            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
-        elif path.suffix.lower() in FILE_BUILDERS or path.is_absolute() or source.startswith("."):
-            raise FileNotFoundError(f"The prompt file {source!r} does not exist. Check the path given to `--prompts`.")
-        else:
-            dataset = datasets.load_dataset(source, split=split)
+        dataset = load_any(source, split=split)
         if column not in dataset.column_names:
             raise ValueError(
                 f"The prompt set {source!r} has no column {column!r} (it has {dataset.column_names}). Choose one with "
