@@ -100,7 +100,8 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr and "trl-sso generate: error: The prompt file" in result.stderr
+    assert "Traceback" not in result.stderr and "trl-sso generate: error:" in result.stderr
+    assert "missing.csv' does not exist" in result.stderr
 
 
 def test_mean_logps_match_a_direct_computation(tiny_model_dir):

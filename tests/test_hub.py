@@ -40,6 +40,9 @@ def hub(tmp_path, monkeypatch):
         import huggingface_hub.hf_api
 
         monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)  # the instance behind upload_file & co
+        import transformers.utils.hub
+
+        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared HfApi, built per endpoint
         monkeypatch.setattr("trl_sso.hub.time.sleep", lambda seconds: None)  # no real waiting between retries
         yield server
 
