@@ -4,6 +4,8 @@
     trl-sso train --model_name_or_path MODEL --dataset_name sso-data --output_dir sso-model [--use_peft]
     trl-sso reward --model_name_or_path MODEL --dataset_name sso-data --output_dir sso-rm
     trl-sso push PATH --repo_id NAMESPACE/NAME
+    trl-sso iterate --config recipes/quickstart_cpu.yaml
+    trl-sso pipeline --config recipes/v2_generator_llama3_8b.yaml
 """
 
 import argparse
@@ -15,9 +17,10 @@ def _generate(namespace) -> int:
     from .options import to_dataclass
 
     args = to_dataclass(GenerateArguments, namespace)
-    result = generate(args)
-    if result is not None:
-        dataset, summary = result
+    dataset, summary = generate(args)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
         dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items() if v) or "none"
         print(
             f"Wrote {summary['num_records']} SSO records from {summary['num_prompts']} prompts to "
@@ -73,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 TRL_COMMANDS = {
     "train": ("train_main", "Train a policy or a data generator with SSO (full, LoRA or QLoRA)."),
     "reward": ("reward_main", "Train a reward model on the preference pairs of an SSO dataset."),
+    "iterate": ("iterate_main", "Online SSO (paper v1): generate with the current policy, train, repeat for T rounds."),
+    "pipeline": ("pipeline_main", "The generator pipeline (paper v2): train a generator, write pairs, DPO the policy."),
 }
 
 

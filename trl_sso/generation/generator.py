@@ -230,9 +230,14 @@ class SSOGenerator:
             bar.set_postfix(prompts_s=f"{prompts_done / elapsed:.2f}", tokens_s=f"{tokens / elapsed:.1f}")
         bar.close()
         self.state.wait_for_everyone()
-        if not self.state.is_main_process:
-            return None
-        return self._merge(key)
+        result = self._merge(key) if self.state.is_main_process else None
+        self.state.wait_for_everyone()  # every process may go on to use the merged dataset
+        if result is None:
+            import datasets
+
+            dataset = datasets.load_from_disk(str(self.output_dir / DATASET_DIR))
+            result = dataset, json.loads((self.output_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        return result
 
     def _batch_done(self, batch_index: int, key: str) -> bool:
         path = self._batch_path(batch_index)
@@ -301,5 +306,5 @@ class SSOGenerator:
 
 
 def generate(args: GenerateArguments, **components):
-    """Run the generator; returns `(dataset, summary)` on the main process and `None` elsewhere."""
+    """Run the generator; returns `(dataset, summary)` on every process once the merged dataset is on disk."""
     return SSOGenerator(args, **components).run()
