@@ -16,7 +16,7 @@ def readme_commands():
 
 def test_readme_opens_with_the_run_and_test_commands_and_ci_runs_the_latter():
     run_command, test_command = readme_commands()[:2]
-    assert "trl-sso generate" in run_command and "recipes/sso_minimal.py" in run_command and "pytest" in test_command
+    assert "trl-sso iterate --config recipes/quickstart_cpu.yaml" in run_command and "pytest" in test_command
     for command in (run_command, test_command):
         assert command.startswith("pip install torch==2.13.0")  # each does its own set-up
     assert test_command in (ROOT / ".ci" / "run").read_text()

@@ -297,6 +297,10 @@ class SSOGenerator:
             "settings": {k: getattr(self.args, k) for k in _RESULT_SETTINGS},
         }
         _write_atomic(self.output_dir / SUMMARY_FILE, summary)
+        from ..cards import sso_dataset_card
+
+        card = sso_dataset_card(dataset, summary, self.output_dir.name, f"iteration_{self.args.iteration}", {})
+        card.save(str(self.output_dir / "README.md"))  # the card travels with the data; a push renders it anew
         if self.args.push_to_hub:
             from ..hub import push_dataset
 

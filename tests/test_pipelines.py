@@ -1,0 +1,171 @@
+"""`trl-sso iterate` and `trl-sso pipeline` on a tiny random model: two online rounds, killed in round 2 and resumed
+to the same artifacts; the v2 pipeline end to end; a two-process run; both rounds published and loaded back; every
+recipe parses."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_hub import hub  # noqa: F401  (the local Hub fixture)
+from transformers import TrainerCallback
+
+from trl_sso.cli.main import main
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def options(model_dir, output_dir, *extra):
+    return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), "--rounds", "2", "--num_prompts", "4",
+            "--batch_size", "2", "--max_new_tokens", "8", "--drop_revealing", "false", "--max_steps", "3",
+            "--per_device_train_batch_size", "2", "--save_steps", "1", "--learning_rate", "1e-3",
+            "--gradient_checkpointing", "false", "--report_to", "none", "--max_length", "256",
+            "--dataloader_pin_memory", "false", "--logging_steps", "1", *extra]
+
+
+def parse(command, argv):
+    from trl_sso.cli import train
+
+    parser = train._pipeline_parser(f"trl-sso {command}", "")
+    return parser.parse_args_and_config(args=argv)
+
+
+class KillInRound2(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.output_dir.endswith(os.path.join("round_2", "train")) and state.global_step == 2:
+            raise KeyboardInterrupt  # like a kill in the middle of round 2's training
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_dir, tmp_path):
+    from datasets import load_from_disk
+
+    from trl_sso.pipelines import iterate
+
+    reference = iterate(*parse("iterate", options(tiny_model_dir, tmp_path / "ref")))
+    with pytest.raises(KeyboardInterrupt):
+        iterate(*parse("iterate", options(tiny_model_dir, tmp_path / "run")), callbacks=[KillInRound2()])
+    assert (tmp_path / "run" / "round_1" / "report.json").exists()
+    assert not (tmp_path / "run" / "round_2" / "report.json").exists()
+    resumed = iterate(*parse("iterate", options(tiny_model_dir, tmp_path / "run")))
+    assert [r["num_records"] for r in resumed] == [r["num_records"] for r in reference]
+    for t in (1, 2):
+        a, b = (root / f"round_{t}" for root in (tmp_path / "ref", tmp_path / "run"))
+        rows = [load_from_disk(str(x / "data" / "dataset")).remove_columns("generator_model").to_list() for x in (a, b)]
+        assert rows[0] == rows[1]  # (the generator model column names each run's own folder)
+        for (name, x), y in zip(weights(a / "policy").items(), weights(b / "policy").values()):
+            torch.testing.assert_close(x, y, msg=name)
+    report = json.loads((tmp_path / "run" / "round_2" / "report.json").read_text())
+    assert report["round"] == 2 and report["policy"].endswith(os.path.join("round_1", "policy"))
+    assert set(report["mean_tokens"]) == {"chosen", "rejected", "original"} and "train_loss" in report["train"]
+    assert (tmp_path / "run" / "round_2" / "data" / "README.md").exists()  # the dataset card, locally
+
+
+def test_iterate_with_lora_merges_the_adapter_into_the_next_policy(tiny_model_dir, tmp_path):
+    from trl_sso.pipelines import iterate
+
+    argv = options(tiny_model_dir, tmp_path / "lora", "--use_peft", "--lora_r", "4", "--lora_target_modules",
+                   "q_proj", "v_proj")
+    argv[argv.index("--rounds") + 1] = "1"
+    iterate(*parse("iterate", argv))
+    round_dir = tmp_path / "lora" / "round_1"
+    assert (round_dir / "train" / "adapter_config.json").exists()
+    assert "library_name: peft" in (round_dir / "train" / "README.md").read_text()
+    merged, base = weights(round_dir / "policy"), weights(tiny_model_dir)
+    assert merged.keys() == base.keys()
+    assert any(not torch.equal(merged[k], base[k]) for k in merged if "q_proj" in k)
+
+
+def test_pipeline_end_to_end(tiny_model_dir, tmp_path):
+    from trl_sso.pipelines import pipeline
+
+    argv = options(tiny_model_dir, tmp_path / "v2", "--policy_num_prompts", "6")
+    report = pipeline(*parse("pipeline", argv))
+    root = tmp_path / "v2"
+    for folder in ("generator_data", "generator_train", "generator", "policy_data", "policy_train"):
+        assert (root / folder).is_dir(), folder
+    assert json.loads((root / "generator_train" / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    assert report["policy_data"] >= 1 and json.loads((root / "report.json").read_text()) == report
+    summary = json.loads((root / "policy_data" / "summary.json").read_text())
+    assert summary["num_prompts"] == 6 and summary["generator_model"].endswith("generator")
+    assert pipeline(*parse("pipeline", argv)) == report  # finished: a rerun does nothing
+
+
+def test_both_rounds_published_and_loaded_back(hub, tiny_model_dir, tmp_path):  # noqa: F811
+    import datasets
+    from huggingface_hub import HfApi
+    from transformers import AutoModelForCausalLM
+
+    assert main(["iterate", *options(tiny_model_dir, tmp_path / "pub", "--hub_dataset_id", "tester/sso-rounds",
+                                     "--push_to_hub", "--hub_model_id", "tester/sso-online")]) == 0
+    for t in (1, 2):
+        assert len(datasets.load_dataset("tester/sso-rounds", f"iteration_{t}", split="train")) >= 1
+        AutoModelForCausalLM.from_pretrained("tester/sso-online", revision=f"iteration_{t}")
+    branches = {b.name for b in HfApi().list_repo_refs("tester/sso-online").branches}
+    assert {"iteration_1", "iteration_2"} <= branches
+
+
+def test_two_process_iterate(tiny_model_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = ["accelerate", "launch", "--config_file", str(ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"),
+               "--main_process_port", str(port), "-m", "trl_sso.cli.main", "iterate",
+               *options(tiny_model_dir, tmp_path / "ddp")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for t in (1, 2):
+        assert (tmp_path / "ddp" / f"round_{t}" / "report.json").exists()
+    state = json.loads((tmp_path / "ddp" / "round_2" / "train" / "checkpoint-3" / "trainer_state.json").read_text())
+    records = json.loads((tmp_path / "ddp" / "round_2" / "report.json").read_text())["num_records"]
+    # two processes of 2 examples each take 4 records a step (one process would take 2)
+    assert state["global_step"] == 3 and state["epoch"] == pytest.approx(3 / -(-records // 4))
+
+
+def recipe_command(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and "--config" in first and path.name in first, f"{path.name}: no command header"
+    for command in ("iterate", "pipeline", "reward", "train"):
+        if f" {command} " in first:
+            return command
+    raise AssertionError(f"{path.name}: unknown command in {first!r}")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_parses_and_validates(path):
+    from trl import ModelConfig, ScriptArguments, TrlParser
+
+    from trl_sso.config import SSOConfig
+    from trl_sso.reward import RewardScriptArguments, SSORewardConfig
+
+    command = recipe_command(path)
+    if command in ("iterate", "pipeline"):
+        parsed = parse(command, ["--config", str(path)])
+    elif command == "train":
+        parsed = TrlParser((ScriptArguments, SSOConfig, ModelConfig)).parse_args_and_config(args=["--config", str(path)])
+    else:
+        parsed = TrlParser((ScriptArguments, RewardScriptArguments, SSORewardConfig, ModelConfig)).parse_args_and_config(
+            args=["--config", str(path)])
+    assert parsed
+
+
+def test_accelerate_configs_are_complete():
+    import yaml
+
+    folder = ROOT / "recipes" / "accelerate_configs"
+    names = {p.stem for p in folder.glob("*.yaml")}
+    assert {"single_gpu", "multi_gpu", "fsdp2", "deepspeed_zero2", "deepspeed_zero3", "multi_cpu"} <= names
+    for path in folder.glob("*.yaml"):
+        config = yaml.safe_load(path.read_text())
+        assert config["compute_environment"] == "LOCAL_MACHINE" and "distributed_type" in config, path.name
