@@ -171,6 +171,12 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"Revision {unquote(revision)} not found.", "RevisionNotFound")
         return commit
 
+    def _lookup(self, state: HubState, kind: str, repo_id: str, revision: str) -> tuple[Repo, Commit] | None:
+        """The repo and the commit a revision names, or `None` once a 404 has been sent."""
+        repo = self._repo(state, kind, repo_id)
+        commit = self._commit(repo, revision) if repo is not None else None
+        return (repo, commit) if commit is not None else None
+
 
 def _entry_json(path: str, entry: FileEntry) -> dict:
     out = {"type": "file", "path": path, "size": entry.size, "oid": entry.git_oid}
@@ -251,12 +257,10 @@ def validate_yaml(h, state, body, query):
 
 
 def repo_info(h, state, body, query, kind, repo_id, revision=None):
-    repo = h._repo(state, kind, repo_id)
-    if repo is None:
+    found = h._lookup(state, kind, repo_id, revision or "main")
+    if found is None:
         return
-    commit = h._commit(repo, revision or "main")
-    if commit is None:
-        return
+    repo, commit = found
     info = {
         "id": repo_id, "_id": repo_id, "sha": commit.id, "private": repo.private, "lastModified": commit.date,
         "siblings": [{"rfilename": p, "size": e.size, **({"lfs": {"sha256": e.sha256, "size": e.size, "pointerSize": 134}} if e.lfs else {})}
@@ -339,12 +343,10 @@ def commit(h, state, body, query, kind, repo_id, revision):
 
 
 def tree(h, state, body, query, kind, repo_id, revision, path=""):
-    repo = h._repo(state, kind, repo_id)
-    if repo is None:
+    found = h._lookup(state, kind, repo_id, revision)
+    if found is None:
         return
-    c = h._commit(repo, revision)
-    if c is None:
-        return
+    repo, c = found
     path = unquote(path or "")
     if path and path not in c.files and not any(p.startswith(path.rstrip("/") + "/") for p in c.files):
         return h._error(404, f"{path} not found.", "EntryNotFound")
@@ -353,12 +355,10 @@ def tree(h, state, body, query, kind, repo_id, revision, path=""):
 
 
 def paths_info(h, state, body, query, kind, repo_id, revision):
-    repo = h._repo(state, kind, repo_id)
-    if repo is None:
+    found = h._lookup(state, kind, repo_id, revision)
+    if found is None:
         return
-    c = h._commit(repo, revision)
-    if c is None:
-        return
+    repo, c = found
     if h.headers.get("Content-Type", "").startswith("application/json"):
         paths = json.loads(body).get("paths", [])
     else:
