@@ -5,7 +5,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 from test_hub import hub  # noqa: F401  (the local Hub fixture)

@@ -23,7 +23,7 @@ def reward_main(argv: list[str]) -> int:
     parser = TrlParser((ScriptArguments, RewardScriptArguments, SSORewardConfig, ModelConfig), prog="trl-sso reward",
                        description="Train a reward model on the preference pairs of an SSO dataset.")
     script_args, reward_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    _, metrics = train_reward(script_args, reward_args, training_args, model_args)
+    train_reward(script_args, reward_args, training_args, model_args)
     return 0
 
 
