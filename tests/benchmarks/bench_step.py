@@ -92,7 +92,7 @@ def build_model(args, tokenizer, path):
 
 def common_args(output_dir, args):
     return dict(
-        output_dir=output_dir, bf16=args.device == "cuda", gradient_checkpointing=False, report_to="none",
+        output_dir=output_dir, bf16=args.device == "cuda", gradient_checkpointing=args.gradient_checkpointing, report_to="none",
         per_device_train_batch_size=args.batch, max_length=1024, learning_rate=1e-6, save_strategy="no",
         use_cpu=args.device == "cpu", dataloader_pin_memory=False,
     )
@@ -133,6 +133,8 @@ def main():
     parser.add_argument("--response_words", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--gradient_checkpointing", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="TRL's default is on; off keeps every activation alive until the backward pass.")
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path())
@@ -172,7 +174,8 @@ def main():
 
     n_params = sum(p.numel() for p in dpo.trainer.model.parameters()) / 1e6
     print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {n_params:.1f}M parameters; "
-          f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; fastest of {args.repeats}")
+          f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; gradient checkpointing "
+          f"{'on' if args.gradient_checkpointing else 'off'}; fastest of {args.repeats}")
     print(f"DPOTrainer: {dpo_time * 1000:.0f} ms/step, {dpo.padded_tokens} padded / {dpo.real_tokens} real tokens")
     header = f"{'SSOTrainer variant':30} {'ms/step':>8} {'time x':>7} {'tokens x (padded/real)':>23} {'time/token x':>13}"
     print(header)
