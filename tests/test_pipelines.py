@@ -60,12 +60,14 @@ def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_di
     assert [r["num_records"] for r in resumed] == [r["num_records"] for r in reference]
     for t in (1, 2):
         a, b = (root / f"round_{t}" for root in (tmp_path / "ref", tmp_path / "run"))
-        rows = [load_from_disk(str(x / "data" / "dataset")).remove_columns("generator_model").to_list() for x in (a, b)]
-        assert rows[0] == rows[1]  # (the generator model column names each run's own folder)
+        rows = [load_from_disk(str(x / "data" / "dataset")).to_list() for x in (a, b)]
+        assert rows[0] == rows[1]
         for (name, x), y in zip(weights(a / "policy").items(), weights(b / "policy").values()):
             torch.testing.assert_close(x, y, msg=name)
     report = json.loads((tmp_path / "run" / "round_2" / "report.json").read_text())
     assert report["round"] == 2 and report["policy"].endswith(os.path.join("round_1", "policy"))
+    generated = load_from_disk(str(tmp_path / "run" / "round_2" / "data" / "dataset"))
+    assert generated[0]["generator_model"] == f"{tiny_model_dir} (SSO round 1 policy)"
     assert set(report["mean_tokens"]) == {"chosen", "rejected", "original"} and "train_loss" in report["train"]
     assert (tmp_path / "run" / "round_2" / "data" / "README.md").exists()  # the dataset card, locally
 
@@ -96,7 +98,7 @@ def test_pipeline_end_to_end(tiny_model_dir, tmp_path):
     assert json.loads((root / "generator_train" / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
     assert report["policy_data"] >= 1 and json.loads((root / "report.json").read_text()) == report
     summary = json.loads((root / "policy_data" / "summary.json").read_text())
-    assert summary["num_prompts"] == 6 and summary["generator_model"].endswith("generator")
+    assert summary["num_prompts"] == 6 and summary["generator_model"] == f"{tiny_model_dir} (SSO generator)"
     assert pipeline(*parse("pipeline", argv)) == report  # finished: a rerun does nothing
 
 

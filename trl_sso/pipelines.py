@@ -27,7 +27,7 @@ from .generation.arguments import GenerateArguments
 logger = logging.getLogger(__name__)
 
 # Generation options that the pipelines set themselves, or take from the training / model arguments.
-_SET_BY_PIPELINE = {"model", "output_dir", "seed", "iteration", "push_to_hub", "hub_dataset_id", "hub_private", "dtype"}
+_SET_BY_PIPELINE = {"model", "model_name", "output_dir", "seed", "iteration", "push_to_hub", "hub_dataset_id", "hub_private", "dtype"}
 
 
 def _copy_field(f: dataclasses.Field):
@@ -121,6 +121,13 @@ def _next_policy(base_path: str, trained_dir: Path, target: Path, model_args) ->
     _atomic_save(target, save)
 
 
+def _display_name(model_args) -> str:
+    """How the starting policy is named in provenance and cards: its Hub id (or path), not a cache folder."""
+    from .offline import DEFAULT_MODEL_ID
+
+    return model_args.model_name_or_path or DEFAULT_MODEL_ID
+
+
 def _resolve_policy(model_args) -> str:
     if model_args.model_name_or_path:
         return model_args.model_name_or_path
@@ -145,8 +152,9 @@ def iterate(pipe_args, gen_args, training_args, model_args, callbacks=None) -> l
             reports.append(json.loads(report_path.read_text()))
             policy = str(round_dir / "policy")
             continue
-        generation = _generation(gen_args, model=policy, output_dir=str(round_dir / "data"), iteration=t,
-                                 seed=training_args.seed + t - 1, dtype=model_args.dtype or "auto")
+        name = _display_name(model_args) + (f" (SSO round {t - 1} policy)" if t > 1 else "")
+        generation = _generation(gen_args, model=policy, model_name=name, output_dir=str(round_dir / "data"),
+                                 iteration=t, seed=training_args.seed + t - 1, dtype=model_args.dtype or "auto")
         dataset, summary = generate(generation)
         gc.collect()
         metrics = _train(policy, dataset, training_args, model_args, round_dir / "train", callbacks)
@@ -194,8 +202,10 @@ def pipeline(pipe_args, gen_args, training_args, model_args, callbacks=None) -> 
     dtype = model_args.dtype or "auto"
 
     # 1. SSO data sampled from the policy, to train the generator on
-    seed_data, seed_summary = generate(_generation(gen_args, model=policy, output_dir=str(root / "generator_data"),
-                                                   iteration=1, seed=training_args.seed, dtype=dtype))
+    name = _display_name(model_args)
+    seed_data, seed_summary = generate(_generation(gen_args, model=policy, model_name=name,
+                                                   output_dir=str(root / "generator_data"), iteration=1,
+                                                   seed=training_args.seed, dtype=dtype))
     # 2. the generator: the policy trained with the generator objective
     generator_metrics = _train(policy, seed_data, training_args, model_args, root / "generator_train", callbacks,
                                sso_objective="generator",
@@ -206,7 +216,8 @@ def pipeline(pipe_args, gen_args, training_args, model_args, callbacks=None) -> 
     # 3. pairs written by the generator for all queries
     num_prompts = pipe_args.policy_num_prompts or gen_args.num_prompts
     final_args = dataclasses.replace(gen_args, num_prompts=num_prompts)
-    pairs, pair_summary = generate(_generation(final_args, model=str(root / "generator"), output_dir=str(root / "policy_data"),
+    pairs, pair_summary = generate(_generation(final_args, model=str(root / "generator"),
+                                               model_name=f"{name} (SSO generator)", output_dir=str(root / "policy_data"),
                                                iteration=2, seed=training_args.seed + 1, dtype=dtype))
     # 4. the original policy trained with plain DPO on (x; y+ > y-)
     policy_metrics = _train(policy, pairs.select_columns(["prompt", "chosen", "rejected"]), training_args, model_args,

@@ -16,6 +16,7 @@ class GenerateArguments:
     """
 
     model: str | None = field(default=None, metadata={"help": "Policy model (path or Hub id). Default: the packaged SmolLM2-135M-Instruct."})
+    model_name: str | None = field(default=None, metadata={"help": "Name recorded as the generator model in the data and its card. Default: `model`."})
     prompts: str | None = field(default=None, metadata={"help": "Prompt file (json/jsonl/csv/parquet), saved dataset folder or dataset name. Default: the packaged 200 prompts."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompt set that holds the prompts."})
     prompt_split: str = field(default="train", metadata={"help": "Split of a dataset prompt set."})

@@ -38,7 +38,7 @@ class NoRecordsError(RuntimeError):
     """Every generated triple was filtered out."""
 # Settings that change the result: a rerun with other values must not reuse earlier batches.
 _RESULT_SETTINGS = (
-    "model", "prompts", "prompt_column", "prompt_split", "num_prompts", "seed", "iteration", "max_new_tokens",
+    "model", "model_name", "prompts", "prompt_column", "prompt_split", "num_prompts", "seed", "iteration", "max_new_tokens",
     "temperature", "top_p", "original_temperature", "batch_size", "backend", "dtype", "principle_source",
     "principle_model", "policy_writes_principles", "features_file", "features", "num_features", "concision_prob",
     "min_response_chars", "drop_truncated", "drop_revealing", "logprob_filter",
@@ -175,7 +175,7 @@ class SSOGenerator:
                     "principle_source": pr.source,
                     "principle_fallback": pr.fallback,
                     "prompt_index": index,
-                    "generator_model": args.model or DEFAULT_MODEL_ID,
+                    "generator_model": args.model_name or args.model or DEFAULT_MODEL_ID,
                     "seed": args.seed,
                     "iteration": args.iteration,
                     "chosen_tokens": chosen[k].num_tokens,
