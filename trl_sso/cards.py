@@ -175,7 +175,6 @@ def reward_model_card(path: Path, repo_id: str):
     )
     accuracy = results.get("eval_accuracy")
     if accuracy is not None:
-        card_data.eval_results = None  # no model-index: the accuracy is reported in the text and metrics below
         card_data.metrics = ["accuracy"]
     return ModelCard.from_template(
         card_data, template_path=str(template_path("reward_model_card.md")), model_name=repo_id.split("/")[-1],

@@ -9,7 +9,7 @@ Users add or replace features with a YAML or JSON file (`load_features`).
 import json
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -78,7 +78,6 @@ LIBRARY: dict[str, Feature] = {
         ),
     )
 }
-CORE_FEATURES = tuple(name for name in LIBRARY if name != "Concision")  # the seven the paper selects from
 LENGTH_FEATURE = "Concision"  # added with probability `concision_prob` as a length control
 
 
@@ -181,7 +180,3 @@ def guideline_system_prompts(good_guideline: str, bad_guideline: str) -> tuple[s
         template.format(quality="relatively good", guideline=good_guideline.strip()),
         template.format(quality="relatively poor", guideline=bad_guideline.strip()),
     )
-
-
-def features_to_json(features: Sequence[Feature]) -> str:
-    return json.dumps([asdict(f) for f in features], ensure_ascii=False)
