@@ -20,6 +20,7 @@ def test_every_sso_field_has_help_and_a_docstring_entry():
     fields = [f for f in dataclasses.fields(SSOConfig) if f.name.startswith("sso_")]
     assert {f.name for f in fields} == {
         "sso_objective", "sso_steer_coef", "sso_use_weight", "sso_weight_alpha", "sso_detach_weight", "sso_sft_coef",
+        "sso_backward_per_pair",
     }
     for f in fields:
         assert f.metadata["help"]

@@ -2,7 +2,9 @@
 
 - steering off and W off: SSO is DPO on the main pair, loss and gradients;
 - W off, steer coefficient c: SSO = DPO(main) + c * (DPO on x+ data + DPO on x- data with original > chosen), where
-  the oracle datasets carry the principle as a system message (or, for text prompts, prepended to the prompt).
+  the oracle datasets carry the principle as a system message (or, for text prompts, prepended to the prompt);
+- through `training_step`, which backpropagates each steering pair on its own (`sso_backward_per_pair`): the same
+  gradients as one backward pass of the whole loss, for every objective, with the gradient through W.
 """
 
 import pytest
@@ -36,6 +38,18 @@ def loss_and_grads(trainer):
     loss.backward()
     grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
     return loss.detach(), grads
+
+
+def step_loss_and_grads(trainer, accumulation_steps=1):
+    """Like `loss_and_grads`, through `training_step` (the path of `train()`), counting the backward passes."""
+    trainer.current_gradient_accumulation_steps = accumulation_steps  # set by `train()` in normal use
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(N)]))
+    backward, calls = trainer.accelerator.backward, []
+    trainer.accelerator.backward = lambda loss, **kw: (calls.append(loss), backward(loss, **kw))
+    trainer.model.zero_grad()
+    loss = trainer.training_step(trainer.model, batch)
+    grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss, grads, len(calls)
 
 
 def dpo_loss_and_grads(model_dir, tokenizer, dataset, tmp_path, loss_type):
@@ -97,3 +111,41 @@ def test_weight_off_equals_dpo_on_three_datasets(tiny_model_dir, tokenizer, tmp_
         name: oracle["main"][1][name] + c * (oracle["pos"][1][name] + oracle["neg"][1][name]) for name in oracle["main"][1]
     }
     assert_close(loss_and_grads(sso), (expected_loss, expected_grads))
+    # the training path backpropagates each pair on its own (W off: the main pair too): same loss, same gradients
+    loss, grads, backward_passes = step_loss_and_grads(sso)
+    assert backward_passes == 3
+    assert_close((loss, grads), (expected_loss, expected_grads))
+
+
+@pytest.mark.parametrize(
+    "overrides,backward_passes",
+    [
+        # the gradient through W makes the main pair wait for the last one: positive steer, then the rest
+        ({}, 2),
+        ({"loss_type": "ipo", "sso_sft_coef": 0.1}, 2),
+        # W detached: main, positive steer, negative steer
+        ({"sso_weight_alpha": 0.66, "sso_detach_weight": True, "sso_sft_coef": 0.2}, 3),
+        ({"sso_objective": "generator"}, 2),
+    ],
+    ids=["policy", "policy-ipo-sft", "policy-detached-sft", "generator"],
+)
+def test_backward_per_pair_gives_the_gradient_of_one_backward(tiny_model_dir, tokenizer, tmp_path, overrides,
+                                                             backward_passes):
+    def run(per_pair):
+        args = sso_args(tmp_path / str(per_pair), sso_steer_coef=0.3, sso_backward_per_pair=per_pair, **overrides)
+        trainer = SSOTrainer(**models(tiny_model_dir), args=args, train_dataset=sso_dataset(n=N), processing_class=tokenizer)
+        return step_loss_and_grads(trainer, accumulation_steps=2)
+
+    loss, grads, passes = run(per_pair=True)
+    expected_loss, expected_grads, single = run(per_pair=False)
+    assert (passes, single) == (backward_passes, 1)
+    assert_close((loss, grads), (expected_loss, expected_grads))
+
+
+def test_compute_loss_outside_a_training_step_leaves_the_gradients_alone(tiny_model_dir, tokenizer, tmp_path):
+    trainer = SSOTrainer(**models(tiny_model_dir), args=sso_args(tmp_path), train_dataset=sso_dataset(n=N),
+                         processing_class=tokenizer)
+    trainer.model.train()
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(N)]))
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert loss.requires_grad and all(p.grad is None for p in trainer.model.parameters())

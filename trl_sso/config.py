@@ -98,6 +98,15 @@ class SSOConfig(DPOConfig):
             Coefficient `gamma` of the negative log-likelihood (SFT) terms on the winners. `None` picks the paper's
             value for the objective: `0.0` for `"policy"` and `0.1` for `"generator"`.
 
+        > Parameters that control how the loss is backpropagated
+
+        sso_backward_per_pair (`bool`, *optional*, defaults to `True`):
+            Whether to backpropagate each pair as soon as it is forwarded, instead of keeping the graphs of all pairs
+            alive until one backward pass. The gradient is the same: the objective is a sum of per-pair terms that
+            meet only through `W`, a function of the main pair. The activations of at most two pairs are alive at
+            once instead of three (one when `W` carries no gradient). Applies to single-process training only: under
+            DDP, FSDP or DeepSpeed, which expect one backward pass per step, the loss is backpropagated once.
+
     > [!NOTE]
     > These parameters have default values different from [`~trl.DPOConfig`]:
     > - `bf16`: when not set, defaults to `True` only on an accelerator that supports it; elsewhere (e.g. a CPU) it
@@ -137,6 +146,13 @@ class SSOConfig(DPOConfig):
         metadata={
             "help": "Coefficient of the NLL (SFT) terms on the winners. Defaults to 0.0 for 'policy' and 0.1 for "
             "'generator'."
+        },
+    )
+    sso_backward_per_pair: bool = field(
+        default=True,
+        metadata={
+            "help": "Whether to backpropagate each pair right after its forward pass (same gradient, lower peak "
+            "memory). Single-process training only; under DDP, FSDP or DeepSpeed the loss is backpropagated once."
         },
     )
 

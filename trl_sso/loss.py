@@ -13,6 +13,12 @@ IPO loss against a frozen reference, `A(prompt, y)` the token-mean log-probabili
     generator (v2): loss = L_base(x+; y+ > y-) + L_base(x-; y_o > y+) + gamma * [ NLL(x+, y+) + NLL(x-, y_o) ]
 
 With the weight off, `W = 1`. Every equation is per example; the batch loss is the mean over examples.
+
+Both objectives are sums of per-pair terms: with steering, the loss is one `main_loss` plus one `steering_loss` per
+steering pair, and a steering pair only meets the others through `W`, a function of the main pair. `SSOTrainer`
+relies on this to backpropagate each pair on its own: a steering pair's `steering_loss` with `W` detached, the main
+pair's `main_loss` when `W` carries no gradient; the last pair's gradient (and the one through `W`) then comes from
+`sso_loss` with the pairs already backpropagated detached. The gradients add up to the gradient of `sso_loss`.
 """
 
 from dataclasses import dataclass
@@ -43,6 +49,11 @@ class PairLogps:
     @property
     def rejected_logratios(self) -> torch.Tensor:
         return self.rejected - self.ref_rejected
+
+    def detach(self) -> "PairLogps":
+        """The same pair cut from the graph: its values without gradients."""
+        return PairLogps(*(t.detach() for t in (self.chosen, self.rejected, self.ref_chosen, self.ref_rejected)),
+                         self.chosen_tokens, self.rejected_tokens)
 
     def chosen_mean_logp(self) -> torch.Tensor:
         """`A(prompt, winner)`: token-mean log-probability of the winner under the policy."""
@@ -76,6 +87,35 @@ def sso_weight(main: PairLogps, alpha: float, detach: bool) -> torch.Tensor:
     return weight.detach() if detach else weight
 
 
+def main_loss(main: PairLogps, *, beta: float = 0.1, loss_type: str = "sigmoid", sft_coef: float = 0.0):
+    """The share of the main pair in the `"policy"` loss with steering on, per example: `L_base + gamma * NLL(x, y+)`
+    (the gradient through `W` aside). Returns the share, the unscaled `L_base` and the NLL of `y+`."""
+    base = base_pair_loss(main, beta, loss_type)
+    nll = -main.chosen_mean_logp()
+    return base + sft_coef * nll, base, nll
+
+
+def steering_loss(
+    pair: PairLogps,
+    weight: torch.Tensor | float,
+    *,
+    objective: str = "policy",
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    steer_coef: float = 0.1,
+    sft_coef: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The share of one steering pair in the SSO loss, per example: `s * (weight * L_base + gamma * NLL(winner))`.
+
+    `s` is `steer_coef` (`c`) for `"policy"` and 1 for `"generator"`, whose `weight` is 1. Returns the share, the
+    unscaled `L_base` and the NLL of the winner, each of shape `(batch,)`.
+    """
+    base = base_pair_loss(pair, beta, loss_type)
+    nll = -pair.chosen_mean_logp()
+    scale = 1.0 if objective == "generator" else steer_coef
+    return scale * (weight * base + sft_coef * nll), base, nll
+
+
 def sso_loss(
     main: PairLogps | None,
     pos: PairLogps | None,
@@ -103,35 +143,32 @@ def sso_loss(
         (`W`, `"policy"` only).
     """
     terms: dict[str, torch.Tensor] = {}
+    settings = dict(objective=objective, beta=beta, loss_type=loss_type, steer_coef=steer_coef, sft_coef=sft_coef)
     if objective == "generator":
         if pos is None or neg is None:
             raise ValueError("The 'generator' objective needs the positive and the negative steering pairs.")
-        terms["steer_pos"] = base_pair_loss(pos, beta, loss_type)
-        terms["steer_neg"] = base_pair_loss(neg, beta, loss_type)
-        terms["sft"] = -pos.chosen_mean_logp() - neg.chosen_mean_logp()
-        per_example = terms["steer_pos"] + terms["steer_neg"] + sft_coef * terms["sft"]
-        return per_example.mean(), terms
+        share_pos, terms["steer_pos"], nll_pos = steering_loss(pos, 1.0, **settings)
+        share_neg, terms["steer_neg"], nll_neg = steering_loss(neg, 1.0, **settings)
+        terms["sft"] = nll_pos + nll_neg
+        return (share_pos + share_neg).mean(), terms
 
     if objective != "policy":
         raise ValueError(f"Unknown SSO objective {objective!r}: use 'policy' or 'generator'.")
     if main is None:
         raise ValueError("The 'policy' objective needs the main pair.")
-    terms["main"] = base_pair_loss(main, beta, loss_type)
+    share_main, terms["main"], sft_main = main_loss(main, beta=beta, loss_type=loss_type, sft_coef=sft_coef)
     weight = sso_weight(main, weight_alpha, detach_weight) if use_weight else torch.ones_like(terms["main"])
     if use_weight:
         terms["weight"] = weight
-    sft_main = -main.chosen_mean_logp()
 
     if steer_coef == 0:
         terms["sft"] = sft_main
-        per_example = weight * (terms["main"] + sft_coef * sft_main)
-        return per_example.mean(), terms
+        return (weight * share_main).mean(), terms
 
     if pos is None or neg is None:
         raise ValueError("With `steer_coef > 0` the 'policy' objective needs both steering pairs.")
-    terms["steer_pos"] = base_pair_loss(pos, beta, loss_type)
-    terms["steer_neg"] = base_pair_loss(neg, beta, loss_type)
-    steer = steer_coef * (terms["steer_pos"] + terms["steer_neg"])
-    terms["sft"] = sft_main + steer_coef * (-pos.chosen_mean_logp() - neg.chosen_mean_logp())
-    per_example = terms["main"] + weight * steer + sft_coef * terms["sft"]
+    share_pos, terms["steer_pos"], nll_pos = steering_loss(pos, weight, **settings)
+    share_neg, terms["steer_neg"], nll_neg = steering_loss(neg, weight, **settings)
+    terms["sft"] = sft_main + steer_coef * (nll_pos + nll_neg)
+    per_example = share_main + share_pos + share_neg
     return per_example.mean(), terms

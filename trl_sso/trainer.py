@@ -3,7 +3,10 @@
 Data path: canonical SSO records (`trl_sso.data`) -> `_prepare_dataset` tokenizes the pairs in use
 (main `(x; y+ > y-)`, positive steer `(x+; y+ > y-)`, negative steer `(x-; y_o > y+)`) -> `DataCollatorForSSO` lays
 each pair out as its own DPO block `[winners ; losers]` -> `_compute_loss` forwards each block once (policy and
-reference) and hands the summed log-probabilities to the pure `trl_sso.loss.sso_loss`.
+reference) and hands the summed log-probabilities to the pure `trl_sso.loss.sso_loss`. On a single process
+(`sso_backward_per_pair`), a pair is backpropagated right after its forward pass, so its activations are freed before
+the next pair runs (the main pair waits for the last one while the gradient through `W` needs the steering losses);
+the loss returned to `training_step` then carries the gradient of the pairs not yet backpropagated.
 
 One block per pair rather than one stacked batch: the steering prompts carry the principle and are much longer than
 the plain query, so stacking would pad the main pair to their length, and the per-token cost of TRL's fused LM head
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.utils import broadcast_object_list, is_peft_model, tqdm
+from accelerate.utils import DistributedType, broadcast_object_list, is_peft_model, tqdm
 from datasets import Dataset, IterableDataset, concatenate_datasets
 from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader
@@ -35,7 +38,7 @@ from trl.trainer.utils import get_config_model_id, global_then_local_main_first,
 from . import data as sso_data
 from .cards import SSO_CITATION, sso_model_card
 from .config import SSOConfig
-from .loss import PairLogps, sso_loss
+from .loss import PairLogps, main_loss, sso_loss, sso_weight, steering_loss
 
 
 logger = logging.get_logger(__name__)
@@ -200,6 +203,7 @@ class SSOTrainer(DPOTrainer):
                 "`DPOConfig(...)` with `SSOConfig(...)` (it accepts every DPOConfig field)."
             )
         self.sso_pairs = pairs_in_use(args)
+        self._in_training_step = False
         super().__init__(
             model=model,
             ref_model=ref_model,
@@ -413,14 +417,61 @@ class SSOTrainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------------------------------
     # Loss
 
+    def training_step(self, *args, **kwargs):
+        # Per-pair backward passes only happen inside a training step, whose caller backpropagates the returned loss
+        # at once; `compute_loss` called anywhere else leaves the gradients alone.
+        self._in_training_step = True
+        try:
+            return super().training_step(*args, **kwargs)
+        finally:
+            self._in_training_step = False
+
+    def _backward_per_pair(self, model) -> bool:
+        """Whether this step backpropagates each pair on its own (`sso_backward_per_pair`): in a training step on a
+        single process, since DDP, FSDP and DeepSpeed expect one backward pass per step."""
+        return (
+            self.args.sso_backward_per_pair
+            and self._in_training_step
+            and model.training
+            and torch.is_grad_enabled()
+            and len(self.sso_pairs) > 1
+            and self.accelerator.distributed_type == DistributedType.NO
+            and self.args.n_gpu <= 1
+        )
+
+    def _backward_share(self, name: str, pairs: dict[str, PairLogps]) -> None:
+        """Backpropagate the share of pair `name` in the loss now, scaled as `training_step` scales the loss.
+
+        This is the whole gradient that flows through the pair, the one through `W` aside: that one flows with the
+        main pair, from the loss computed with the pairs already backpropagated detached."""
+        args = self.args
+        settings = dict(beta=self.beta, loss_type=self.loss_types[0], sft_coef=args.sso_sft_coef)
+        if name == "main":
+            share, _, _ = main_loss(pairs[name], **settings)
+        else:
+            main, weight = pairs.get("main"), 1.0
+            if main is not None and args.sso_use_weight:
+                weight = sso_weight(main, args.sso_weight_alpha, detach=True)
+            share, _, _ = steering_loss(
+                pairs[name], weight, objective=args.sso_objective, steer_coef=args.sso_steer_coef, **settings
+            )
+        share = share.mean()
+        if not self.loss_is_scaled_for_ga:
+            share = share / self.current_gradient_accumulation_steps
+        self.accelerator.backward(share)
+        pairs[name] = pairs[name].detach()
+
     def _compute_loss(self, model, inputs, return_outputs):
         if return_outputs:
             raise NotImplementedError(
                 "SSOTrainer does not return logits for `compute_metrics`: its pairs span several forward passes. "
                 "Leave `compute_metrics` unset; the SSO metrics are logged under `eval_*`."
             )
+        backward_per_pair = self._backward_per_pair(model)
+        # The main pair waits for the steering pairs when the gradient through W needs their losses
+        main_waits = self.args.sso_use_weight and not self.args.sso_detach_weight
         pairs, outputs = {}, {}
-        for pair in self.sso_pairs:
+        for pair in self.sso_pairs:  # the main pair first: the weight of the steering pairs depends on it
             (chosen, rejected), outputs[pair] = self._forward_pair(model, inputs, pair)
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = (inputs[column] for column in REF_COLUMNS[pair])
@@ -428,6 +479,9 @@ class SSOTrainer(DPOTrainer):
                 ref_chosen, ref_rejected = self._pair_ref_logps(self.ref_model or self.model, inputs, pair)
             chosen_tokens, rejected_tokens = inputs[f"{BLOCK_PREFIX[pair]}completion_mask"].sum(dim=1).chunk(2)
             pairs[pair] = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
+            # The last pair forwarded keeps its graph: the returned loss backpropagates it (and a waiting main pair)
+            if backward_per_pair and pair != self.sso_pairs[-1] and not (pair == "main" and main_waits):
+                self._backward_share(pair, pairs)
 
         args = self.args
         loss, terms = sso_loss(

@@ -111,16 +111,32 @@ class Stepper:
         keys = [k for k in self.batch if k.endswith("input_ids")]
         self.padded_tokens = sum(self.batch[k].numel() for k in keys)
         self.real_tokens = sum(int(self.batch[k.replace("input_ids", "attention_mask")].sum()) for k in keys)
+        self.faults = []  # (seconds, minor page faults) of each step
 
     def step(self) -> float:
         sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
         sync()
-        start = time.perf_counter()
+        faults, start = minor_page_faults(), time.perf_counter()
         self.trainer.training_step(self.trainer.model, self.batch)
         self.trainer.optimizer.step()
         self.trainer.optimizer.zero_grad(set_to_none=True)
         sync()
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.faults.append((seconds, minor_page_faults() - faults))
+        return seconds
+
+    def faults_of_fastest(self) -> int:
+        return min(self.faults)[1]
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (0 where `resource` is missing): on CPU, fresh memory that the
+    allocator takes from the kernel for each step is a large part of the step time."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def main():
@@ -153,9 +169,11 @@ def main():
     dpo_neg = dpo_stepper("dpo-neg", as_dpo(dataset, "negative_system", "original", "chosen"))
     variants = {
         "policy, steering on, W on": {},
+        "policy, one backward pass": {"sso_backward_per_pair": False},
         "policy, steering off, W on": {"sso_steer_coef": 0.0},
         "policy, steering off, W off": {"sso_steer_coef": 0.0, "sso_use_weight": False},
         "generator": {"sso_objective": "generator"},
+        "generator, one backward pass": {"sso_objective": "generator", "sso_backward_per_pair": False},
     }
     ssos = {
         name: Stepper(SSOTrainer(model_path, args=SSOConfig(**common_args(f"{work}/{i}", args), **overrides),
@@ -176,8 +194,10 @@ def main():
     print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {n_params:.1f}M parameters; "
           f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; gradient checkpointing "
           f"{'on' if args.gradient_checkpointing else 'off'}; fastest of {args.repeats}")
-    print(f"DPOTrainer: {dpo_time * 1000:.0f} ms/step, {dpo.padded_tokens} padded / {dpo.real_tokens} real tokens")
-    header = f"{'SSOTrainer variant':30} {'ms/step':>8} {'time x':>7} {'tokens x (padded/real)':>23} {'time/token x':>13}"
+    print(f"DPOTrainer: {dpo_time * 1000:.0f} ms/step, {dpo.padded_tokens} padded / {dpo.real_tokens} real tokens, "
+          f"{dpo.faults_of_fastest()} page faults")
+    header = (f"{'SSOTrainer variant':30} {'ms/step':>8} {'time x':>7} {'tokens x (padded/real)':>23} "
+              f"{'time/token x':>13} {'page faults':>12}")
     print(header)
     print("-" * len(header))
     for name, stepper in ssos.items():
@@ -185,17 +205,18 @@ def main():
         token_ratio = stepper.padded_tokens / dpo.padded_tokens
         real_ratio = stepper.real_tokens / dpo.real_tokens
         print(f"{name:30} {t * 1000:8.0f} {t / dpo_time:7.2f} {token_ratio:11.2f} / {real_ratio:<9.2f} "
-              f"{(t / dpo_time) / token_ratio:13.3f}")
+              f"{(t / dpo_time) / token_ratio:13.3f} {stepper.faults_of_fastest():12d}")
 
     print()
     per_token = dpo_time / dpo.padded_tokens
     for label, stepper, t in (("x+", dpo_pos, pos_time), ("x-", dpo_neg, neg_time)):
         print(f"DPOTrainer on the {label} pairs: {t * 1000:.0f} ms/step, {stepper.padded_tokens} padded tokens, "
-              f"{(t / stepper.padded_tokens) / per_token:.3f}x the per-token time of DPO on the plain pairs")
-    policy = min(times[id(ssos["policy, steering on, W on"])])
-    generator = min(times[id(ssos["generator"])])
-    print(f"SSO policy (steering on) / (DPO main + DPO x+ + DPO x-): {policy / (dpo_time + pos_time + neg_time):.3f}")
-    print(f"SSO generator / (DPO x+ + DPO x-): {generator / (pos_time + neg_time):.3f}")
+              f"{(t / stepper.padded_tokens) / per_token:.3f}x the per-token time of DPO on the plain pairs, "
+              f"{stepper.faults_of_fastest()} page faults")
+    for name, pairs_time in (("policy, steering on, W on", dpo_time + pos_time + neg_time),
+                             ("policy, one backward pass", dpo_time + pos_time + neg_time),
+                             ("generator", pos_time + neg_time), ("generator, one backward pass", pos_time + neg_time)):
+        print(f"SSO {name} / DPO on its pairs: {min(times[id(ssos[name])]) / pairs_time:.3f}")
 
 
 if __name__ == "__main__":
