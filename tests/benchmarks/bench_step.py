@@ -6,6 +6,11 @@ Targets: <= 1.15 with steering on (the extra work is the extra tokens, nothing e
 
     python tests/benchmarks/bench_step.py                      # random Llama (hidden 512, 8 layers), CPU friendly
     python tests/benchmarks/bench_step.py --hidden 1024 --layers 16 --batch 4 --device cuda
+    LD_PRELOAD=/lib/x86_64-linux-gnu/libjemalloc.so.2 python tests/benchmarks/bench_step.py   # CPU, jemalloc
+
+On CPU the allocator matters: glibc's malloc hands large freed blocks back to the kernel, so a step pays page faults
+for fresh memory, and how many depends on the heap's history rather than on the work. The header line names the
+allocator in use and each row gives the page faults of its fastest step.
 
 Prints one line per SSO configuration: fastest step times, their ratio, the token ratios (padded tokens forwarded and
 real tokens) and the normalised ratio. A second check compares SSO with the sum of the DPO steps on the pairs it is
@@ -129,6 +134,15 @@ class Stepper:
         return min(self.faults)[1]
 
 
+def allocator() -> str:
+    """The malloc this process runs on: jemalloc or tcmalloc when preloaded, else the C library's."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    return next((name for name in ("jemalloc", "tcmalloc") if name in maps), "glibc malloc")
+
+
 def minor_page_faults() -> int:
     """Minor page faults of this process so far (0 where `resource` is missing): on CPU, fresh memory that the
     allocator takes from the kernel for each step is a large part of the step time."""
@@ -193,7 +207,7 @@ def main():
     n_params = sum(p.numel() for p in dpo.trainer.model.parameters()) / 1e6
     print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {n_params:.1f}M parameters; "
           f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; gradient checkpointing "
-          f"{'on' if args.gradient_checkpointing else 'off'}; fastest of {args.repeats}")
+          f"{'on' if args.gradient_checkpointing else 'off'}; {allocator()}; fastest of {args.repeats}")
     print(f"DPOTrainer: {dpo_time * 1000:.0f} ms/step, {dpo.padded_tokens} padded / {dpo.real_tokens} real tokens, "
           f"{dpo.faults_of_fastest()} page faults")
     header = (f"{'SSOTrainer variant':30} {'ms/step':>8} {'time x':>7} {'tokens x (padded/real)':>23} "
