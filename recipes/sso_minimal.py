@@ -3,7 +3,7 @@
 `--dataset`, on a handful of hand-written SSO records.
 
     trl-sso generate --output_dir outputs/sso-data --num_prompts 8 --max_new_tokens 48
-    python recipes/sso_minimal.py --dataset outputs/sso-data/dataset [--output_dir outputs/sso-minimal] [--max_steps 6]
+    python recipes/sso_minimal.py --dataset outputs/sso-data [--output_dir outputs/sso-minimal] [--max_steps 6]
 
 Swap `SSOTrainer`/`SSOConfig` for `DPOTrainer`/`DPOConfig` and it trains DPO on the same prompt/chosen/rejected
 columns. The records below stand in for what the trl-sso generator writes; their principle prompts are our own.
@@ -14,10 +14,11 @@ import os
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from datasets import Dataset, load_from_disk  # noqa: E402
+from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
-from trl_sso import SSOConfig, SSOTrainer  # noqa: E402
+from trl_sso import SSOConfig, SSOTrainer, load_sso_dataset  # noqa: E402
+from trl_sso.data import make_record  # noqa: E402
 from trl_sso.offline import default_model_path  # noqa: E402
 
 
@@ -50,26 +51,16 @@ QUERIES = [
 
 
 def sso_records() -> Dataset:
-    rows = []
-    for query, chosen, rejected, original in QUERIES:
-        rows.append(
-            {
-                "prompt": [{"role": "user", "content": query}],
-                "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-                "original": [{"role": "assistant", "content": original}],
-                "positive_system": POSITIVE,
-                "negative_system": NEGATIVE,
-            }
-        )
-    return Dataset.from_list(rows)
+    return Dataset.from_list(
+        [make_record(*texts, POSITIVE, NEGATIVE, conversational=True) for texts in QUERIES]
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/sso-minimal")
     parser.add_argument("--max_steps", type=int, default=6)
-    parser.add_argument("--dataset", help="A dataset folder written by `trl-sso generate` (its `dataset` subfolder).")
+    parser.add_argument("--dataset", help="An SSO dataset: a `trl-sso generate` folder, a file or a Hub dataset id.")
     cli = parser.parse_args()
 
     args = SSOConfig(
@@ -88,7 +79,7 @@ def main():
         report_to="none",
     )
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    dataset = load_from_disk(cli.dataset) if cli.dataset else sso_records()
+    dataset = load_sso_dataset(cli.dataset) if cli.dataset else sso_records()
     trainer = SSOTrainer(model=default_model_path(), args=args, train_dataset=dataset, peft_config=lora)
     trainer.train()
     trainer.save_model()

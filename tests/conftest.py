@@ -87,20 +87,14 @@ def load_tiny_model(path):
 
 
 def sso_rows(conversational: bool = True, n: int | None = None) -> list[dict]:
-    rows = []
-    for prompt, chosen, rejected, original in ROWS[:n]:
-        if conversational:
-            record = {
-                "prompt": [{"role": "user", "content": prompt}],
-                "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-                "original": [{"role": "assistant", "content": original}],
-            }
-        else:
-            record = {"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected, "original": " " + original}
-        record.update(positive_system=PRINCIPLE_POS, negative_system=PRINCIPLE_NEG, features="Accuracy")
-        rows.append(record)
-    return rows
+    from trl_sso.data import make_record
+
+    space = "" if conversational else " "  # standard-format completions continue the prompt text
+    return [
+        make_record(prompt, space + chosen, space + rejected, space + original, PRINCIPLE_POS, PRINCIPLE_NEG,
+                    conversational=conversational, features="Accuracy")
+        for prompt, chosen, rejected, original in ROWS[:n]
+    ]
 
 
 def sso_dataset(conversational: bool = True, n: int | None = None):

@@ -149,3 +149,52 @@ def test_unknown_format_and_missing_turns_are_clear():
     broken["raw"] = [{"from": "human", "value": "Explain rainbows."}]
     with pytest.raises(SSODataError, match="Row 2: no text found for 'original'"):
         from_reference_record(broken, index=2)
+
+
+def test_pair_table_gives_each_pair_its_prompt_winner_and_loser():
+    from trl_sso.data import PAIRS, make_record, pair_texts, pairs_in_use, required_columns
+
+    record = make_record("Q?", " plus", " minus", " own", "Be good.", "Be bad.")
+    texts = pair_texts(record)
+    assert list(texts) == list(PAIRS) == ["main", "pos", "neg"]
+    assert texts["main"] == ("Q?", " plus", " minus")
+    assert texts["pos"] == ("Be good.\n\nQ?", " plus", " minus")
+    assert texts["neg"] == ("Be bad.\n\nQ?", " own", " plus")
+    assert pairs_in_use("policy", 0.0) == ("main",) and pairs_in_use("generator", 0.0) == ("pos", "neg")
+    assert required_columns("policy", 0.0) == ("prompt", "chosen", "rejected")
+    assert set(required_columns("generator")) == set(required_columns("policy", 0.1)) == {
+        "prompt", "chosen", "rejected", "original", "positive_system", "negative_system"}
+
+
+def test_make_record_formats():
+    from trl_sso.data import SSO_COLUMNS, make_record
+
+    record = make_record([{"role": "user", "content": "Q?"}], "a", "b", "c", "P", "N", seed=3)
+    assert list(record) == [*SSO_COLUMNS, "seed"] and record["original"] == [{"role": "assistant", "content": "c"}]
+    record = make_record("Q?", "a", "b", "c", "P", "N", conversational=True)
+    assert record["prompt"] == [{"role": "user", "content": "Q?"}]
+    validate_record(record, 0)
+    assert make_record("Q?", " a", " b", " c", "P", "N")["chosen"] == " a"
+
+
+def test_one_loader_for_folders_files_and_reference_formats(tmp_path):
+    import json
+
+    from datasets import Dataset
+
+    from trl_sso.data import load_sso_dataset
+
+    rows = sso_rows()
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "gen" / "dataset"))  # the layout of `trl-sso generate`
+    assert load_sso_dataset(str(tmp_path / "gen")).to_list() == rows
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    assert load_sso_dataset(str(tmp_path / "saved")).to_list() == rows
+    reference = tmp_path / "v1.jsonl"
+    reference.write_text("\n".join(json.dumps(V1) for _ in range(2)))
+    converted = load_sso_dataset(str(reference))
+    assert converted[0]["original"] == [{"role": "assistant", "content": V1["raw"]}] and len(converted) == 2
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_sso_dataset(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="\\.json, \\.jsonl, \\.csv or \\.parquet"):
+        load_sso_dataset(str(tmp_path / "notes.txt"))

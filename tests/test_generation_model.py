@@ -22,7 +22,7 @@ def tiny_generator(model_dir, output_dir, sampler_wrapper=None, **overrides):
     sampler = TransformersSampler(AutoModelForCausalLM.from_pretrained(model_dir).eval(), tokenizer, batch_size=4)
     if sampler_wrapper:
         sampler = sampler_wrapper(sampler)
-    kwargs = dict(model=model_dir, output_dir=str(output_dir), num_prompts=6, batch_size=2, max_new_tokens=8, seed=11,
+    kwargs = dict(model_name_or_path=model_dir, output_dir=str(output_dir), num_prompts=6, batch_size=2, max_new_tokens=8, seed=11,
                   drop_revealing=False)
     kwargs.update(overrides)
     return SSOGenerator(GenerateArguments(**kwargs), sampler=sampler, tokenizer=tokenizer)
@@ -56,7 +56,7 @@ def free_port():
 
 def test_two_processes_equal_one(tiny_model_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    options = ["generate", "--model", tiny_model_dir, "--num_prompts", "6", "--batch_size", "2",
+    options = ["generate", "--model_name_or_path", tiny_model_dir, "--num_prompts", "6", "--batch_size", "2",
                "--max_new_tokens", "8", "--seed", "5", "--drop_revealing", "false"]
     single = subprocess.run([sys.executable, "-m", "trl_sso.cli.main", *options, "--output_dir", str(tmp_path / "one")],
                             env=env, capture_output=True, text=True, timeout=600)
@@ -96,7 +96,7 @@ def test_cli_end_to_end_with_the_packaged_model(tmp_path, tiny_model_dir, tokeni
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     result = subprocess.run(
         ["trl-sso", "generate", "--prompts", str(tmp_path / "missing.csv"), "--output_dir", str(tmp_path / "o"),
-         "--model", "unused"],
+         "--model_name_or_path", "unused"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2

@@ -43,7 +43,7 @@ def hub(tmp_path, monkeypatch):
         import transformers.utils.hub
 
         monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared HfApi, built per endpoint
-        monkeypatch.setattr("trl_sso.hub.time.sleep", lambda seconds: None)  # no real waiting between retries
+        monkeypatch.setattr("trl_sso.retries.time.sleep", lambda seconds: None)  # no real waiting between retries
         yield server
 
 

@@ -137,3 +137,23 @@ def test_base_loss_rejects_unknown_type_and_missing_pairs():
         sso_loss(make_pair("main"), None, None, steer_coef=0.1)
     with pytest.raises(ValueError, match="generator"):
         sso_loss(None, make_pair("pos"), None, objective="generator")
+
+
+@pytest.mark.parametrize("objective,loss_type,steer,use_weight,sft", [
+    (o, lt, s, w, g) for o, lt, s, w, g in itertools.product(["policy", "generator"], ["sigmoid", "ipo"], [0.0, 0.3],
+                                                              [True, False], [0.0, 0.25])
+    if not (o == "generator" and s == 0.0)
+])
+def test_pair_shares_sum_to_the_loss_with_w_detached(objective, loss_type, steer, use_weight, sft):
+    """Each pair's `pair_share` is its term of `sso_loss`: with W detached they add up to the loss, per example."""
+    from trl_sso.data import pairs_in_use
+    from trl_sso.loss import pair_share
+
+    names = pairs_in_use(objective, steer)
+    pairs = {name: make_pair(name) for name in names}
+    settings = dict(objective=objective, beta=BETA, loss_type=loss_type, steer_coef=steer, use_weight=use_weight,
+                    weight_alpha=0.66, sft_coef=sft)
+    loss, _ = sso_loss(pairs.get("main"), pairs.get("pos"), pairs.get("neg"), detach_weight=True, **settings)
+    shares = sum(pair_share(name, pairs, detach_weight=False, **settings) for name in names)
+    assert shares.mean().item() == pytest.approx(loss.item(), rel=1e-12)
+    assert shares.shape == (2,)

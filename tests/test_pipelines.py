@@ -28,10 +28,9 @@ def options(model_dir, output_dir, *extra):
 
 
 def parse(command, argv):
-    from trl_sso.cli import train
+    from trl_sso.cli.commands import parser
 
-    parser = train._pipeline_parser(f"trl-sso {command}", "")
-    return parser.parse_args_and_config(args=argv)
+    return parser(command).parse_args_and_config(args=argv)
 
 
 class KillInRound2(TrainerCallback):
@@ -49,7 +48,7 @@ def weights(folder):
 def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_dir, tmp_path):
     from datasets import load_from_disk
 
-    from trl_sso.pipelines import iterate
+    from trl_sso.scripts.iterate import iterate
 
     reference = iterate(*parse("iterate", options(tiny_model_dir, tmp_path / "ref")))
     with pytest.raises(KeyboardInterrupt):
@@ -73,7 +72,7 @@ def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_di
 
 
 def test_iterate_with_lora_merges_the_adapter_into_the_next_policy(tiny_model_dir, tmp_path):
-    from trl_sso.pipelines import iterate
+    from trl_sso.scripts.iterate import iterate
 
     argv = options(tiny_model_dir, tmp_path / "lora", "--use_peft", "--lora_r", "4", "--lora_target_modules",
                    "q_proj", "v_proj")
@@ -88,7 +87,7 @@ def test_iterate_with_lora_merges_the_adapter_into_the_next_policy(tiny_model_di
 
 
 def test_pipeline_end_to_end(tiny_model_dir, tmp_path):
-    from trl_sso.pipelines import pipeline
+    from trl_sso.scripts.pipeline import pipeline
 
     argv = options(tiny_model_dir, tmp_path / "v2", "--policy_num_prompts", "6")
     report = pipeline(*parse("pipeline", argv))
@@ -145,20 +144,7 @@ def recipe_command(path: Path) -> str:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_parses_and_validates(path):
-    from trl import ModelConfig, ScriptArguments, TrlParser
-
-    from trl_sso.config import SSOConfig
-    from trl_sso.reward import RewardScriptArguments, SSORewardConfig
-
-    command = recipe_command(path)
-    if command in ("iterate", "pipeline"):
-        parsed = parse(command, ["--config", str(path)])
-    elif command == "train":
-        parsed = TrlParser((ScriptArguments, SSOConfig, ModelConfig)).parse_args_and_config(args=["--config", str(path)])
-    else:
-        parsed = TrlParser((ScriptArguments, RewardScriptArguments, SSORewardConfig, ModelConfig)).parse_args_and_config(
-            args=["--config", str(path)])
-    assert parsed
+    assert parse(recipe_command(path), ["--config", str(path)])
 
 
 def test_accelerate_configs_are_complete():

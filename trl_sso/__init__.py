@@ -17,6 +17,8 @@ _LAZY = {
     "sso_loss": "trl_sso.loss",
     "PairLogps": "trl_sso.loss",
     "build_steered_prompt": "trl_sso.data",
+    "load_sso_dataset": "trl_sso.data",
+    "make_record": "trl_sso.data",
     "validate_dataset": "trl_sso.data",
     "convert_reference_dataset": "trl_sso.data",
     "from_reference_record": "trl_sso.data",
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
         build_steered_prompt,
         convert_reference_dataset,
         from_reference_record,
+        load_sso_dataset,
+        make_record,
         validate_dataset,
     )
     from .loss import PairLogps, sso_loss

@@ -1,10 +1,13 @@
 """Cards rendered from the templates in `cards/` (shipped in the wheel as `trl_sso/cards`), filled from the metadata
 the artifacts carry (the trainer's config and state), never typed by hand and never holding secrets."""
 
+import os
 import textwrap
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from .data import SSO_COLUMNS
 
 
 SSO_CITATION = textwrap.dedent("""\
@@ -35,6 +38,20 @@ _CARD_SETTINGS = (
     "loss_type", "beta", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
     "gradient_accumulation_steps", "max_length", "seed",
 )
+
+
+def hub_id(name: str | None) -> str | None:
+    """`name` when it is a Hub repo id (`name` or `namespace/name`), `None` for a local path or anything else: a local
+    path says nothing to readers of a card or a report. The one rule trl-sso uses to tell them apart."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not name or name.startswith((".", "/", "~")) or os.path.exists(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
 
 
 def template_path(name: str) -> Path:
@@ -100,11 +117,57 @@ def sso_model_card(
     )
 
 
+# Logged values kept on the model card: the main training metrics (loss, rewards, the SSO terms)
+_CARD_METRICS = (
+    "loss", "train_loss", "rewards/accuracies", "rewards/margins", "steer_pos/rewards/margins",
+    "steer_neg/rewards/margins", "sso/weight", "eval_loss", "eval_rewards/accuracies",
+)
+# Quantization settings of a QLoRA base model shown on the card
+_CARD_QUANTIZATION = (
+    "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant",
+)
+
+
+def final_metrics(log_history: list[dict]) -> dict[str, float]:
+    """The last logged value of each of the main training metrics in a trainer's `log_history`."""
+    results = {}
+    for entry in log_history:
+        results.update({k: v for k, v in entry.items() if k in _CARD_METRICS and isinstance(v, (int, float))})
+    return results
+
+
+def quantization_summary(model_config: Any) -> dict[str, Any] | None:
+    """The 4/8-bit settings of a quantized model's config, or `None` for a model in full precision."""
+    config = getattr(model_config, "quantization_config", None)
+    if config is None:
+        return None
+    config = config if isinstance(config, dict) else config.to_dict()
+    return {k: config[k] for k in _CARD_QUANTIZATION if config.get(k) not in (None, False)}
+
+
+def trainer_model_card(trainer: Any, output_dir: str, model_name=None, dataset_name=None, tags=None):
+    """The SSO model card of what an `SSOTrainer` trained (model or adapter), from its config, model and state."""
+    from accelerate.utils import is_peft_model
+    from trl.trainer.utils import get_config_model_id
+
+    tags = {tags} if isinstance(tags, str) else set(tags or ())
+    return sso_model_card(
+        args=trainer.args,
+        model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
+        base_model=hub_id(get_config_model_id(trainer.model.config)),
+        dataset_name=dataset_name,
+        hub_model_id=trainer.hub_model_id,
+        tags=sorted(tags | set(trainer._tag_names)),
+        is_adapter=is_peft_model(trainer.model),
+        results=final_metrics(trainer.state.log_history),
+        quantization=quantization_summary(trainer.model.config),
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Dataset card
 
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
-_CANONICAL = ("prompt", "chosen", "rejected", "original", "positive_system", "negative_system")
 
 
 def size_category(n: int) -> str:
@@ -128,7 +191,7 @@ def sso_dataset_card(dataset, summary: dict | None, repo_id: str, config_name: s
         pretty_name=metadata.get("pretty_name") or f"SSO preferences: {repo_id.split('/')[-1]}",
     )
     config_names = [c["config_name"] for c in metadata.get("configs") or []] or [config_name]
-    example = {k: v for k, v in dataset[0].items() if k in _CANONICAL}
+    example = {k: v for k, v in dataset[0].items() if k in SSO_COLUMNS}
     text = json.dumps(example, ensure_ascii=False, indent=2)
     return DatasetCard.from_template(
         DatasetCardData(**metadata),
@@ -138,7 +201,7 @@ def sso_dataset_card(dataset, summary: dict | None, repo_id: str, config_name: s
         config_name=config_name,
         config_names=config_names,
         num_records=len(dataset),
-        extra_columns=[c for c in dataset.column_names if c not in _CANONICAL],
+        extra_columns=[c for c in dataset.column_names if c not in SSO_COLUMNS],
         example=text if len(text) < 4000 else text[:4000] + "\n...",
         summary=summary,
         sso_citation=SSO_CITATION,
@@ -155,11 +218,6 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _local(name: str | None) -> str | None:
-    """A Hub id, or `None` for a local path (which says nothing to readers of a card)."""
-    return None if not name or Path(name).exists() or name.startswith(("/", ".")) else name
-
-
 def reward_model_card(path: Path, repo_id: str):
     """The card of a reward model folder, with the pairwise accuracy recorded next to it (`eval_results.json` or
     `all_results.json`, as `eval_accuracy`)."""
@@ -168,7 +226,7 @@ def reward_model_card(path: Path, repo_id: str):
     config = _read_json(path / "config.json")
     results = {**_read_json(path / "all_results.json"), **_read_json(path / "eval_results.json")}
     sso = _read_json(path / "sso_reward.json")  # written by `trl-sso reward`: base model and dataset ids
-    base_model = _local(sso.get("base_model") or config.get("_name_or_path"))
+    base_model = hub_id(sso.get("base_model") or config.get("_name_or_path"))
     card_data = ModelCardData(
         base_model=base_model, datasets=sso.get("dataset_name"), library_name="transformers",
         pipeline_tag="text-classification", tags=["trl", "sso", "reward-model"], model_name=repo_id.split("/")[-1],
@@ -199,7 +257,7 @@ def folder_card(path: Path, kind: str, repo_id: str):
         return card
     adapter = _read_json(path / "adapter_config.json")
     config = _read_json(path / "config.json")
-    base_model = _local(adapter.get("base_model_name_or_path") or config.get("_name_or_path"))
+    base_model = hub_id(adapter.get("base_model_name_or_path") or config.get("_name_or_path"))
     data = ModelCardData(base_model=base_model, library_name="peft" if kind == "adapter" else "transformers",
                          tags=["trl", "sso"], pipeline_tag="text-generation", model_name=repo_id.split("/")[-1])
     what = "A PEFT adapter" if kind == "adapter" else "A model"

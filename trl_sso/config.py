@@ -5,29 +5,14 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from .runtime import accelerator_available, bf16_available
+
 
 logger = logging.getLogger(__name__)
 
 SSO_OBJECTIVES = ("policy", "generator")
 SSO_LOSS_TYPES = ("sigmoid", "ipo")
 _DEFAULT_SFT_COEF = {"policy": 0.0, "generator": 0.1}
-
-
-def bf16_available() -> bool:
-    """Whether this machine has an accelerator on which bf16 mixed precision runs at full speed."""
-    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
-
-    return is_torch_bf16_gpu_available() or is_torch_xla_available()
-
-
-def accelerator_available() -> bool:
-    import torch
-    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
-    from transformers.utils import is_torch_xla_available
-
-    return torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available() or (
-        is_torch_xla_available()
-    )
 
 
 def settle_device_and_precision(args) -> None:

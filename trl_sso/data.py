@@ -1,4 +1,5 @@
-"""The canonical SSO record: its columns, validation, the x+ / x- prompt rule, and converters from public formats.
+"""The canonical SSO record: its columns, the table of its three preference pairs, the record constructor, validation,
+the x+ / x- prompt rule, converters from public formats, and the one loader from a folder, a file or the Hub.
 
 A record holds one query and three on-policy responses, in the standard format (plain strings) or the conversational
 format (lists of `{"role", "content"}` messages):
@@ -20,7 +21,8 @@ This module imports neither torch nor TRL, so the generator and light tools can 
 
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 
 PROMPT, CHOSEN, REJECTED, ORIGINAL = "prompt", "chosen", "rejected", "original"
@@ -37,6 +39,104 @@ PRINCIPLE_SEPARATOR = "\n\n"
 
 class SSODataError(ValueError):
     """A dataset or record does not follow the canonical SSO schema. The message names the row, column and fix."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The three preference pairs of a record
+
+
+class Pair(NamedTuple):
+    """One SSO preference pair: the column of the principle that steers its prompt (`None`: the plain query `x`), and
+    the columns of its winner and its loser."""
+
+    principle: str | None
+    winner: str
+    loser: str
+
+
+PAIRS: dict[str, Pair] = {
+    "main": Pair(None, CHOSEN, REJECTED),  # (x; y+ > y-)
+    "pos": Pair(POSITIVE_SYSTEM, CHOSEN, REJECTED),  # (x+; y+ > y-)
+    "neg": Pair(NEGATIVE_SYSTEM, ORIGINAL, CHOSEN),  # (x-; y_o > y+)
+}
+
+
+def pairs_in_use(objective: str = "policy", steer_coef: float = 0.1) -> tuple[str, ...]:
+    """The pairs an SSO objective trains on: `("main",)` (policy, steering off), `("main", "pos", "neg")` (policy) or
+    `("pos", "neg")` (generator)."""
+    if objective == "generator":
+        return ("pos", "neg")
+    return ("main",) if steer_coef == 0 else tuple(PAIRS)
+
+
+def required_columns(objective: str = "policy", steer_coef: float = 0.1) -> tuple[str, ...]:
+    """The columns an SSO objective reads: the main pair alone needs only `prompt` / `chosen` / `rejected`."""
+    used = {PROMPT} | {column for name in pairs_in_use(objective, steer_coef) for column in PAIRS[name] if column}
+    return tuple(column for column in SSO_COLUMNS if column in used)
+
+
+def pair_texts(
+    record: Mapping[str, Any], pairs: Iterable[str] = tuple(PAIRS), processing_class: Any = None
+) -> dict[str, tuple[Any, Any, Any]]:
+    """`(prompt, winner, loser)` of each pair named in `pairs`, for one canonical record; the prompts of the steering
+    pairs are built by `build_steered_prompt`.
+
+    Example:
+    ```python
+    >>> record = make_record("Hi", " Hello!", " Go away.", " Hey.", "Be kind.", "Be rude.")
+    >>> pair_texts(record, ("main", "neg"))
+    {'main': ('Hi', ' Hello!', ' Go away.'), 'neg': ('Be rude.\\n\\nHi', ' Hey.', ' Hello!')}
+
+    ```
+    """
+    texts = {}
+    for name in pairs:
+        principle, winner, loser = PAIRS[name]
+        prompt = record[PROMPT]
+        if principle is not None:
+            prompt = build_steered_prompt(prompt, record[principle], processing_class)
+        texts[name] = (prompt, record[winner], record[loser])
+    return texts
+
+
+def make_record(
+    prompt: str | list[dict],
+    chosen: str | list[dict],
+    rejected: str | list[dict],
+    original: str | list[dict],
+    positive_system: str,
+    negative_system: str,
+    *,
+    conversational: bool | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One canonical SSO record, with the columns of `extra` (provenance, ...) after the SSO columns.
+
+    In the conversational format (`conversational=True`, or a message-list `prompt` when it is `None`), a string
+    prompt becomes a user turn and string responses become assistant turns; otherwise the values are kept as given.
+
+    Example:
+    ```python
+    >>> make_record("Hi", "Hello!", "Go away.", "Hey.", "Be kind.", "Be rude.", conversational=True)["chosen"]
+    [{'role': 'assistant', 'content': 'Hello!'}]
+
+    ```
+    """
+    if conversational is None:
+        conversational = not isinstance(prompt, str)
+    if conversational:
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        chosen, rejected, original = (_assistant(r) if isinstance(r, str) else r for r in (chosen, rejected, original))
+    record = {
+        PROMPT: prompt,
+        CHOSEN: chosen,
+        REJECTED: rejected,
+        ORIGINAL: original,
+        POSITIVE_SYSTEM: positive_system,
+        NEGATIVE_SYSTEM: negative_system,
+    }
+    record.update(extra)
+    return record
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -97,13 +197,6 @@ def build_steered_prompt(prompt: str | list[dict], system: str, processing_class
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Validation
-
-
-def required_columns(objective: str = "policy", steer_coef: float = 0.1) -> tuple[str, ...]:
-    """The columns an SSO objective reads: the main pair alone needs only `prompt` / `chosen` / `rejected`."""
-    if objective == "policy" and steer_coef == 0:
-        return MAIN_PAIR_COLUMNS
-    return SSO_COLUMNS  # the steering pairs read every column (the generator objective too, minus the main pair)
 
 
 def check_columns(column_names: Iterable[str], required: Iterable[str]) -> None:
@@ -202,6 +295,10 @@ def validate_dataset(dataset: Iterable[Mapping[str, Any]], columns: Iterable[str
 # Converters from the public reference formats
 
 
+# Columns of the public reference formats that the conversion replaces (the others are kept)
+_REFERENCE_COLUMNS = {"instruction", "p_system", "n_system", "system", "raw", *SSO_COLUMNS}
+
+
 def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
@@ -251,26 +348,95 @@ def from_reference_record(record: Mapping[str, Any], conversational: bool = True
                 f"Row {index}: no text found for '{column}' in the reference record (got {str(value)[:80]!r}). "
                 "Check that the response lists hold a 'gpt' turn and the prompt a 'human' turn."
             )
-    converted = {k: v for k, v in record.items() if k not in {"instruction", "p_system", "n_system", "system", "raw"}}
+    extra = {k: v for k, v in record.items() if k not in _REFERENCE_COLUMNS}
     if "system" in record:
-        converted["reference_system"] = record["system"]
-    converted[PROMPT] = [{"role": "user", "content": query}] if conversational else query
-    for column, text in responses.items():
-        converted[column] = _assistant(text) if conversational else text
-    converted[POSITIVE_SYSTEM] = record["p_system"]
-    converted[NEGATIVE_SYSTEM] = record["n_system"]
-    return converted
+        extra["reference_system"] = record["system"]
+    return make_record(
+        query, responses[CHOSEN], responses[REJECTED], responses[ORIGINAL], record["p_system"], record["n_system"],
+        conversational=conversational, **extra,
+    )
 
 
 def convert_reference_dataset(dataset: Any, conversational: bool = True, num_proc: int | None = None) -> Any:
     """Convert a `datasets.Dataset` in a public SSO reference format (see `from_reference_record`) to the canonical
     schema, keeping extra columns. The result trains with `SSOTrainer` and, on prompt/chosen/rejected, with
     `DPOTrainer`."""
-    reference_columns = {"instruction", "p_system", "n_system", "system", "raw", "chosen", "rejected", PROMPT}
     return dataset.map(
         lambda record, index: from_reference_record(record, conversational, index),
         with_indices=True,
-        remove_columns=[c for c in dataset.column_names if c in reference_columns],
+        remove_columns=[c for c in dataset.column_names if c in _REFERENCE_COLUMNS],
         num_proc=num_proc,
         desc="Converting to the SSO schema",
     )
+
+
+def to_canonical(dataset: Any, conversational: bool = True) -> Any:
+    """`dataset` unchanged when it has the SSO columns or is plain preference data; converted when it is in one of
+    the public reference formats (see `from_reference_record`)."""
+    columns = set(dataset.column_names)
+    if set(SSO_COLUMNS) <= columns or not {"p_system", "n_system"} <= columns:
+        return dataset
+    if not ({"instruction", "raw"} <= columns or {PROMPT, CHOSEN, "raw"} <= columns):
+        return dataset
+    return convert_reference_dataset(dataset, conversational=conversational)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading from wherever a user points
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_dataset_split(
+    source: str, config_name: str | None = None, split: str = "train", revision: str | None = None,
+    token: str | None = None,
+) -> Any:
+    """One split of the dataset at `source`, as it is stored: a folder written by `trl-sso generate`, a saved dataset
+    folder (`save_to_disk`), a local JSON/JSONL/CSV/Parquet file, or a Hub dataset id (with `config_name` and
+    `revision`; transient Hub failures are retried)."""
+    import datasets
+
+    path = Path(source)
+    if path.is_dir() and (path / "dataset").is_dir():
+        path = path / "dataset"  # the output folder of `trl-sso generate`
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        dataset = datasets.load_from_disk(str(path))
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"The dataset at {source!r} has no split {split!r} (it has {list(dataset)}).")
+            dataset = dataset[split]
+        return dataset
+    if path.is_file():
+        builder = FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(
+                f"Cannot read {source!r}: use a .json, .jsonl, .csv or .parquet file, a saved dataset folder, or a "
+                "dataset name."
+            )
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    if path.suffix.lower() in FILE_BUILDERS or path.is_absolute() or source.startswith("."):
+        raise FileNotFoundError(f"{source!r} does not exist. Check the path.")
+    from .retries import with_retries
+
+    return with_retries(
+        lambda: datasets.load_dataset(source, config_name, split=split, revision=revision, token=token),
+        f"Loading dataset {source}",
+    )
+
+
+def load_sso_dataset(
+    source: str, config_name: str | None = None, split: str = "train", revision: str | None = None,
+    conversational: bool = True, token: str | None = None,
+) -> Any:
+    """Load an SSO dataset from wherever `source` points (see `load_dataset_split`) in the canonical schema: datasets
+    written or published by trl-sso as they are, datasets in the public reference formats converted.
+
+    Example:
+    ```python
+    from trl_sso import load_sso_dataset
+
+    round_1 = load_sso_dataset("me/sso-data", "iteration_1")   # a Hub dataset and its config
+    local = load_sso_dataset("outputs/quickstart/round_1/data")  # a `trl-sso generate` folder
+    ```
+    """
+    return to_canonical(load_dataset_split(source, config_name, split, revision, token), conversational)

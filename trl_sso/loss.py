@@ -14,10 +14,9 @@ IPO loss against a frozen reference, `A(prompt, y)` the token-mean log-probabili
 
 With the weight off, `W = 1`. Every equation is per example; the batch loss is the mean over examples.
 
-Both objectives are sums of per-pair terms: with steering, the loss is one `main_loss` plus one `steering_loss` per
-steering pair, and a steering pair only meets the others through `W`, a function of the main pair. `SSOTrainer`
-relies on this to backpropagate each pair on its own: a steering pair's `steering_loss` with `W` detached, the main
-pair's `main_loss` when `W` carries no gradient; the last pair's gradient (and the one through `W`) then comes from
+Both objectives are sums of per-pair shares (`pair_share`), and a steering pair only meets the others through `W`, a
+function of the main pair. `SSOTrainer` relies on this to backpropagate each pair on its own: a pair's `pair_share`
+(with `W` detached) as soon as it is forwarded; the last pair's gradient (and the one through `W`) then comes from
 `sso_loss` with the pairs already backpropagated detached. The gradients add up to the gradient of `sso_loss`.
 """
 
@@ -116,6 +115,64 @@ def steering_loss(
     return scale * (weight * base + sft_coef * nll), base, nll
 
 
+def _weight(main: PairLogps | None, *, use_weight: bool, weight_alpha: float, detach_weight: bool):
+    """`W` of the `"policy"` objective, or `None` where it is off or undefined (no main pair, `"generator"`)."""
+    if main is None or not use_weight:
+        return None
+    return sso_weight(main, weight_alpha, detach_weight)
+
+
+def _share(name: str, pair: PairLogps, weight: torch.Tensor | None, settings: dict):
+    """`(share, L_base, NLL of the winner)` of pair `name` in the loss, per example, given `W` (`None`: 1)."""
+    objective, steer_coef = settings["objective"], settings["steer_coef"]
+    common = dict(beta=settings["beta"], loss_type=settings["loss_type"], sft_coef=settings["sft_coef"])
+    if name != "main":
+        return steering_loss(pair, 1.0 if weight is None else weight, objective=objective, steer_coef=steer_coef,
+                             **common)
+    share, base, nll = main_loss(pair, **common)
+    if steer_coef == 0 and weight is not None:  # steering off: W scales the main pair itself
+        share = weight * share
+    return share, base, nll
+
+
+def _check(objective: str, main: PairLogps | None, pos: PairLogps | None, neg: PairLogps | None, steer_coef: float):
+    if objective == "generator":
+        if pos is None or neg is None:
+            raise ValueError("The 'generator' objective needs the positive and the negative steering pairs.")
+        return
+    if objective != "policy":
+        raise ValueError(f"Unknown SSO objective {objective!r}: use 'policy' or 'generator'.")
+    if main is None:
+        raise ValueError("The 'policy' objective needs the main pair.")
+    if steer_coef != 0 and (pos is None or neg is None):
+        raise ValueError("With `steer_coef > 0` the 'policy' objective needs both steering pairs.")
+
+
+def pair_share(
+    name: str,
+    pairs: dict[str, PairLogps],
+    *,
+    objective: str = "policy",
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    steer_coef: float = 0.1,
+    use_weight: bool = True,
+    weight_alpha: float = 0.5,
+    detach_weight: bool = False,
+    sft_coef: float = 0.0,
+) -> torch.Tensor:
+    """The share of pair `name` (`"main"`, `"pos"` or `"neg"`) in `sso_loss`, per example, shape `(batch,)`, with `W`
+    detached: all the gradient that flows through that pair's log-probabilities, except the one through `W`.
+
+    `pairs` holds the pairs forwarded so far (the main pair, when the objective uses it, is always among them: `W`
+    depends on it). The settings are those of `sso_loss`; `detach_weight` is ignored, since `W` is always detached.
+    """
+    settings = dict(objective=objective, beta=beta, loss_type=loss_type, steer_coef=steer_coef, sft_coef=sft_coef)
+    main = pairs.get("main") if objective == "policy" else None
+    weight = _weight(main, use_weight=use_weight, weight_alpha=weight_alpha, detach_weight=True)
+    return _share(name, pairs[name], weight, settings)[0]
+
+
 def sso_loss(
     main: PairLogps | None,
     pos: PairLogps | None,
@@ -130,7 +187,7 @@ def sso_loss(
     detach_weight: bool = False,
     sft_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The SSO objective (module docstring) for one batch.
+    """The SSO objective (module docstring) for one batch: the mean over examples of the sum of the pairs' shares.
 
     Args:
         main: the pair `(x; y+ > y-)`; required by `"policy"`, ignored (pass `None`) for `"generator"`.
@@ -142,33 +199,30 @@ def sso_loss(
         `steer_neg` (the unscaled base losses of the pairs used), `sft` (the NLL sum before `gamma`) and `weight`
         (`W`, `"policy"` only).
     """
-    terms: dict[str, torch.Tensor] = {}
+    _check(objective, main, pos, neg, steer_coef)
     settings = dict(objective=objective, beta=beta, loss_type=loss_type, steer_coef=steer_coef, sft_coef=sft_coef)
     if objective == "generator":
-        if pos is None or neg is None:
-            raise ValueError("The 'generator' objective needs the positive and the negative steering pairs.")
-        share_pos, terms["steer_pos"], nll_pos = steering_loss(pos, 1.0, **settings)
-        share_neg, terms["steer_neg"], nll_neg = steering_loss(neg, 1.0, **settings)
-        terms["sft"] = nll_pos + nll_neg
-        return (share_pos + share_neg).mean(), terms
+        main = None
+    pairs = {name: pair for name, pair in (("main", main), ("pos", pos), ("neg", neg)) if pair is not None}
+    if objective == "policy" and steer_coef == 0:
+        pairs = {"main": main}
+    weight = _weight(main, use_weight=use_weight, weight_alpha=weight_alpha, detach_weight=detach_weight)
 
-    if objective != "policy":
-        raise ValueError(f"Unknown SSO objective {objective!r}: use 'policy' or 'generator'.")
-    if main is None:
-        raise ValueError("The 'policy' objective needs the main pair.")
-    share_main, terms["main"], sft_main = main_loss(main, beta=beta, loss_type=loss_type, sft_coef=sft_coef)
-    weight = sso_weight(main, weight_alpha, detach_weight) if use_weight else torch.ones_like(terms["main"])
-    if use_weight:
+    terms: dict[str, torch.Tensor] = {}
+    total, nll = 0.0, {}
+    for name, pair in pairs.items():
+        share, base, nll[name] = _share(name, pair, weight, settings)
+        terms[_TERM[name]] = base
+        total = total + share
+    # SFT term before gamma: the NLL of y+ under x, plus c times (generator: once) those of the steering winners
+    terms["sft"] = nll.get("main", 0.0)
+    if "pos" in nll:
+        scale = 1.0 if objective == "generator" else steer_coef
+        terms["sft"] = terms["sft"] + scale * (nll["pos"] + nll["neg"])
+    if weight is not None:
         terms["weight"] = weight
+    return total.mean(), terms
 
-    if steer_coef == 0:
-        terms["sft"] = sft_main
-        return (weight * share_main).mean(), terms
 
-    if pos is None or neg is None:
-        raise ValueError("With `steer_coef > 0` the 'policy' objective needs both steering pairs.")
-    share_pos, terms["steer_pos"], nll_pos = steering_loss(pos, weight, **settings)
-    share_neg, terms["steer_neg"], nll_neg = steering_loss(neg, weight, **settings)
-    terms["sft"] = sft_main + steer_coef * (nll_pos + nll_neg)
-    per_example = share_main + share_pos + share_neg
-    return per_example.mean(), terms
+# Name of each pair's base loss among the terms of `sso_loss`
+_TERM = {"main": "main", "pos": "steer_pos", "neg": "steer_neg"}

@@ -6,9 +6,9 @@ a normal checkpoint (model and tokenizer) that later loads in seconds, so exampl
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from .files import save_folder_atomic
 
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -37,8 +37,8 @@ def gguf_folder() -> str:
 def default_model_path() -> str:
     """Path of the cached SmolLM2-135M-Instruct checkpoint, converted from the packaged GGUF file on first use.
 
-    The conversion writes to a temporary folder renamed into place at the end, so an interrupted run never leaves a
-    half-written checkpoint behind.
+    The conversion writes to a temporary folder moved into place at the end (`trl_sso.files.save_folder_atomic`), so
+    an interrupted run never leaves a half-written checkpoint behind.
     """
     target = cache_dir() / DEFAULT_MODEL_NAME
     if (target / "config.json").is_file():
@@ -46,22 +46,16 @@ def default_model_path() -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = gguf_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE)
-    # The weights are already floats: drop the GGUF quantizer so that `save_pretrained` writes a plain checkpoint
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=target.parent))
-    try:
+
+    def convert(staging):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE)
+        # The weights are already floats: drop the GGUF quantizer so that `save_pretrained` writes a plain checkpoint
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    save_folder_atomic(target, convert, replace=False)  # another process may have finished first: keep its copy
     return str(target)

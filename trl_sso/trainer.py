@@ -36,14 +36,14 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import get_config_model_id, global_then_local_main_first, pad, use_adapter
 
 from . import data as sso_data
-from .cards import SSO_CITATION, sso_model_card
+from .cards import SSO_CITATION, trainer_model_card
 from .config import SSOConfig
-from .loss import PairLogps, main_loss, sso_loss, sso_weight, steering_loss
+from .loss import PairLogps, pair_share, sso_loss
 
 
 logger = logging.get_logger(__name__)
 
-# Tokenized columns of each pair: (prompt, winner, loser). The main pair keeps DPO's names.
+# Tokenized columns of each pair of `trl_sso.data.PAIRS`: (prompt, winner, loser). The main pair keeps DPO's names.
 PAIR_COLUMNS = {
     "main": ("prompt_ids", "chosen_ids", "rejected_ids"),
     "pos": ("pos_prompt_ids", "pos_chosen_ids", "pos_rejected_ids"),
@@ -59,13 +59,6 @@ REF_COLUMNS = {
 BLOCK_PREFIX = {"main": "", "pos": "pos_", "neg": "neg_"}
 # Metric prefix of each pair: the main pair logs under DPO's own names.
 METRIC_PREFIX = {"main": "", "pos": "steer_pos/", "neg": "steer_neg/"}
-
-
-def pairs_in_use(args: SSOConfig) -> tuple[str, ...]:
-    """The pairs an objective trains on: `("main",)`, `("main", "pos", "neg")` or `("pos", "neg")`."""
-    if args.sso_objective == "generator":
-        return ("pos", "neg")
-    return ("main",) if args.sso_steer_coef == 0 else ("main", "pos", "neg")
 
 
 @dataclass
@@ -202,7 +195,7 @@ class SSOTrainer(DPOTrainer):
                 f"SSOTrainer needs its arguments as an `SSOConfig`, got `{type(args).__name__}`. Replace "
                 "`DPOConfig(...)` with `SSOConfig(...)` (it accepts every DPOConfig field)."
             )
-        self.sso_pairs = pairs_in_use(args)
+        self.sso_pairs = sso_data.pairs_in_use(args.sso_objective, args.sso_steer_coef)
         self._in_training_step = False
         super().__init__(
             model=model,
@@ -236,7 +229,7 @@ class SSOTrainer(DPOTrainer):
     # Data
 
     def _prepare_dataset(self, dataset, processing_class, args: SSOConfig, dataset_name: str):
-        pairs = pairs_in_use(args)
+        pairs = sso_data.pairs_in_use(args.sso_objective, args.sso_steer_coef)
         first = next(iter(dataset))
         if all(column in first for pair in pairs for column in PAIR_COLUMNS[pair]):
             return dataset  # already tokenized (e.g. passed again to `evaluate`)
@@ -288,14 +281,7 @@ class SSOTrainer(DPOTrainer):
 
     def _tokenize_record(self, example: dict, processing_class, pairs: tuple[str, ...]) -> dict[str, list[int]]:
         """Tokenize the pairs in use of one canonical record into the `PAIR_COLUMNS` columns."""
-        prompt = example[sso_data.PROMPT]
-        texts = {"main": (prompt, example[sso_data.CHOSEN], example[sso_data.REJECTED])}
-        if "pos" in pairs:
-            steer = sso_data.build_steered_prompt
-            x_pos = steer(prompt, example[sso_data.POSITIVE_SYSTEM], processing_class)
-            x_neg = steer(prompt, example[sso_data.NEGATIVE_SYSTEM], processing_class)
-            texts["pos"] = (x_pos, example[sso_data.CHOSEN], example[sso_data.REJECTED])
-            texts["neg"] = (x_neg, example[sso_data.ORIGINAL], example[sso_data.CHOSEN])
+        texts = sso_data.pair_texts(example, pairs, processing_class)
         tools = example.get("tools")
         tools = json.loads(tools) if isinstance(tools, str) else tools  # as DPOTrainer reads a `tools` column
         template_kwargs = {"tools": tools, **(example.get("chat_template_kwargs") or {})}
@@ -439,23 +425,25 @@ class SSOTrainer(DPOTrainer):
             and self.args.n_gpu <= 1
         )
 
-    def _backward_share(self, name: str, pairs: dict[str, PairLogps]) -> None:
-        """Backpropagate the share of pair `name` in the loss now, scaled as `training_step` scales the loss.
-
-        This is the whole gradient that flows through the pair, the one through `W` aside: that one flows with the
-        main pair, from the loss computed with the pairs already backpropagated detached."""
+    def _loss_settings(self) -> dict:
+        """The settings of `trl_sso.loss.sso_loss` and `pair_share`, from the config."""
         args = self.args
-        settings = dict(beta=self.beta, loss_type=self.loss_types[0], sft_coef=args.sso_sft_coef)
-        if name == "main":
-            share, _, _ = main_loss(pairs[name], **settings)
-        else:
-            main, weight = pairs.get("main"), 1.0
-            if main is not None and args.sso_use_weight:
-                weight = sso_weight(main, args.sso_weight_alpha, detach=True)
-            share, _, _ = steering_loss(
-                pairs[name], weight, objective=args.sso_objective, steer_coef=args.sso_steer_coef, **settings
-            )
-        share = share.mean()
+        return dict(
+            objective=args.sso_objective,
+            beta=self.beta,
+            loss_type=self.loss_types[0],
+            steer_coef=args.sso_steer_coef,
+            use_weight=args.sso_use_weight,
+            weight_alpha=args.sso_weight_alpha,
+            detach_weight=args.sso_detach_weight,
+            sft_coef=args.sso_sft_coef,
+        )
+
+    def _backward_share(self, name: str, pairs: dict[str, PairLogps]) -> None:
+        """Backpropagate the share of pair `name` in the loss now (`trl_sso.loss.pair_share`), scaled as
+        `training_step` scales the loss, and detach the pair: the gradient through `W` flows with the main pair, from
+        the loss computed with the pairs already backpropagated detached."""
+        share = pair_share(name, pairs, **self._loss_settings()).mean()
         if not self.loss_is_scaled_for_ga:
             share = share / self.current_gradient_accumulation_steps
         self.accelerator.backward(share)
@@ -483,20 +471,7 @@ class SSOTrainer(DPOTrainer):
             if backward_per_pair and pair != self.sso_pairs[-1] and not (pair == "main" and main_waits):
                 self._backward_share(pair, pairs)
 
-        args = self.args
-        loss, terms = sso_loss(
-            pairs.get("main"),
-            pairs.get("pos"),
-            pairs.get("neg"),
-            objective=args.sso_objective,
-            beta=self.beta,
-            loss_type=self.loss_types[0],
-            steer_coef=args.sso_steer_coef,
-            use_weight=args.sso_use_weight,
-            weight_alpha=args.sso_weight_alpha,
-            detach_weight=args.sso_detach_weight,
-            sft_coef=args.sso_sft_coef,
-        )
+        loss, terms = sso_loss(pairs.get("main"), pairs.get("pos"), pairs.get("neg"), **self._loss_settings())
         self._record_metrics(inputs, pairs, terms, outputs)
         return loss
 
@@ -553,9 +528,15 @@ class SSOTrainer(DPOTrainer):
     # Model card
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        """Write the SSO model card (tags `trl`, `sso`; base model; dataset; SSO settings; citations) to the output
-        directory, in place of TRL's DPO card."""
+        """Write the SSO model card (`trl_sso.cards.trainer_model_card`) to the output directory, in place of TRL's DPO
+        card."""
         self._write_model_card(self.args.output_dir, model_name, dataset_name, tags)
+
+    def _write_model_card(self, output_dir, model_name=None, dataset_name=None, tags=None):
+        if self.is_world_process_zero():
+            os.makedirs(output_dir, exist_ok=True)
+            card = trainer_model_card(self, output_dir, model_name, dataset_name, tags)
+            card.save(os.path.join(output_dir, "README.md"))
 
     def _save(self, output_dir=None, state_dict=None):
         """Save as `Trainer` does, but never with the Hub token inside `training_args.bin`."""
@@ -573,41 +554,3 @@ class SSOTrainer(DPOTrainer):
         super().save_model(output_dir, _internal_call)
         if not _internal_call:
             self._write_model_card(output_dir or self.args.output_dir)
-
-    def _final_metrics(self) -> dict[str, float]:
-        """The last logged value of the main training metrics (loss, rewards, the SSO terms), for the model card."""
-        keep = ("loss", "train_loss", "rewards/accuracies", "rewards/margins", "steer_pos/rewards/margins",
-                "steer_neg/rewards/margins", "sso/weight", "eval_loss", "eval_rewards/accuracies")
-        results = {}
-        for entry in self.state.log_history:
-            results.update({k: v for k, v in entry.items() if k in keep and isinstance(v, (int, float))})
-        return results
-
-    def _quantization_setup(self) -> dict[str, Any] | None:
-        config = getattr(self.model.config, "quantization_config", None)
-        if config is None:
-            return None
-        config = config if isinstance(config, dict) else config.to_dict()
-        keys = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant")
-        return {k: config[k] for k in keys if config.get(k) not in (None, False)}
-
-    def _write_model_card(self, output_dir, model_name=None, dataset_name=None, tags=None):
-        if not self.is_world_process_zero():
-            return
-        base_model = get_config_model_id(self.model.config)
-        if base_model and os.path.isdir(base_model):
-            base_model = None  # a local path says nothing to readers of the card
-        tags = {tags} if isinstance(tags, str) else set(tags or ())
-        card = sso_model_card(
-            args=self.args,
-            model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
-            base_model=base_model,
-            dataset_name=dataset_name,
-            hub_model_id=self.hub_model_id,
-            tags=sorted(tags | set(self._tag_names)),
-            is_adapter=is_peft_model(self.model),
-            results=self._final_metrics(),
-            quantization=self._quantization_setup(),
-        )
-        os.makedirs(output_dir, exist_ok=True)
-        card.save(os.path.join(output_dir, "README.md"))

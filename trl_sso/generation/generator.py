@@ -11,17 +11,19 @@ generates the batches `i` with `i % num_processes == rank`, and the main process
 single-process run with the same seed.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
-from ..data import NEGATIVE_SYSTEM, POSITIVE_SYSTEM, build_steered_prompt
+from ..data import build_steered_prompt, make_record
+from ..files import save_folder_atomic, write_json_atomic
 from ..offline import DEFAULT_MODEL_ID
 from ..principles import LIBRARY, check_feature_names, load_features
+from ..runtime import process_state
 from .arguments import GenerateArguments
 from .filters import REASONS, drop_reason, logprob_keep
 from .prompts import load_prompts
@@ -36,50 +38,29 @@ BATCH_DIR, DATASET_DIR, SUMMARY_FILE = "batches", "dataset", "summary.json"
 
 class NoRecordsError(RuntimeError):
     """Every generated triple was filtered out."""
-# Settings that change the result: a rerun with other values must not reuse earlier batches.
-_RESULT_SETTINGS = (
-    "model", "model_name", "prompts", "prompt_column", "prompt_split", "num_prompts", "seed", "iteration", "max_new_tokens",
-    "temperature", "top_p", "original_temperature", "batch_size", "backend", "dtype", "principle_source",
-    "principle_model", "policy_writes_principles", "features_file", "features", "num_features", "concision_prob",
-    "min_response_chars", "drop_truncated", "drop_revealing", "logprob_filter",
-)  # publishing options (push_to_hub, hub_*) do not change the data
+
+
+def _settings(args: GenerateArguments) -> dict:
+    """The settings that make the data: every option but the output folder. A rerun with other values must not reuse
+    earlier batches."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name != "output_dir"}
 
 
 def _settings_key(args: GenerateArguments) -> str:
-    settings = {name: getattr(args, name) for name in _RESULT_SETTINGS}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_settings(args), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _write_atomic(path: Path, payload: dict) -> None:
-    """Write JSON so that a crash leaves either the old file or the new one, never a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _process_state():
-    """This process's place in an `accelerate launch` run. Without an accelerator, accelerate only forms a
-    multi-process group when asked for the CPU explicitly, so ask for it then."""
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import is_npu_available, is_xpu_available
-
-    return PartialState(cpu=not (torch.cuda.is_available() or is_xpu_available() or is_npu_available()))
-
-
-def _load_model(name: str, dtype: str, device):
+def _load_model(name: str, dtype: str, device, revision: str = "main", trust_remote_code: bool = False):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     if torch_dtype == "auto" and device.type == "cpu":
         torch_dtype = torch.float32  # checkpoints stored in bf16 run many times slower on a CPU
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    options = dict(revision=revision, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(name, **options)
     require_chat_template(tokenizer, name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **options)
     return model.to(device).eval(), tokenizer
 
 
@@ -87,13 +68,13 @@ class SSOGenerator:
     """Generates SSO records from a prompt set with a policy; see the module docstring."""
 
     def __init__(self, args: GenerateArguments, sampler=None, tokenizer=None, principle_sampler=None):
-        self.args, self.state = args, _process_state()
+        self.args, self.state = args, process_state()
         self.features = load_features(args.features_file) if args.features_file else dict(LIBRARY)
         if args.features:
             check_feature_names(args.features, self.features)
         self.prompts = load_prompts(args.prompts, args.prompt_column, args.prompt_split, args.num_prompts)
         if sampler is None:
-            model_name = args.model
+            model_name = args.model_name_or_path
             if model_name is None:
                 from ..offline import default_model_path
 
@@ -101,11 +82,18 @@ class SSOGenerator:
             if args.backend == "vllm":
                 from transformers import AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(model_name)
+                tokenizer = AutoTokenizer.from_pretrained(
+                    model_name, revision=args.model_revision, trust_remote_code=args.trust_remote_code
+                )
                 require_chat_template(tokenizer, model_name)
-                sampler = VLLMSampler.from_pretrained(model_name, tokenizer, seed=args.seed)
+                sampler = VLLMSampler.from_pretrained(
+                    model_name, tokenizer, seed=args.seed, revision=args.model_revision,
+                    trust_remote_code=args.trust_remote_code,
+                )
             else:
-                model, tokenizer = _load_model(model_name, args.dtype, self.state.device)
+                model, tokenizer = _load_model(
+                    model_name, args.dtype, self.state.device, args.model_revision, args.trust_remote_code
+                )
                 sampler = TransformersSampler(model, tokenizer, args.batch_size)
         self.sampler, self.tokenizer = sampler, tokenizer
         if args.principle_source == "model" and principle_sampler is None:
@@ -164,24 +152,20 @@ class SSOGenerator:
                 continue
             pr = principles[k]
             records.append(
-                {
-                    "prompt": prompts[k],
-                    "chosen": [{"role": "assistant", "content": chosen[k].text}],
-                    "rejected": [{"role": "assistant", "content": rejected[k].text}],
-                    "original": [{"role": "assistant", "content": originals[k].text}],
-                    POSITIVE_SYSTEM: pr.positive_system,
-                    NEGATIVE_SYSTEM: pr.negative_system,
-                    "features": pr.features,
-                    "principle_source": pr.source,
-                    "principle_fallback": pr.fallback,
-                    "prompt_index": index,
-                    "generator_model": args.model_name or args.model or DEFAULT_MODEL_ID,
-                    "seed": args.seed,
-                    "iteration": args.iteration,
-                    "chosen_tokens": chosen[k].num_tokens,
-                    "rejected_tokens": rejected[k].num_tokens,
-                    "original_tokens": originals[k].num_tokens,
-                }
+                make_record(
+                    prompts[k], chosen[k].text, rejected[k].text, originals[k].text, pr.positive_system,
+                    pr.negative_system,
+                    features=pr.features,
+                    principle_source=pr.source,
+                    principle_fallback=pr.fallback,
+                    prompt_index=index,
+                    generator_model=args.model_name or args.model_name_or_path or DEFAULT_MODEL_ID,
+                    seed=args.seed,
+                    iteration=args.iteration,
+                    chosen_tokens=chosen[k].num_tokens,
+                    rejected_tokens=rejected[k].num_tokens,
+                    original_tokens=originals[k].num_tokens,
+                )
             )
         tokens = sum(c.num_tokens for c in chosen + rejected + originals)
         return {
@@ -222,7 +206,7 @@ class SSOGenerator:
                    disable=not self.state.is_local_main_process)
         for b in todo:
             result = self._generate_batch(b, self.batches[b])
-            _write_atomic(self._batch_path(b), result)
+            write_json_atomic(self._batch_path(b), result)
             prompts_done += result["prompts"]
             tokens += result["generated_tokens"]
             elapsed = max(time.perf_counter() - start, 1e-9)
@@ -274,14 +258,7 @@ class SSOGenerator:
                 "or use a stronger model."
             )
         dataset = datasets.Dataset.from_list(records)
-        final = self.output_dir / DATASET_DIR
-        staging = self.output_dir / f".{DATASET_DIR}.tmp"
-        dataset.save_to_disk(str(staging))
-        if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        save_folder_atomic(self.output_dir / DATASET_DIR, lambda folder: dataset.save_to_disk(str(folder)))
         n = len(records)
         summary = {
             "num_prompts": sum(r["prompts"] for r in results),
@@ -294,21 +271,17 @@ class SSOGenerator:
                 side: sum(r[f"{side}_tokens"] for r in records) / n for side in ("chosen", "rejected", "original")
             },
             "generator_model": records[0]["generator_model"],
-            "settings": {k: getattr(self.args, k) for k in _RESULT_SETTINGS},
+            "settings": _settings(self.args),
         }
-        _write_atomic(self.output_dir / SUMMARY_FILE, summary)
+        write_json_atomic(self.output_dir / SUMMARY_FILE, summary, indent=2)
         from ..cards import sso_dataset_card
 
         card = sso_dataset_card(dataset, summary, self.output_dir.name, f"iteration_{self.args.iteration}", {})
         card.save(str(self.output_dir / "README.md"))  # the card travels with the data; a push renders it anew
-        if self.args.push_to_hub:
-            from ..hub import push_dataset
-
-            url = push_dataset(self.output_dir, self.args.hub_dataset_id, private=self.args.hub_private)
-            logger.warning(f"Published the dataset to {url} (config iteration_{self.args.iteration}).")
         return dataset, summary
 
 
 def generate(args: GenerateArguments, **components):
-    """Run the generator; returns `(dataset, summary)` on every process once the merged dataset is on disk."""
+    """Run the generator; returns `(dataset, summary)` on every process once the merged dataset is on disk. Publishing
+    is the caller's (`trl_sso.hub.push_dataset`, as `trl-sso generate --push_to_hub` does)."""
     return SSOGenerator(args, **components).run()

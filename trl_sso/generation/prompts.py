@@ -31,9 +31,9 @@ def load_prompts(source: str | None = None, column: str = "prompt", split: str =
         values = [record["prompt"] for record in default_prompts()]
         column = "prompt"
     else:
-        from ..io import load_any
+        from ..data import load_dataset_split
 
-        dataset = load_any(source, split=split)
+        dataset = load_dataset_split(source, split=split)
         if column not in dataset.column_names:
             raise ValueError(
                 f"The prompt set {source!r} has no column {column!r} (it has {dataset.column_names}). Choose one with "

@@ -1,6 +1,6 @@
-"""`trl-sso reward` as a library function: a reward model trained with TRL's `RewardTrainer` on the preference pairs
-of an SSO dataset (the main pair, optionally the two steering pairs too), evaluated by pairwise accuracy on a held-out
-split, saved with a reward-model card and optionally published."""
+"""`trl-sso reward`: a reward model trained with TRL's `RewardTrainer` on the preference pairs of an SSO dataset (the
+main pair, optionally the two steering pairs too), evaluated by pairwise accuracy on a held-out split, saved with a
+reward-model card and optionally published."""
 
 import json
 from dataclasses import dataclass, field
@@ -8,7 +8,8 @@ from pathlib import Path
 
 from trl import RewardConfig
 
-from .config import settle_device_and_precision
+from ..config import settle_device_and_precision
+from ..data import MAIN_PAIR_COLUMNS, PAIRS, pair_texts
 
 
 @dataclass
@@ -26,34 +27,30 @@ class RewardScriptArguments:
 
     use_steering_pairs: bool = field(
         default=False,
-        metadata={"help": "Also train on the steering pairs (x+; y+ > y-) and (x-; y_o > y+), principles in the prompt."},
+        metadata={"help": "Also train on the steering pairs (x+; y+ > y-) and (x-; y_o > y+), principles in the "
+                  "prompt."},
     )
     eval_dataset: str | None = field(
         default=None, metadata={"help": "A separate preference dataset to evaluate on (path or Hub id)."}
     )
     eval_split_ratio: float = field(
-        default=0.1, metadata={"help": "Share of the training pairs held out for evaluation when no eval dataset is given."}
+        default=0.1,
+        metadata={"help": "Share of the training pairs held out for evaluation when no eval dataset is given."},
     )
 
 
 def reward_pairs(dataset, use_steering_pairs: bool, processing_class=None):
     """prompt/chosen/rejected pairs of an SSO dataset: the main pair, plus with `use_steering_pairs` the positive and
-    negative steering pairs, their principle put in the prompt by the same rule the trainer and generator use."""
+    negative steering pairs (`trl_sso.data.PAIRS`), their principle in the prompt as the trainer puts it."""
     from datasets import Dataset
 
-    from .data import build_steered_prompt
-
     if not use_steering_pairs:
-        return dataset.select_columns(["prompt", "chosen", "rejected"])
-    rows = []
-    for record in dataset:
-        prompt = record["prompt"]
-        rows.append({"prompt": prompt, "chosen": record["chosen"], "rejected": record["rejected"]})
-        rows.append({"prompt": build_steered_prompt(prompt, record["positive_system"], processing_class),
-                     "chosen": record["chosen"], "rejected": record["rejected"]})
-        rows.append({"prompt": build_steered_prompt(prompt, record["negative_system"], processing_class),
-                     "chosen": record["original"], "rejected": record["chosen"]})
-    return Dataset.from_list(rows)
+        return dataset.select_columns(list(MAIN_PAIR_COLUMNS))
+    return Dataset.from_list([
+        dict(zip(MAIN_PAIR_COLUMNS, texts, strict=True))
+        for record in dataset
+        for texts in pair_texts(record, PAIRS, processing_class).values()
+    ])
 
 
 def train_reward(script_args, reward_args: RewardScriptArguments, training_args, model_args):
@@ -61,42 +58,38 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
     from transformers import AutoTokenizer
     from trl import RewardTrainer
 
-    from .data import check_columns, required_columns
-    from .cards import reward_model_card
-    from .hub import push_folder, to_canonical
-    from .io import load_any
-    from .training import build_trainer, hub_id, last_checkpoint, model_init_kwargs, peft_and_quantization
+    from ..cards import hub_id, reward_model_card
+    from ..data import check_columns, load_sso_dataset, required_columns
+    from ..hub import push_folder
+    from .common import train_and_save
 
     if not script_args.dataset_name:
         raise ValueError("`--dataset_name` is required: a `trl-sso generate` folder, a dataset file or a Hub dataset id.")
     if model_args.use_peft and model_args.lora_task_type == "CAUSAL_LM":
         model_args.lora_task_type = "SEQ_CLS"  # a reward model is a sequence classifier
-    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
-    peft_config, quantization_config = peft_and_quantization(model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    dataset = to_canonical(load_any(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split))
+    dataset = load_sso_dataset(script_args.dataset_name, script_args.dataset_config,
+                               split=script_args.dataset_train_split)
     check_columns(dataset.column_names, required_columns(steer_coef=0.1 if reward_args.use_steering_pairs else 0.0))
     pairs = reward_pairs(dataset, reward_args.use_steering_pairs, tokenizer)
     if reward_args.eval_dataset:
-        train, evaluation = pairs, reward_pairs(to_canonical(load_any(reward_args.eval_dataset)), False)
+        train, evaluation = pairs, reward_pairs(load_sso_dataset(reward_args.eval_dataset), False)
     else:
         if not 0 < reward_args.eval_split_ratio < 1:
             raise ValueError(f"`--eval_split_ratio` must lie in (0, 1), got {reward_args.eval_split_ratio}.")
         split = pairs.train_test_split(test_size=reward_args.eval_split_ratio, seed=training_args.seed)
         train, evaluation = split["train"], split["test"]
     push, training_args.push_to_hub = training_args.push_to_hub, False  # published once, with the reward card
-    trainer = build_trainer(RewardTrainer, model_args.model_name_or_path, model_args, args=training_args,
-                            train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-                            peft_config=peft_config, quantization_config=quantization_config)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir))
-    trainer.save_model()
+    trainer, _ = train_and_save(RewardTrainer, model_args.model_name_or_path, model_args, training_args,
+                                train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer)
     metrics = trainer.evaluate()
     metrics["eval_samples"] = len(evaluation)
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if trainer.accelerator.is_main_process:
         output_dir = Path(training_args.output_dir)
-        provenance = {"base_model": hub_id(model_args.model_name_or_path), "dataset_name": hub_id(script_args.dataset_name),
+        provenance = {"base_model": hub_id(model_args.model_name_or_path),
+                      "dataset_name": hub_id(script_args.dataset_name),
                       "use_steering_pairs": reward_args.use_steering_pairs}
         (output_dir / "sso_reward.json").write_text(json.dumps(provenance))
         repo_id = training_args.hub_model_id or output_dir.name

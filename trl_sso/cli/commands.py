@@ -1,0 +1,148 @@
+"""The `trl-sso` sub-commands: each parses its options (`parser(command)`) and calls its script in `trl_sso.scripts`.
+
+Heavy libraries load inside the functions, and only `train`, `reward`, `iterate` and `pipeline` build TRL's parser,
+so `trl-sso generate --help` and `trl-sso push --help` answer at once.
+"""
+
+import dataclasses
+import sys
+
+from .parser import DataclassParser, trl_parser
+
+
+# `trl-sso generate` flags renamed in 0.1.1 to TRL's names: accepted with a deprecation warning until 0.2
+GENERATE_RENAMED = {"model": "model_name_or_path", "hub_private": "hub_private_repo"}
+
+
+@dataclasses.dataclass
+class PushArguments:
+    """Options of `trl-sso push`."""
+
+    path: str = dataclasses.field(
+        metadata={"help": "Folder to publish (what it holds is detected).", "positional": True}
+    )
+    repo_id: str = dataclasses.field(metadata={"help": "Target repo, namespace/name."})
+    config_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "Dataset config name (default: iteration_<t> from the dataset's summary)."}
+    )
+    private: bool = dataclasses.field(default=False, metadata={"help": "Create the repo as private."})
+    revision: str | None = dataclasses.field(
+        default=None, metadata={"help": "Branch to push to (created when missing), e.g. iteration_2."}
+    )
+    commit_message: str | None = dataclasses.field(default=None, metadata={"help": "Commit message."})
+
+
+DESCRIPTIONS = {
+    "generate": "Sample an on-policy SSO preference dataset (y+, y-, y_o) from a policy and a prompt set. Resumable: "
+    "rerun the same command to continue an interrupted run.",
+    "train": "Train a policy (or a data generator) with Self-Steering Optimization (full, LoRA or QLoRA).",
+    "reward": "Train a reward model on the preference pairs of an SSO dataset.",
+    "iterate": "Online SSO (paper v1): generate with the current policy, train, repeat for T rounds.",
+    "pipeline": "The SSO generator pipeline (paper v2): train a data generator, let it write pairs, then train the "
+    "policy with DPO.",
+    "push": "Publish a generated dataset (as config iteration_<t>), an SSO model, a LoRA/QLoRA adapter or a reward "
+    "model to the Hub, with its card. The token comes from `hf auth login` or HF_TOKEN.",
+}
+
+
+def parser(command: str):
+    """The parser of `trl-sso COMMAND`; `parser(command).parse_args_and_config(argv)` gives its dataclasses."""
+    prog, description = f"trl-sso {command}", DESCRIPTIONS[command]
+    if command == "generate":
+        from ..generation.arguments import GenerateArguments
+        from ..scripts.generate import PublishArguments
+
+        return DataclassParser((GenerateArguments, PublishArguments), renamed=GENERATE_RENAMED, prog=prog,
+                               description=description)
+    if command == "push":
+        return DataclassParser((PushArguments,), prog=prog, description=description)
+
+    from trl import ModelConfig, ScriptArguments
+
+    from ..config import SSOConfig
+
+    if command == "train":
+        types = (ScriptArguments, SSOConfig, ModelConfig)
+    elif command == "reward":
+        from ..scripts.reward import RewardScriptArguments, SSORewardConfig
+
+        types = (ScriptArguments, RewardScriptArguments, SSORewardConfig, ModelConfig)
+    else:
+        from ..generation.arguments import GenerationOptions
+        from ..scripts.stages import PipelineArguments
+
+        types = (PipelineArguments, GenerationOptions, SSOConfig, ModelConfig)
+    return trl_parser(types, prog=prog, description=description)
+
+
+def generate(argv: list[str]) -> int:
+    from ..scripts.generate import generate_dataset
+
+    gen_args, publish_args = parser("generate").parse_args_and_config(argv)
+    _, summary, url = generate_dataset(gen_args, publish_args)
+    from ..runtime import process_state
+
+    if process_state().is_main_process:
+        dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items() if v) or "none"
+        lengths = "/".join(f"{summary['mean_tokens'][s]:.1f}" for s in ("chosen", "rejected", "original"))
+        print(
+            f"Wrote {summary['num_records']} SSO records from {summary['num_prompts']} prompts to "
+            f"{gen_args.output_dir}/dataset (dropped: {dropped}; principle fallbacks: "
+            f"{summary['principle_fallbacks']}). Mean tokens chosen/rejected/original: {lengths}. Summary: "
+            f"{gen_args.output_dir}/summary.json"
+        )
+        if url:
+            print(f"Published the dataset to {url} (config iteration_{gen_args.iteration}).")
+    return 0
+
+
+def train(argv: list[str]) -> int:
+    from ..scripts.train import train_sso
+
+    train_sso(*parser("train").parse_args_and_config(args=argv))
+    return 0
+
+
+def reward(argv: list[str]) -> int:
+    from ..scripts.reward import train_reward
+
+    train_reward(*parser("reward").parse_args_and_config(args=argv))
+    return 0
+
+
+def iterate(argv: list[str]) -> int:
+    from ..scripts.iterate import iterate as run
+
+    run(*parser("iterate").parse_args_and_config(args=argv))
+    return 0
+
+
+def pipeline(argv: list[str]) -> int:
+    from ..scripts.pipeline import pipeline as run
+
+    run(*parser("pipeline").parse_args_and_config(args=argv))
+    return 0
+
+
+def push(argv: list[str]) -> int:
+    from ..hub import push as publish
+
+    (args,) = parser("push").parse_args_and_config(argv)
+    url = publish(args.path, args.repo_id, config_name=args.config_name, private=args.private,
+                  revision=args.revision, commit_message=args.commit_message)
+    print(f"Published {args.path} to {url}")
+    return 0
+
+
+def run(command: str, argv: list[str]) -> int:
+    """Run `trl-sso COMMAND argv`; bad options and inputs end in one line on stderr and exit code 2."""
+    from ..data import SSODataError
+    from ..generation.generator import NoRecordsError
+    from ..retries import HubError
+
+    try:
+        return getattr(sys.modules[__name__], command)(argv)
+    except (ValueError, OSError, ImportError, HubError, NoRecordsError, SSODataError) as error:
+        # Bad options and inputs: the message says what to fix; a stack trace would only hide it
+        print(f"trl-sso {command}: error: {error}", file=sys.stderr)
+        return 2

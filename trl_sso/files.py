@@ -1,0 +1,51 @@
+"""Writing files and folders so that an interrupted run leaves either the old version or the new one, never a part.
+
+Every file or folder that a later run reads back to decide what is already done goes through these two functions.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_json_atomic(path: str | Path, payload, indent: int | None = None) -> None:
+    """Write `payload` as JSON to `path` through a temporary file beside it, flushed to disk, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(payload, file, ensure_ascii=False, indent=indent)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_folder_atomic(target: str | Path, save: Callable[[Path], None], *, replace: bool = True) -> None:
+    """Call `save(folder)` on a new temporary folder beside `target`, then move it to `target`.
+
+    `target` is complete or absent at every moment. With `replace=False` an existing `target` is kept (another process
+    finished first) and the new copy is discarded.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        save(staging)
+        if target.exists():
+            if not replace:
+                return
+            shutil.rmtree(target)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process put a complete `target` in place meanwhile
+            if replace or not target.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,43 @@
+"""`trl-sso generate`: sample an on-policy SSO dataset with `trl_sso.generation.generate`, then publish it when asked.
+
+This module stays light (no torch, no transformers at import) so that `trl-sso generate --help` answers at once.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PublishArguments:
+    """Where `trl-sso generate` publishes the dataset it wrote (as config `iteration_<t>`)."""
+
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Publish the dataset (as config iteration_<iteration>) when done."}
+    )
+    hub_dataset_id: str | None = field(
+        default=None, metadata={"help": "Dataset repo to publish to (namespace/name); needed with --push_to_hub."}
+    )
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the dataset repo as private."})
+
+    def __post_init__(self):
+        if self.push_to_hub and not self.hub_dataset_id:
+            raise ValueError("`--push_to_hub` needs `--hub_dataset_id` (namespace/name of the dataset repo).")
+
+
+def generate_dataset(gen_args, publish_args: PublishArguments | None = None):
+    """Generate the dataset of `gen_args` (resuming an interrupted run) and, with `publish_args.push_to_hub`, publish
+    it from the main process. Returns `(dataset, summary, url)`, `url` being `None` when nothing was published."""
+    from ..generation import generate
+    from ..hub import push_dataset
+    from ..runtime import process_state
+
+    dataset, summary = generate(gen_args)
+    state, url = process_state(), None
+    if publish_args is not None and publish_args.push_to_hub and state.is_main_process:
+        url = push_dataset(gen_args.output_dir, publish_args.hub_dataset_id, private=publish_args.hub_private_repo,
+                           config_name=f"iteration_{gen_args.iteration}")
+    state.wait_for_everyone()
+    return dataset, summary, url

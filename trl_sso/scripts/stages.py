@@ -1,0 +1,92 @@
+"""The stages that `trl-sso iterate` and `trl-sso pipeline` are made of: the starting policy, a generation stage, a
+training stage (resumed from its last checkpoint), and the next policy saved as a full checkpoint. Each stage's final
+artifact is written atomically, so a rerun skips the stages that finished."""
+
+import copy
+import dataclasses
+import gc
+from pathlib import Path
+
+from ..generation.arguments import GenerateArguments, GenerationOptions
+
+
+@dataclasses.dataclass
+class PipelineArguments:
+    """Options of `trl-sso iterate` and `trl-sso pipeline` beyond generation, training and model arguments."""
+
+    rounds: int = dataclasses.field(default=3, metadata={"help": "Online rounds of `iterate` (the paper runs 3)."})
+    policy_num_prompts: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "`pipeline`: queries the trained generator writes pairs for (default: as many as it was "
+                  "trained on)."},
+    )
+    hub_dataset_id: str | None = dataclasses.field(
+        default=None, metadata={"help": "Publish each round's dataset to this repo, as config iteration_<t>."}
+    )
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"`rounds` must be at least 1, got {self.rounds}.")
+
+
+def starting_policy(model_args) -> tuple[str, str]:
+    """`(path, name)` of the starting policy: the model given, or the packaged default; the name (its Hub id or
+    path, never a cache folder) is what provenance and cards show."""
+    from ..offline import DEFAULT_MODEL_ID, default_model_path
+
+    if model_args.model_name_or_path:
+        return model_args.model_name_or_path, model_args.model_name_or_path
+    return default_model_path(), DEFAULT_MODEL_ID
+
+
+def generate_stage(options: GenerationOptions, model_args, training_args, *, model: str, **settings):
+    """Generate with `model` under `options`; `settings` gives the output folder and the provenance. The starting
+    policy is loaded with the revision of `model_args`; later policies are local folders."""
+    from ..generation import generate
+
+    revision = model_args.model_revision if model == model_args.model_name_or_path else "main"
+    args = GenerateArguments(**dataclasses.asdict(options), model_name_or_path=model, model_revision=revision,
+                             trust_remote_code=training_args.trust_remote_code, dtype=model_args.dtype or "auto",
+                             **settings)
+    dataset, summary = generate(args)
+    gc.collect()
+    return dataset, summary
+
+
+def train_stage(model_path, dataset, training_args, model_args, output_dir, callbacks=None, **overrides):
+    """Train with SSOTrainer into `output_dir` (resuming from its last checkpoint); returns the final metrics. The
+    stage publishes nothing itself; `overrides` set `SSOConfig` fields for this stage only."""
+    from ..cards import final_metrics
+    from ..trainer import SSOTrainer
+    from .common import train_and_save
+
+    args = copy.deepcopy(training_args)
+    args.output_dir, args.push_to_hub, args.hub_model_id, args.resume_from_checkpoint = str(output_dir), False, None, None
+    for name, value in overrides.items():
+        setattr(args, name, value)
+    trainer, _ = train_and_save(SSOTrainer, model_path, model_args, args, train_dataset=dataset, callbacks=callbacks)
+    metrics = final_metrics(trainer.state.log_history)
+    del trainer
+    gc.collect()
+    return metrics
+
+
+def save_next_policy(base_path: str, trained_dir: Path, target: Path) -> None:
+    """Save the trained policy as a full checkpoint at `target`: the trained model itself, or with PEFT its adapter
+    merged into the full-precision base (also for QLoRA, whose base was quantized only for training)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..files import save_folder_atomic
+
+    def save(folder):
+        if (trained_dir / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+            model = PeftModel.from_pretrained(base, str(trained_dir)).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(trained_dir), dtype="auto")
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(str(trained_dir)).save_pretrained(folder)
+
+    save_folder_atomic(target, save)
