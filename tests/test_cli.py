@@ -21,8 +21,14 @@ def test_every_command_has_help(command, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: trl-sso {command}") and "--config FILE.yaml" in text
-    expected = {"generate": "--model_name_or_path", "train": "--sso_steer_coef", "reward": "--use_steering_pairs",
-                "iterate": "--rounds", "pipeline": "--policy_num_prompts", "push": "--repo_id"}[command]
+    expected = {
+        "generate": "--model_name_or_path",
+        "train": "--sso_steer_coef",
+        "reward": "--use_steering_pairs",
+        "iterate": "--rounds",
+        "pipeline": "--policy_num_prompts",
+        "push": "--repo_id",
+    }[command]
     assert expected in text
 
 
@@ -59,19 +65,27 @@ def test_light_paths_import_neither_torch_nor_transformers(argv):
 
 def test_generate_reads_a_yaml_config_and_flags_override_it(tmp_path):
     config = tmp_path / "gen.yaml"
-    config.write_text("model_name_or_path: some/model\nnum_prompts: 5\nmax_new_tokens: 3\nfeatures: [Accuracy, Safety]\n"
-                      "drop_revealing: false\nenv:\n  TRL_SSO_TEST_VARIABLE: set\n")
+    config.write_text(
+        "model_name_or_path: some/model\nnum_prompts: 5\nmax_new_tokens: 3\nfeatures: [Accuracy, Safety]\n"
+        "drop_revealing: false\nenv:\n  TRL_SSO_TEST_VARIABLE: set\n"
+    )
     gen, publish = parser("generate").parse_args_and_config(["--config", str(config), "--num-prompts", "7"])
     assert isinstance(gen, GenerateArguments) and gen.model_name_or_path == "some/model"
-    assert (gen.num_prompts, gen.max_new_tokens, gen.features, gen.drop_revealing) == (7, 3, ["Accuracy", "Safety"],
-                                                                                        False)
+    assert (gen.num_prompts, gen.max_new_tokens, gen.features, gen.drop_revealing) == (
+        7,
+        3,
+        ["Accuracy", "Safety"],
+        False,
+    )
     assert os.environ.pop("TRL_SSO_TEST_VARIABLE") == "set" and publish.push_to_hub is False
 
 
 def test_generate_end_to_end_from_a_config_file(tmp_path, tiny_model_dir, capsys):
     config = tmp_path / "gen.yaml"
-    config.write_text(f"model_name_or_path: {tiny_model_dir}\noutput_dir: {tmp_path / 'data'}\nnum_prompts: 2\n"
-                      "batch_size: 2\nmax_new_tokens: 4\ndrop_revealing: false\nmin_response_chars: 0\n")
+    config.write_text(
+        f"model_name_or_path: {tiny_model_dir}\noutput_dir: {tmp_path / 'data'}\nnum_prompts: 2\n"
+        "batch_size: 2\nmax_new_tokens: 4\ndrop_revealing: false\nmin_response_chars: 0\n"
+    )
     assert main(["generate", "--config", str(config)]) == 0
     assert "SSO records from 2 prompts" in capsys.readouterr().out
     summary = json.loads((tmp_path / "data" / "summary.json").read_text())
@@ -80,8 +94,10 @@ def test_generate_end_to_end_from_a_config_file(tmp_path, tiny_model_dir, capsys
 
 def test_kebab_case_and_boolean_forms():
     parse = parser("generate").parse_args_and_config
-    (a, _), (b, _) = parse(["--max_new_tokens", "9", "--drop_revealing", "false"]), parse(
-        ["--max-new-tokens", "9", "--no-drop-revealing"])
+    (a, _), (b, _) = (
+        parse(["--max_new_tokens", "9", "--drop_revealing", "false"]),
+        parse(["--max-new-tokens", "9", "--no-drop-revealing"]),
+    )
     assert a == b and a.max_new_tokens == 9 and a.drop_revealing is False
     (c, _) = parse(["--drop_truncated"])
     assert c.drop_truncated is True
@@ -92,8 +108,11 @@ def test_light_parser_reads_options_as_trl_parser_does():
 
     from trl_sso.cli.parser import DataclassParser
 
-    for argv in ([], ["--num_prompts", "3", "--features", "Accuracy", "Safety", "--drop_revealing", "no"],
-                 ["--temperature", "0.3", "--logprob-filter", "--principle_source", "policy", "--no_drop_revealing"]):
+    for argv in (
+        [],
+        ["--num_prompts", "3", "--features", "Accuracy", "Safety", "--drop_revealing", "no"],
+        ["--temperature", "0.3", "--logprob-filter", "--principle_source", "policy", "--no_drop_revealing"],
+    ):
         ours = DataclassParser((GenerationOptions,)).parse_args_and_config(argv)
         theirs = TrlParser((GenerationOptions,)).parse_args_and_config(args=argv)
         assert ours == theirs, argv

@@ -9,20 +9,38 @@ from trl_sso.trainer import DataCollatorForSSO
 
 EXAMPLES = [
     {
-        "prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5],
-        "pos_prompt_ids": [9, 1, 2], "pos_chosen_ids": [3, 4], "pos_rejected_ids": [5],
-        "neg_prompt_ids": [8, 1, 2], "neg_chosen_ids": [6, 6, 6], "neg_rejected_ids": [3, 4],
-        "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0,
-        "ref_pos_chosen_logps": -3.0, "ref_pos_rejected_logps": -4.0,
-        "ref_neg_chosen_logps": -5.0, "ref_neg_rejected_logps": -6.0,
+        "prompt_ids": [1, 2],
+        "chosen_ids": [3, 4],
+        "rejected_ids": [5],
+        "pos_prompt_ids": [9, 1, 2],
+        "pos_chosen_ids": [3, 4],
+        "pos_rejected_ids": [5],
+        "neg_prompt_ids": [8, 1, 2],
+        "neg_chosen_ids": [6, 6, 6],
+        "neg_rejected_ids": [3, 4],
+        "ref_chosen_logps": -1.0,
+        "ref_rejected_logps": -2.0,
+        "ref_pos_chosen_logps": -3.0,
+        "ref_pos_rejected_logps": -4.0,
+        "ref_neg_chosen_logps": -5.0,
+        "ref_neg_rejected_logps": -6.0,
     },
     {
-        "prompt_ids": [7], "chosen_ids": [3], "rejected_ids": [5, 5],
-        "pos_prompt_ids": [9, 7], "pos_chosen_ids": [3], "pos_rejected_ids": [5, 5],
-        "neg_prompt_ids": [8, 7], "neg_chosen_ids": [6], "neg_rejected_ids": [3],
-        "ref_chosen_logps": -1.5, "ref_rejected_logps": -2.5,
-        "ref_pos_chosen_logps": -3.5, "ref_pos_rejected_logps": -4.5,
-        "ref_neg_chosen_logps": -5.5, "ref_neg_rejected_logps": -6.5,
+        "prompt_ids": [7],
+        "chosen_ids": [3],
+        "rejected_ids": [5, 5],
+        "pos_prompt_ids": [9, 7],
+        "pos_chosen_ids": [3],
+        "pos_rejected_ids": [5, 5],
+        "neg_prompt_ids": [8, 7],
+        "neg_chosen_ids": [6],
+        "neg_rejected_ids": [3],
+        "ref_chosen_logps": -1.5,
+        "ref_rejected_logps": -2.5,
+        "ref_pos_chosen_logps": -3.5,
+        "ref_pos_rejected_logps": -4.5,
+        "ref_neg_chosen_logps": -5.5,
+        "ref_neg_rejected_logps": -6.5,
     },
 ]
 
@@ -42,9 +60,12 @@ def test_full_layout():
         "neg_input_ids": [[8, 1, 2, 6, 6, 6], [8, 7, 6, 0, 0, 0], [8, 1, 2, 3, 4, 0], [8, 7, 3, 0, 0, 0]],
         "neg_attention_mask": [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]],
         "neg_completion_mask": [[0, 0, 0, 1, 1, 1], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0]],
-        "ref_chosen_logps": [-1.0, -1.5], "ref_rejected_logps": [-2.0, -2.5],
-        "ref_pos_chosen_logps": [-3.0, -3.5], "ref_pos_rejected_logps": [-4.0, -4.5],
-        "ref_neg_chosen_logps": [-5.0, -5.5], "ref_neg_rejected_logps": [-6.0, -6.5],
+        "ref_chosen_logps": [-1.0, -1.5],
+        "ref_rejected_logps": [-2.0, -2.5],
+        "ref_pos_chosen_logps": [-3.0, -3.5],
+        "ref_pos_rejected_logps": [-4.0, -4.5],
+        "ref_neg_chosen_logps": [-5.0, -5.5],
+        "ref_neg_rejected_logps": [-6.0, -6.5],
     }
     assert set(batch) == set(expected)
     for key, value in expected.items():
@@ -65,7 +86,11 @@ def test_truncation_is_per_sequence_before_padding():
 def test_every_pair_block_equals_trl_preference_collator(pair):
     # Each pair, renamed to DPO's columns, collates exactly as DPOTrainer's collator would
     as_dpo = [
-        {"prompt_ids": e[f"{pair}prompt_ids"], "chosen_ids": e[f"{pair}chosen_ids"], "rejected_ids": e[f"{pair}rejected_ids"]}
+        {
+            "prompt_ids": e[f"{pair}prompt_ids"],
+            "chosen_ids": e[f"{pair}chosen_ids"],
+            "rejected_ids": e[f"{pair}rejected_ids"],
+        }
         for e in EXAMPLES
     ]
     for kwargs in ({}, {"max_length": 3}, {"max_length": 3, "truncation_mode": "keep_end"}, {"pad_to_multiple_of": 8}):

@@ -19,7 +19,12 @@ def test_defaults(tmp_path):
 def test_every_sso_field_has_help_and_a_docstring_entry():
     fields = [f for f in dataclasses.fields(SSOConfig) if f.name.startswith("sso_")]
     assert {f.name for f in fields} == {
-        "sso_objective", "sso_steer_coef", "sso_use_weight", "sso_weight_alpha", "sso_detach_weight", "sso_sft_coef",
+        "sso_objective",
+        "sso_steer_coef",
+        "sso_use_weight",
+        "sso_weight_alpha",
+        "sso_detach_weight",
+        "sso_sft_coef",
         "sso_backward_per_pair",
     }
     for f in fields:
@@ -79,8 +84,20 @@ def test_fields_parse_from_the_command_line(tmp_path):
     from trl import TrlParser
 
     (args,) = TrlParser(SSOConfig).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--sso_objective", "generator", "--sso_steer_coef", "0.2",
-         "--sso_use_weight", "false", "--sso_weight_alpha", "0.66", "--loss_type", "ipo"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--sso_objective",
+            "generator",
+            "--sso_steer_coef",
+            "0.2",
+            "--sso_use_weight",
+            "false",
+            "--sso_weight_alpha",
+            "0.66",
+            "--loss_type",
+            "ipo",
+        ]
     )
     assert (args.sso_objective, args.sso_steer_coef, args.sso_use_weight) == ("generator", 0.2, False)
     assert args.sso_weight_alpha == 0.66 and args.loss_type == ["ipo"] and args.sso_sft_coef == 0.1

@@ -24,7 +24,9 @@ def test_valid_records_pass(conversational):
 
 def test_missing_columns_name_them_and_hint_at_the_generator():
     with pytest.raises(SSODataError) as error:
-        check_columns(["prompt", "chosen", "rejected"], ("prompt", "chosen", "rejected", "original", "positive_system"))
+        check_columns(
+            ["prompt", "chosen", "rejected"], ("prompt", "chosen", "rejected", "original", "positive_system")
+        )
     message = str(error.value)
     assert "'original'" in message and "'positive_system'" in message
     assert "trl-sso generate" in message and "sso_steer_coef=0" in message
@@ -84,14 +86,20 @@ def test_steered_prompt_without_system_role(tokenizer):
         "{% endif %}<turn>{{ m['role'] }}\n{{ m['content'] }}</turn>\n{% endfor %}"
     )
     assert not supports_system_role(tokenizer)
-    prompt = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    prompt = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
     steered = build_steered_prompt(prompt, PRINCIPLE_POS, tokenizer)
     assert steered[0] == {"role": "user", "content": f"{PRINCIPLE_POS}\n\nHi"}
     assert steered[1:] == prompt[1:] and prompt[0]["content"] == "Hi"
 
 
 def test_template_that_drops_system_messages_counts_as_unsupported(tokenizer):
-    tokenizer.chat_template = "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    )
     assert not supports_system_role(tokenizer)
 
 
@@ -109,7 +117,10 @@ V2 = {
     "prompt": "Explain rainbows.",
     "p_system": "Generate a relatively good response.",
     "n_system": "Generate a relatively bad response.",
-    "chosen": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Light refracts in droplets."}],
+    "chosen": [
+        {"from": "human", "value": "Explain rainbows."},
+        {"from": "gpt", "value": "Light refracts in droplets."},
+    ],
     "rejected": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Rainbows are painted."}],
     "raw": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Sunlight and rain make them."}],
 }
@@ -137,7 +148,14 @@ def test_convert_reference_dataset():
     from datasets import Dataset
 
     dataset = convert_reference_dataset(Dataset.from_list([V2, V2]), conversational=False)
-    assert set(dataset.column_names) == {"prompt", "chosen", "rejected", "original", "positive_system", "negative_system"}
+    assert set(dataset.column_names) == {
+        "prompt",
+        "chosen",
+        "rejected",
+        "original",
+        "positive_system",
+        "negative_system",
+    }
     assert dataset[1]["rejected"] == "Rainbows are painted."
     validate_dataset(dataset)
 
@@ -162,8 +180,11 @@ def test_pair_table_gives_each_pair_its_prompt_winner_and_loser():
     assert texts["neg"] == ("Be bad.\n\nQ?", " own", " plus")
     assert pairs_in_use("policy", 0.0) == ("main",) and pairs_in_use("generator", 0.0) == ("pos", "neg")
     assert required_columns("policy", 0.0) == ("prompt", "chosen", "rejected")
-    assert set(required_columns("generator")) == set(required_columns("policy", 0.1)) == {
-        "prompt", "chosen", "rejected", "original", "positive_system", "negative_system"}
+    assert (
+        set(required_columns("generator"))
+        == set(required_columns("policy", 0.1))
+        == {"prompt", "chosen", "rejected", "original", "positive_system", "negative_system"}
+    )
 
 
 def test_make_record_formats():

@@ -18,12 +18,15 @@ def test_save_folder_atomic_replaces_only_complete_folders(tmp_path):
             if text == "crash":
                 raise KeyboardInterrupt  # killed in the middle of the save
             (folder / "part-2").write_text(text)
+
         return write
 
     save_folder_atomic(target, save("old"))
     with pytest.raises(KeyboardInterrupt):
         save_folder_atomic(target, save("crash"))
-    assert sorted(p.name for p in target.iterdir()) == ["part-1", "part-2"] and (target / "part-1").read_text() == "old"
+    assert (
+        sorted(p.name for p in target.iterdir()) == ["part-1", "part-2"] and (target / "part-1").read_text() == "old"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]  # no staging folder left
     save_folder_atomic(target, save("new"), replace=False)  # another copy finished first: it stays
     assert (target / "part-1").read_text() == "old"

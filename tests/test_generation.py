@@ -29,7 +29,11 @@ class Echo:
             system = next((m["content"] for m in messages if m["role"] == "system"), "")
             user = messages[-1]["content"]
             tag = system.split(".")[0] if system else "plain"
-            text = self.answer(tag, user) if self.answer else f"{tag} / {hashlib.md5(f'{user}{seed}'.encode()).hexdigest()[:8]}"
+            text = (
+                self.answer(tag, user)
+                if self.answer
+                else f"{tag} / {hashlib.md5(f'{user}{seed}'.encode()).hexdigest()[:8]}"
+            )
             out.append(Completion(text, len(text.split()), True))
         return out
 
@@ -89,10 +93,21 @@ def test_filters_are_counted_by_reason(tmp_path, tokenizer):
         return f"{tag}: {user}"
 
     prompts = tmp_path / "prompts.jsonl"
-    questions = ["What is the capital of Peru?", "Should I get a dog?", "How do I ask for a raise?", "Why is grass green?"]
+    questions = [
+        "What is the capital of Peru?",
+        "Should I get a dog?",
+        "How do I ask for a raise?",
+        "Why is grass green?",
+    ]
     prompts.write_text("\n".join(json.dumps({"question": q}) for q in questions))
-    dataset, summary = make(tmp_path, tokenizer, sampler=Echo(answer=answer), prompts=str(prompts),
-                            prompt_column="question", num_prompts=None).run()
+    dataset, summary = make(
+        tmp_path,
+        tokenizer,
+        sampler=Echo(answer=answer),
+        prompts=str(prompts),
+        prompt_column="question",
+        num_prompts=None,
+    ).run()
     assert [r["prompt"][0]["content"] for r in dataset] == ["Why is grass green?"]
     dropped = {k: v for k, v in summary["dropped"].items() if v}
     assert dropped == {"chosen_equals_rejected": 1, "reveals_guidelines": 1, "empty": 1}
@@ -107,7 +122,9 @@ def test_each_filter():
     assert drop_reason(c("Good one"), c("Bad one"), c("Other"), drop_truncated=True) is None
     assert drop_reason(c("Good one", False), c("Bad one"), c("Other"), drop_truncated=True) == "truncated"
     assert drop_reason(c("Good one", False), c("Bad one"), c("Other")) is None
-    assert drop_reason(c("Helpful Response: Same"), c("Unhelpful answer: same"), c("Other")) == "chosen_equals_rejected"
+    assert (
+        drop_reason(c("Helpful Response: Same"), c("Unhelpful answer: same"), c("Other")) == "chosen_equals_rejected"
+    )
     assert drop_reason(c("Good one"), c("Bad one"), c("good one")) == "original_equals_chosen"
     assert drop_reason(c("Good one"), c("Bad one"), c("Bad one")) == "original_equals_rejected"
     assert drop_reason(c("Per the guidelines, ok"), c("Bad one"), c("Other")) == "reveals_guidelines"
@@ -140,7 +157,11 @@ class FakeVLLM:
 
         self.seen.append((prompts, params))
         return [
-            SimpleNamespace(outputs=[SimpleNamespace(text=f" reply {i} ", token_ids=[1, 2, 3], finish_reason="stop" if i else "length")])
+            SimpleNamespace(
+                outputs=[
+                    SimpleNamespace(text=f" reply {i} ", token_ids=[1, 2, 3], finish_reason="stop" if i else "length")
+                ]
+            )
             for i, _ in enumerate(prompts)
         ]
 
@@ -167,9 +188,16 @@ def test_vllm_missing_is_a_clear_error(tokenizer):
 def test_prompts_from_files(tmp_path, suffix):
     data = Dataset.from_dict({"q": ["First?", "  ", "Third?"], "other": [1, 2, 3]})
     path = tmp_path / f"prompts{suffix}"
-    {".json": lambda: data.to_json(path, lines=False), ".jsonl": lambda: data.to_json(path),
-     ".csv": lambda: data.to_csv(path), ".parquet": lambda: data.to_parquet(path)}[suffix]()
-    assert load_prompts(str(path), column="q") == [[{"role": "user", "content": "First?"}], [{"role": "user", "content": "Third?"}]]
+    {
+        ".json": lambda: data.to_json(path, lines=False),
+        ".jsonl": lambda: data.to_json(path),
+        ".csv": lambda: data.to_csv(path),
+        ".parquet": lambda: data.to_parquet(path),
+    }[suffix]()
+    assert load_prompts(str(path), column="q") == [
+        [{"role": "user", "content": "First?"}],
+        [{"role": "user", "content": "Third?"}],
+    ]
 
 
 def test_default_prompts_and_bad_prompt_sets(tmp_path):
@@ -214,15 +242,30 @@ def test_generated_dataset_trains_dpo_and_reward_models(tmp_path, tokenizer, tin
 
     dataset, _ = make(tmp_path, tokenizer, num_prompts=4).run()
     pairs = dataset.select_columns(["prompt", "chosen", "rejected"])
-    common = dict(max_steps=1, per_device_train_batch_size=2, bf16=False, gradient_checkpointing=False,
-                  report_to="none", save_strategy="no", dataloader_pin_memory=False)
-    dpo = DPOTrainer(tiny_model_dir, args=DPOConfig(str(tmp_path / "dpo"), **common), train_dataset=pairs,
-                     processing_class=tokenizer)
+    common = dict(
+        max_steps=1,
+        per_device_train_batch_size=2,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        dataloader_pin_memory=False,
+    )
+    dpo = DPOTrainer(
+        tiny_model_dir,
+        args=DPOConfig(str(tmp_path / "dpo"), **common),
+        train_dataset=pairs,
+        processing_class=tokenizer,
+    )
     dpo.train()
     config = LlamaConfig.from_pretrained(tiny_model_dir, num_labels=1)
     torch.manual_seed(0)
     reward_model = AutoModelForSequenceClassification.from_config(config)
-    reward = RewardTrainer(reward_model, args=RewardConfig(str(tmp_path / "rm"), **common), train_dataset=pairs,
-                           processing_class=tokenizer)
+    reward = RewardTrainer(
+        reward_model,
+        args=RewardConfig(str(tmp_path / "rm"), **common),
+        train_dataset=pairs,
+        processing_class=tokenizer,
+    )
     reward.train()
     assert dpo.state.global_step == 1 and reward.state.global_step == 1

@@ -22,8 +22,15 @@ def tiny_generator(model_dir, output_dir, sampler_wrapper=None, **overrides):
     sampler = TransformersSampler(AutoModelForCausalLM.from_pretrained(model_dir).eval(), tokenizer, batch_size=4)
     if sampler_wrapper:
         sampler = sampler_wrapper(sampler)
-    kwargs = dict(model_name_or_path=model_dir, output_dir=str(output_dir), num_prompts=6, batch_size=2, max_new_tokens=8, seed=11,
-                  drop_revealing=False)
+    kwargs = dict(
+        model_name_or_path=model_dir,
+        output_dir=str(output_dir),
+        num_prompts=6,
+        batch_size=2,
+        max_new_tokens=8,
+        seed=11,
+        drop_revealing=False,
+    )
     kwargs.update(overrides)
     return SSOGenerator(GenerateArguments(**kwargs), sampler=sampler, tokenizer=tokenizer)
 
@@ -56,16 +63,53 @@ def free_port():
 
 def test_two_processes_equal_one(tiny_model_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    options = ["generate", "--model_name_or_path", tiny_model_dir, "--num_prompts", "6", "--batch_size", "2",
-               "--max_new_tokens", "8", "--seed", "5", "--drop_revealing", "false"]
-    single = subprocess.run([sys.executable, "-m", "trl_sso.cli.main", *options, "--output_dir", str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=600)
+    options = [
+        "generate",
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--num_prompts",
+        "6",
+        "--batch_size",
+        "2",
+        "--max_new_tokens",
+        "8",
+        "--seed",
+        "5",
+        "--drop_revealing",
+        "false",
+    ]
+    single = subprocess.run(
+        [sys.executable, "-m", "trl_sso.cli.main", *options, "--output_dir", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m",
-              "trl_sso.cli.main"]
-    double = subprocess.run([*launch, *options, "--output_dir", str(tmp_path / "two")], env=env, capture_output=True,
-                            text=True, timeout=600)
+    launch = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "trl_sso.cli.main",
+    ]
+    double = subprocess.run(
+        [*launch, *options, "--output_dir", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     assert "Wrote" in double.stdout and double.stdout.count("Wrote") == 1  # merged and reported once
     one = load_from_disk(str(tmp_path / "one" / "dataset")).to_list()
@@ -77,7 +121,10 @@ def test_cli_end_to_end_with_the_packaged_model(tmp_path, tiny_model_dir, tokeni
     out = tmp_path / "sso-data"
     result = subprocess.run(
         ["trl-sso", "generate", "--output_dir", str(out), "--num_prompts", "4", "--max_new_tokens", "16"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TQDM_DISABLE": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SSO records from 4 prompts" in result.stdout
@@ -86,18 +133,31 @@ def test_cli_end_to_end_with_the_packaged_model(tmp_path, tiny_model_dir, tokeni
 
     from trl_sso import SSOTrainer
 
-    trainer = SSOTrainer(model=tiny_model_dir, args=sso_args(tmp_path / "train", max_steps=1,
-                                                            per_device_train_batch_size=1),
-                         train_dataset=dataset, processing_class=tokenizer)
+    trainer = SSOTrainer(
+        model=tiny_model_dir,
+        args=sso_args(tmp_path / "train", max_steps=1, per_device_train_batch_size=1),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     trainer.train()
     assert trainer.state.global_step == 1
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     result = subprocess.run(
-        ["trl-sso", "generate", "--prompts", str(tmp_path / "missing.csv"), "--output_dir", str(tmp_path / "o"),
-         "--model_name_or_path", "unused"],
-        capture_output=True, text=True, timeout=300,
+        [
+            "trl-sso",
+            "generate",
+            "--prompts",
+            str(tmp_path / "missing.csv"),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--model_name_or_path",
+            "unused",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "trl-sso generate: error:" in result.stderr
@@ -115,8 +175,9 @@ def test_mean_logps_match_a_direct_computation(tiny_model_dir):
     responses = ["Hello there.", "Yes.", "Hm", "A longer answer, with commas."]
     got = sampler.mean_logps(prompts, responses)
     for prompt, response, value in zip(prompts, responses, got):
-        prompt_ids = tokenizer(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
-                               add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(
+            tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), add_special_tokens=False
+        )["input_ids"]
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt_ids + response_ids])
         with torch.no_grad():

@@ -27,12 +27,21 @@ def hub(tmp_path, monkeypatch):
             monkeypatch.setenv(key, value)
         endpoint = server.endpoint
         patches = {
-            constants: dict(ENDPOINT=endpoint, HUGGINGFACE_CO_URL_TEMPLATE=endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-                            HF_HUB_OFFLINE=False, HF_HUB_DISABLE_XET=True, HF_HOME=env["HF_HOME"],
-                            HF_HUB_CACHE=os.path.join(env["HF_HOME"], "hub")),
-            datasets.config: dict(HF_ENDPOINT=endpoint, HUB_DATASETS_URL=endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
-                                  HF_HUB_OFFLINE=False, HF_DATASETS_OFFLINE=False,
-                                  HF_DATASETS_CACHE=tmp_path / "datasets-cache"),
+            constants: dict(
+                ENDPOINT=endpoint,
+                HUGGINGFACE_CO_URL_TEMPLATE=endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+                HF_HUB_OFFLINE=False,
+                HF_HUB_DISABLE_XET=True,
+                HF_HOME=env["HF_HOME"],
+                HF_HUB_CACHE=os.path.join(env["HF_HOME"], "hub"),
+            ),
+            datasets.config: dict(
+                HF_ENDPOINT=endpoint,
+                HUB_DATASETS_URL=endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+                HF_HUB_OFFLINE=False,
+                HF_DATASETS_OFFLINE=False,
+                HF_DATASETS_CACHE=tmp_path / "datasets-cache",
+            ),
         }
         for module, values in patches.items():
             for name, value in values.items():
@@ -56,8 +65,13 @@ def generated(tmp_path, tokenizer):
 
     folders = []
     for iteration in (1, 2):
-        args = GenerateArguments(output_dir=str(tmp_path / f"round{iteration}"), num_prompts=6, batch_size=3,
-                                 iteration=iteration, seed=iteration)
+        args = GenerateArguments(
+            output_dir=str(tmp_path / f"round{iteration}"),
+            num_prompts=6,
+            batch_size=3,
+            iteration=iteration,
+            seed=iteration,
+        )
         SSOGenerator(args, sampler=Echo(), tokenizer=tokenizer).run()
         folders.append(tmp_path / f"round{iteration}")
     return folders
@@ -80,7 +94,7 @@ def test_dataset_rounds_as_configs_both_loadable(hub, generated):
         assert tag in card.data.tags
     assert card.data.size_categories == ["n<1K"] and card.data.license and card.data.task_categories
     assert "principle source | library" in card.text and "chosen_equals_rejected" in card.text
-    assert "load_dataset(\"tester/sso-data\", \"iteration_2\"" in card.text and "DPOTrainer" in card.text
+    assert 'load_dataset("tester/sso-data", "iteration_2"' in card.text and "DPOTrainer" in card.text
     # pulled into the canonical schema, and pushing the same content again is harmless
     assert load_sso_dataset("tester/sso-data", "iteration_1").to_list() == first.to_list()
     push(generated[0], "tester/sso-data")
@@ -104,11 +118,18 @@ def test_lora_adapter_round_trip_same_logits(hub, tiny_model_dir, tokenizer, tmp
 
     from trl_sso import SSOTrainer
 
-    args = sso_args(tmp_path / "adapter", max_steps=2, learning_rate=1e-2, push_to_hub=True,
-                    hub_model_id="tester/sso-adapter", hub_strategy="end")
+    args = sso_args(
+        tmp_path / "adapter",
+        max_steps=2,
+        learning_rate=1e-2,
+        push_to_hub=True,
+        hub_model_id="tester/sso-adapter",
+        hub_strategy="end",
+    )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = SSOTrainer(model=tiny_model_dir, args=args, train_dataset=sso_dataset(), processing_class=tokenizer,
-                         peft_config=lora)
+    trainer = SSOTrainer(
+        model=tiny_model_dir, args=args, train_dataset=sso_dataset(), processing_class=tokenizer, peft_config=lora
+    )
     trainer.train()
     trainer.push_to_hub()
     ids = tokenizer("Hello there, how are you?", return_tensors="pt")["input_ids"]
@@ -131,8 +152,12 @@ def test_full_model_and_reward_model_round_trip(hub, tiny_model_dir, tokenizer, 
 
     from trl_sso import SSOTrainer
 
-    trainer = SSOTrainer(model=tiny_model_dir, args=sso_args(tmp_path / "full", max_steps=1), train_dataset=sso_dataset(),
-                         processing_class=tokenizer)
+    trainer = SSOTrainer(
+        model=tiny_model_dir,
+        args=sso_args(tmp_path / "full", max_steps=1),
+        train_dataset=sso_dataset(),
+        processing_class=tokenizer,
+    )
     trainer.train()
     trainer.save_model()
     assert detect_artifact(tmp_path / "full") == "model"
@@ -209,9 +234,24 @@ def test_tokens_never_reach_cards_configs_or_logs(hub, tiny_model_dir, tokenizer
 
 def test_push_cli(hub, generated, tmp_path):
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    result = subprocess.run([sys.executable, "-m", "trl_sso.cli.main", "push", str(generated[1]), "--repo_id",
-                             "tester/cli-data", "--config_name", "round_two", "--private"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trl_sso.cli.main",
+            "push",
+            str(generated[1]),
+            "--repo_id",
+            "tester/cli-data",
+            "--config_name",
+            "round_two",
+            "--private",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Published" in result.stdout and env["HF_TOKEN"] not in result.stdout + result.stderr
     from huggingface_hub import HfApi
@@ -219,6 +259,11 @@ def test_push_cli(hub, generated, tmp_path):
     files = HfApi().list_repo_files("tester/cli-data", repo_type="dataset")
     assert any(f.startswith("round_two/") for f in files)
     assert HfApi().dataset_info("tester/cli-data").private
-    failed = subprocess.run([sys.executable, "-m", "trl_sso.cli.main", "push", str(generated[1]), "--repo_id",
-                             "nobody/cli-data"], capture_output=True, text=True, env=env, timeout=300)
+    failed = subprocess.run(
+        [sys.executable, "-m", "trl_sso.cli.main", "push", str(generated[1]), "--repo_id", "nobody/cli-data"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert failed.returncode == 2 and "Traceback" not in failed.stderr and "HTTP 404" in failed.stderr

@@ -13,12 +13,30 @@ from trl_sso.loss import PairLogps, base_pair_loss, sso_loss, sso_weight
 BETA = 0.2
 # Two examples per pair: policy and reference summed log-probs, completion token counts
 RAW = {
-    "main": dict(chosen=[-12.0, -8.0], rejected=[-15.0, -7.0], ref_chosen=[-13.0, -8.5], ref_rejected=[-14.0, -7.5],
-                 chosen_tokens=[4, 2], rejected_tokens=[5, 3]),
-    "pos": dict(chosen=[-10.0, -6.0], rejected=[-16.0, -9.0], ref_chosen=[-10.5, -6.5], ref_rejected=[-15.0, -8.0],
-                chosen_tokens=[4, 2], rejected_tokens=[5, 3]),
-    "neg": dict(chosen=[-9.0, -11.0], rejected=[-14.0, -7.5], ref_chosen=[-9.5, -10.0], ref_rejected=[-13.0, -8.0],
-                chosen_tokens=[3, 6], rejected_tokens=[4, 2]),
+    "main": dict(
+        chosen=[-12.0, -8.0],
+        rejected=[-15.0, -7.0],
+        ref_chosen=[-13.0, -8.5],
+        ref_rejected=[-14.0, -7.5],
+        chosen_tokens=[4, 2],
+        rejected_tokens=[5, 3],
+    ),
+    "pos": dict(
+        chosen=[-10.0, -6.0],
+        rejected=[-16.0, -9.0],
+        ref_chosen=[-10.5, -6.5],
+        ref_rejected=[-15.0, -8.0],
+        chosen_tokens=[4, 2],
+        rejected_tokens=[5, 3],
+    ),
+    "neg": dict(
+        chosen=[-9.0, -11.0],
+        rejected=[-14.0, -7.5],
+        ref_chosen=[-9.5, -10.0],
+        ref_rejected=[-13.0, -8.0],
+        chosen_tokens=[3, 6],
+        rejected_tokens=[4, 2],
+    ),
 }
 
 
@@ -59,13 +77,19 @@ def hand_loss(objective, loss_type, steer, use_weight, alpha, sft):
                 loss = weight * (main + sft * -hand_mean("main", "chosen", i))
             else:
                 g = steer * (hand_base("pos", i, loss_type) + hand_base("neg", i, loss_type))
-                nll = -hand_mean("main", "chosen", i) + steer * (-hand_mean("pos", "chosen", i) - hand_mean("neg", "chosen", i))
+                nll = -hand_mean("main", "chosen", i) + steer * (
+                    -hand_mean("pos", "chosen", i) - hand_mean("neg", "chosen", i)
+                )
                 loss = main + weight * g + sft * nll
         total += loss
     return total / 2
 
 
-GRID = list(itertools.product(["policy", "generator"], ["sigmoid", "ipo"], [0.0, 0.3], [True, False], [True, False], [0.0, 0.25]))
+GRID = list(
+    itertools.product(
+        ["policy", "generator"], ["sigmoid", "ipo"], [0.0, 0.3], [True, False], [True, False], [0.0, 0.25]
+    )
+)
 
 
 @pytest.mark.parametrize("objective,loss_type,steer,use_weight,detach,sft", GRID)
@@ -75,8 +99,17 @@ def test_loss_matches_hand_computation(objective, loss_type, steer, use_weight, 
     with_steering = objective == "generator" or steer > 0
     pos, neg = (make_pair("pos"), make_pair("neg")) if with_steering else (None, None)
     loss, terms = sso_loss(
-        main, pos, neg, objective=objective, beta=BETA, loss_type=loss_type, steer_coef=steer,
-        use_weight=use_weight, weight_alpha=alpha, detach_weight=detach, sft_coef=sft,
+        main,
+        pos,
+        neg,
+        objective=objective,
+        beta=BETA,
+        loss_type=loss_type,
+        steer_coef=steer,
+        use_weight=use_weight,
+        weight_alpha=alpha,
+        detach_weight=detach,
+        sft_coef=sft,
     )
     assert loss.item() == pytest.approx(hand_loss(objective, loss_type, steer, use_weight, alpha, sft), rel=1e-12)
     expected_terms = {"sft"}
@@ -139,11 +172,16 @@ def test_base_loss_rejects_unknown_type_and_missing_pairs():
         sso_loss(None, make_pair("pos"), None, objective="generator")
 
 
-@pytest.mark.parametrize("objective,loss_type,steer,use_weight,sft", [
-    (o, lt, s, w, g) for o, lt, s, w, g in itertools.product(["policy", "generator"], ["sigmoid", "ipo"], [0.0, 0.3],
-                                                              [True, False], [0.0, 0.25])
-    if not (o == "generator" and s == 0.0)
-])
+@pytest.mark.parametrize(
+    "objective,loss_type,steer,use_weight,sft",
+    [
+        (o, lt, s, w, g)
+        for o, lt, s, w, g in itertools.product(
+            ["policy", "generator"], ["sigmoid", "ipo"], [0.0, 0.3], [True, False], [0.0, 0.25]
+        )
+        if not (o == "generator" and s == 0.0)
+    ],
+)
 def test_pair_shares_sum_to_the_loss_with_w_detached(objective, loss_type, steer, use_weight, sft):
     """Each pair's `pair_share` is its term of `sso_loss`: with W detached they add up to the loss, per example."""
     from trl_sso.data import pairs_in_use
@@ -151,8 +189,15 @@ def test_pair_shares_sum_to_the_loss_with_w_detached(objective, loss_type, steer
 
     names = pairs_in_use(objective, steer)
     pairs = {name: make_pair(name) for name in names}
-    settings = dict(objective=objective, beta=BETA, loss_type=loss_type, steer_coef=steer, use_weight=use_weight,
-                    weight_alpha=0.66, sft_coef=sft)
+    settings = dict(
+        objective=objective,
+        beta=BETA,
+        loss_type=loss_type,
+        steer_coef=steer,
+        use_weight=use_weight,
+        weight_alpha=0.66,
+        sft_coef=sft,
+    )
     loss, _ = sso_loss(pairs.get("main"), pairs.get("pos"), pairs.get("neg"), detach_weight=True, **settings)
     shares = sum(pair_share(name, pairs, detach_weight=False, **settings) for name in names)
     assert shares.mean().item() == pytest.approx(loss.item(), rel=1e-12)

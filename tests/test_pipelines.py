@@ -20,11 +20,41 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def options(model_dir, output_dir, *extra):
-    return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), "--rounds", "2", "--num_prompts", "4",
-            "--batch_size", "2", "--max_new_tokens", "8", "--drop_revealing", "false", "--max_steps", "3",
-            "--per_device_train_batch_size", "2", "--save_steps", "1", "--learning_rate", "1e-3",
-            "--gradient_checkpointing", "false", "--report_to", "none", "--max_length", "256",
-            "--dataloader_pin_memory", "false", "--logging_steps", "1", *extra]
+    return [
+        "--model_name_or_path",
+        model_dir,
+        "--output_dir",
+        str(output_dir),
+        "--rounds",
+        "2",
+        "--num_prompts",
+        "4",
+        "--batch_size",
+        "2",
+        "--max_new_tokens",
+        "8",
+        "--drop_revealing",
+        "false",
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "2",
+        "--save_steps",
+        "1",
+        "--learning_rate",
+        "1e-3",
+        "--gradient_checkpointing",
+        "false",
+        "--report_to",
+        "none",
+        "--max_length",
+        "256",
+        "--dataloader_pin_memory",
+        "false",
+        "--logging_steps",
+        "1",
+        *extra,
+    ]
 
 
 def parse(command, argv):
@@ -74,8 +104,9 @@ def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_di
 def test_iterate_with_lora_merges_the_adapter_into_the_next_policy(tiny_model_dir, tmp_path):
     from trl_sso.scripts.iterate import iterate
 
-    argv = options(tiny_model_dir, tmp_path / "lora", "--use_peft", "--lora_r", "4", "--lora_target_modules",
-                   "q_proj", "v_proj")
+    argv = options(
+        tiny_model_dir, tmp_path / "lora", "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"
+    )
     argv[argv.index("--rounds") + 1] = "1"
     iterate(*parse("iterate", argv))
     round_dir = tmp_path / "lora" / "round_1"
@@ -94,7 +125,9 @@ def test_pipeline_end_to_end(tiny_model_dir, tmp_path):
     root = tmp_path / "v2"
     for folder in ("generator_data", "generator_train", "generator", "policy_data", "policy_train"):
         assert (root / folder).is_dir(), folder
-    assert json.loads((root / "generator_train" / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    assert (
+        json.loads((root / "generator_train" / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    )
     assert report["policy_data"] >= 1 and json.loads((root / "report.json").read_text()) == report
     summary = json.loads((root / "policy_data" / "summary.json").read_text())
     assert summary["num_prompts"] == 6 and summary["generator_model"] == f"{tiny_model_dir} (SSO generator)"
@@ -106,8 +139,23 @@ def test_both_rounds_published_and_loaded_back(hub, tiny_model_dir, tmp_path):  
     from huggingface_hub import HfApi
     from transformers import AutoModelForCausalLM
 
-    assert main(["iterate", *options(tiny_model_dir, tmp_path / "pub", "--hub_dataset_id", "tester/sso-rounds",
-                                     "--push_to_hub", "--hub_model_id", "tester/sso-online")]) == 0
+    assert (
+        main(
+            [
+                "iterate",
+                *options(
+                    tiny_model_dir,
+                    tmp_path / "pub",
+                    "--hub_dataset_id",
+                    "tester/sso-rounds",
+                    "--push_to_hub",
+                    "--hub_model_id",
+                    "tester/sso-online",
+                ),
+            ]
+        )
+        == 0
+    )
     for t in (1, 2):
         assert len(datasets.load_dataset("tester/sso-rounds", f"iteration_{t}", split="train")) >= 1
         AutoModelForCausalLM.from_pretrained("tester/sso-online", revision=f"iteration_{t}")
@@ -119,11 +167,25 @@ def test_two_process_iterate(tiny_model_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = ["accelerate", "launch", "--config_file", str(ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"),
-               "--main_process_port", str(port), "-m", "trl_sso.cli.main", "iterate",
-               *options(tiny_model_dir, tmp_path / "ddp")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    command = [
+        "accelerate",
+        "launch",
+        "--config_file",
+        str(ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"),
+        "--main_process_port",
+        str(port),
+        "-m",
+        "trl_sso.cli.main",
+        "iterate",
+        *options(tiny_model_dir, tmp_path / "ddp"),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for t in (1, 2):
         assert (tmp_path / "ddp" / f"round_{t}" / "report.json").exists()

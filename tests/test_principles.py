@@ -23,7 +23,14 @@ from trl_sso.principles import (
 
 def test_library_has_the_eight_features_with_parallel_texts():
     assert list(LIBRARY) == [
-        "Safety", "Logicality", "Comprehensiveness", "Helpfulness", "Literariness", "Accuracy", "Engagement", "Concision"
+        "Safety",
+        "Logicality",
+        "Comprehensiveness",
+        "Helpfulness",
+        "Literariness",
+        "Accuracy",
+        "Engagement",
+        "Concision",
     ]
     for feature in LIBRARY.values():
         assert feature.good_adjective != feature.bad_adjective
@@ -35,7 +42,9 @@ def test_selection_is_seeded_and_exact():
     again = [[f.name for f in select_features(query_rng(42, i, "features"), LIBRARY, 2, 0.2)] for i in range(4)]
     assert picks == again
     assert picks == [  # pinned: the same seed must give the same features in every release
-        ["Literariness", "Helpfulness"], ["Accuracy", "Engagement", "Concision"], ["Safety", "Comprehensiveness"],
+        ["Literariness", "Helpfulness"],
+        ["Accuracy", "Engagement", "Concision"],
+        ["Safety", "Comprehensiveness"],
         ["Engagement", "Safety"],
     ]
 
@@ -83,8 +92,11 @@ def test_features_file_adds_and_replaces(tmp_path):
         ("[]", "non-empty list"),
         ('[{"name": "X", "good_adjective": "a"}]', "lacks non-empty text"),
         ("{not json", "could not be parsed"),
-        ('[{"name": "X", "good_adjective": "a", "bad_adjective": "b", "meaning": "m", "good_principle": "g", '
-         '"bad_principle": "b", "colour": "red"}]', "unknown fields ['colour']"),
+        (
+            '[{"name": "X", "good_adjective": "a", "bad_adjective": "b", "meaning": "m", "good_principle": "g", '
+            '"bad_principle": "b", "colour": "red"}]',
+            "unknown fields ['colour']",
+        ),
     ],
 )
 def test_bad_features_file(tmp_path, content, fragment):
@@ -141,10 +153,17 @@ def test_model_source_falls_back_to_the_library_and_counts_it():
 
 
 def test_policy_source_picks_and_writes_principles():
-    answers = ["Accuracy, Logicality", "nothing useful", '{"good": "G1", "bad": "B1"}', "oops",
-               '{"good": "G3", "bad": "B3"}', '{"good": "G4", "bad": "B4"}']
-    source = PrincipleSource("policy", LIBRARY, seed=7, concision_prob=0.0, policy_sampler=Scripted(answers),
-                             policy_writes_principles=True)
+    answers = [
+        "Accuracy, Logicality",
+        "nothing useful",
+        '{"good": "G1", "bad": "B1"}',
+        "oops",
+        '{"good": "G3", "bad": "B3"}',
+        '{"good": "G4", "bad": "B4"}',
+    ]
+    source = PrincipleSource(
+        "policy", LIBRARY, seed=7, concision_prob=0.0, policy_sampler=Scripted(answers), policy_writes_principles=True
+    )
     first, second = source.assign([0, 1], ["q0", "q1"], batch_seed=0)
     assert sorted(first.features) == ["Accuracy", "Logicality"]
     assert "G1" in first.positive_system and "B1" in first.negative_system

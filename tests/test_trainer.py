@@ -64,7 +64,9 @@ def test_generator_objective_never_forwards_the_main_pair(tiny_model_dir, tokeni
     trainer = SSOTrainer(model=tiny_model_dir, args=args, train_dataset=sso_dataset(), processing_class=tokenizer)
     assert "prompt_ids" not in trainer.train_dataset.column_names
     seen = []
-    trainer.model.register_forward_pre_hook(lambda module, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    trainer.model.register_forward_pre_hook(
+        lambda module, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     trainer.train()
     # two forwards per step (positive, negative steer pair), none of the main pair's plain prompt
     assert len(seen) == 2 * args.max_steps and all(rows == 2 * args.per_device_train_batch_size for rows in seen)
@@ -73,7 +75,10 @@ def test_generator_objective_never_forwards_the_main_pair(tiny_model_dir, tokeni
 def test_lora_uses_the_adapter_disabled_model_as_reference(tiny_model_dir, tokenizer, tmp_path):
     args = sso_args(tmp_path, max_steps=3, learning_rate=1e-2)
     trainer = SSOTrainer(
-        model=tiny_model_dir, args=args, train_dataset=sso_dataset(), processing_class=tokenizer,
+        model=tiny_model_dir,
+        args=args,
+        train_dataset=sso_dataset(),
+        processing_class=tokenizer,
         peft_config=LoraConfig(**LORA),
     )
     assert trainer.ref_model is None
@@ -94,7 +99,10 @@ def test_qlora_4bit(tiny_model_dir, tokenizer, tmp_path):
 
     args = sso_args(tmp_path, max_steps=2)
     trainer = SSOTrainer(
-        model=tiny_model_dir, args=args, train_dataset=sso_dataset(n=4), processing_class=tokenizer,
+        model=tiny_model_dir,
+        args=args,
+        train_dataset=sso_dataset(n=4),
+        processing_class=tokenizer,
         peft_config=LoraConfig(**LORA),
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
     )
@@ -107,13 +115,16 @@ def test_qlora_4bit(tiny_model_dir, tokenizer, tmp_path):
 def test_precomputed_reference_matches_live_reference(tiny_model_dir, tokenizer, tmp_path, objective):
     dataset = sso_dataset(n=4)
     live = SSOTrainer(
-        model=tiny_model_dir, args=sso_args(tmp_path / "live", sso_objective=objective), train_dataset=dataset,
+        model=tiny_model_dir,
+        args=sso_args(tmp_path / "live", sso_objective=objective),
+        train_dataset=dataset,
         processing_class=tokenizer,
     )
     pre = SSOTrainer(
         model=tiny_model_dir,
         args=sso_args(tmp_path / "pre", sso_objective=objective, precompute_ref_log_probs=True),
-        train_dataset=dataset, processing_class=tokenizer,
+        train_dataset=dataset,
+        processing_class=tokenizer,
     )
     assert pre.ref_model is None  # not kept in memory
     pairs = ("pos", "neg") if objective == "generator" else ("", "pos", "neg")
@@ -136,7 +147,10 @@ def test_precomputed_reference_matches_live_reference(tiny_model_dir, tokenizer,
 def test_evaluation_logs_sso_metrics(tiny_model_dir, tokenizer, tmp_path):
     args = sso_args(tmp_path, eval_strategy="no")
     trainer = SSOTrainer(
-        model=tiny_model_dir, args=args, train_dataset=sso_dataset(), eval_dataset=sso_dataset(n=3),
+        model=tiny_model_dir,
+        args=args,
+        train_dataset=sso_dataset(),
+        eval_dataset=sso_dataset(n=3),
         processing_class=tokenizer,
     )
     metrics = trainer.evaluate()
@@ -152,8 +166,14 @@ def test_model_card(tiny_model_dir, tokenizer, tmp_path):
     trainer.create_model_card(dataset_name="someone/sso-round-1")
     card = open(os.path.join(args.output_dir, "README.md")).read()
     for fragment in (
-        "- trl", "- sso", "library_name: transformers", "base_model: HuggingFaceTB/SmolLM2-135M-Instruct",
-        "someone/sso-round-1", "| `sso_weight_alpha` | 0.66 |", "xiang2024sso", "arXiv:2410.17131",
+        "- trl",
+        "- sso",
+        "library_name: transformers",
+        "base_model: HuggingFaceTB/SmolLM2-135M-Instruct",
+        "someone/sso-round-1",
+        "| `sso_weight_alpha` | 0.66 |",
+        "xiang2024sso",
+        "arXiv:2410.17131",
         "https://huggingface.co/papers/2410.17131",
     ):
         assert fragment in card, fragment
@@ -164,10 +184,16 @@ def test_model_card(tiny_model_dir, tokenizer, tmp_path):
 @pytest.mark.parametrize(
     "rows,fragments",
     [
-        ([{"prompt": "Hi", "chosen": " A", "rejected": " B"}], ["missing the SSO column(s)", "'original'", "generator"]),
+        (
+            [{"prompt": "Hi", "chosen": " A", "rejected": " B"}],
+            ["missing the SSO column(s)", "'original'", "generator"],
+        ),
         ([{**r, "original": ""} if i == 2 else r for i, r in enumerate(sso_rows(False))], ["Row 2", "'original'"]),
         (
-            [{**r, "prompt": [{"role": "system", "content": "S"}, *r["prompt"]]} if i == 1 else r for i, r in enumerate(sso_rows())],
+            [
+                {**r, "prompt": [{"role": "system", "content": "S"}, *r["prompt"]]} if i == 1 else r
+                for i, r in enumerate(sso_rows())
+            ],
             ["Row 1", "'prompt'", "system message"],
         ),
     ],
@@ -175,7 +201,12 @@ def test_model_card(tiny_model_dir, tokenizer, tmp_path):
 )
 def test_bad_input_fails_at_the_boundary(tiny_model_dir, tokenizer, tmp_path, rows, fragments):
     with pytest.raises(SSODataError) as error:
-        SSOTrainer(model=tiny_model_dir, args=sso_args(tmp_path), train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        SSOTrainer(
+            model=tiny_model_dir,
+            args=sso_args(tmp_path),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
     for fragment in fragments:
         assert fragment in str(error.value)
 
@@ -191,7 +222,9 @@ def test_too_long_prompts_are_dropped_with_a_warning(tiny_model_dir, tokenizer, 
     rows = sso_rows()
     rows[0]["positive_system"] = "Be careful. " * 100
     trainer = SSOTrainer(
-        model=tiny_model_dir, args=sso_args(tmp_path, max_length=64), train_dataset=Dataset.from_list(rows),
+        model=tiny_model_dir,
+        args=sso_args(tmp_path, max_length=64),
+        train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )
     assert len(trainer.train_dataset) == len(rows) - 1
@@ -209,10 +242,23 @@ def test_dpo_internals_that_sso_overrides_still_match():
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(DPOTrainer, name)).parameters) == params, name
-    assert list(inspect.signature(SSOTrainer.__init__).parameters) == list(inspect.signature(DPOTrainer.__init__).parameters)
+    assert list(inspect.signature(SSOTrainer.__init__).parameters) == list(
+        inspect.signature(DPOTrainer.__init__).parameters
+    )
     source = inspect.getsource(DPOTrainer)
-    for attribute in ("self._precompute_model_hash", "self._precompute_engine", "self.precompute_ref_logps",
-                      "self._metrics", "self._total_train_tokens", "self._tp_size", "self.loss_types", "self._tokenizer",
-                      "self._compute_loss(", "self._prepare_dataset(", "self._precompute_ref_logps(",
-                      "DataCollatorForPreference(", "add_fused_lm_head("):
+    for attribute in (
+        "self._precompute_model_hash",
+        "self._precompute_engine",
+        "self.precompute_ref_logps",
+        "self._metrics",
+        "self._total_train_tokens",
+        "self._tp_size",
+        "self.loss_types",
+        "self._tokenizer",
+        "self._compute_loss(",
+        "self._prepare_dataset(",
+        "self._precompute_ref_logps(",
+        "DataCollatorForPreference(",
+        "add_fused_lm_head(",
+    ):
         assert attribute in source, attribute

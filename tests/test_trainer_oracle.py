@@ -54,17 +54,29 @@ def step_loss_and_grads(trainer, accumulation_steps=1):
 
 def dpo_loss_and_grads(model_dir, tokenizer, dataset, tmp_path, loss_type):
     args = DPOConfig(
-        output_dir=str(tmp_path), bf16=False, gradient_checkpointing=False, report_to="none", max_length=128,
-        loss_type=loss_type, beta=0.1, seed=0,
+        output_dir=str(tmp_path),
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        max_length=128,
+        loss_type=loss_type,
+        beta=0.1,
+        seed=0,
     )
-    return loss_and_grads(DPOTrainer(**models(model_dir), args=args, train_dataset=dataset, processing_class=tokenizer))
+    return loss_and_grads(
+        DPOTrainer(**models(model_dir), args=args, train_dataset=dataset, processing_class=tokenizer)
+    )
 
 
 def steered_rows(conversational, system_column, winner, loser):
     rows = []
     for row in sso_rows(conversational, N):
         system = row[system_column]
-        prompt = [{"role": "system", "content": system}, *row["prompt"]] if conversational else f"{system}\n\n{row['prompt']}"
+        prompt = (
+            [{"role": "system", "content": system}, *row["prompt"]]
+            if conversational
+            else f"{system}\n\n{row['prompt']}"
+        )
         rows.append({"prompt": prompt, "chosen": row[winner], "rejected": row[loser]})
     return Dataset.from_list(rows)
 
@@ -108,7 +120,8 @@ def test_weight_off_equals_dpo_on_three_datasets(tiny_model_dir, tokenizer, tmp_
     }
     expected_loss = oracle["main"][0] + c * (oracle["pos"][0] + oracle["neg"][0])
     expected_grads = {
-        name: oracle["main"][1][name] + c * (oracle["pos"][1][name] + oracle["neg"][1][name]) for name in oracle["main"][1]
+        name: oracle["main"][1][name] + c * (oracle["pos"][1][name] + oracle["neg"][1][name])
+        for name in oracle["main"][1]
     }
     assert_close(loss_and_grads(sso), (expected_loss, expected_grads))
     # the training path backpropagates each pair on its own (W off: the main pair too): same loss, same gradients
@@ -129,11 +142,14 @@ def test_weight_off_equals_dpo_on_three_datasets(tiny_model_dir, tokenizer, tmp_
     ],
     ids=["policy", "policy-ipo-sft", "policy-detached-sft", "generator"],
 )
-def test_backward_per_pair_gives_the_gradient_of_one_backward(tiny_model_dir, tokenizer, tmp_path, overrides,
-                                                             backward_passes):
+def test_backward_per_pair_gives_the_gradient_of_one_backward(
+    tiny_model_dir, tokenizer, tmp_path, overrides, backward_passes
+):
     def run(per_pair):
         args = sso_args(tmp_path / str(per_pair), sso_steer_coef=0.3, sso_backward_per_pair=per_pair, **overrides)
-        trainer = SSOTrainer(**models(tiny_model_dir), args=args, train_dataset=sso_dataset(n=N), processing_class=tokenizer)
+        trainer = SSOTrainer(
+            **models(tiny_model_dir), args=args, train_dataset=sso_dataset(n=N), processing_class=tokenizer
+        )
         return step_loss_and_grads(trainer, accumulation_steps=2)
 
     loss, grads, passes = run(per_pair=True)
@@ -143,8 +159,9 @@ def test_backward_per_pair_gives_the_gradient_of_one_backward(tiny_model_dir, to
 
 
 def test_compute_loss_outside_a_training_step_leaves_the_gradients_alone(tiny_model_dir, tokenizer, tmp_path):
-    trainer = SSOTrainer(**models(tiny_model_dir), args=sso_args(tmp_path), train_dataset=sso_dataset(n=N),
-                         processing_class=tokenizer)
+    trainer = SSOTrainer(
+        **models(tiny_model_dir), args=sso_args(tmp_path), train_dataset=sso_dataset(n=N), processing_class=tokenizer
+    )
     trainer.model.train()
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(N)]))
     loss = trainer.compute_loss(trainer.model, batch)

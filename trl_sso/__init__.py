@@ -32,7 +32,6 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
     from .config import SSOConfig
-    from .generation import GenerateArguments, SSOGenerator, generate
     from .data import (
         SSODataError,
         build_steered_prompt,
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
         make_record,
         validate_dataset,
     )
+    from .generation import GenerateArguments, SSOGenerator, generate
     from .loss import PairLogps, sso_loss
     from .trainer import DataCollatorForSSO, SSOTrainer
 

@@ -17,7 +17,7 @@ SSO_CITATION = textwrap.dedent("""\
         journal = {arXiv preprint arXiv:2410.17131},
         year    = {2024},
         url     = {https://huggingface.co/papers/2410.17131},
-    }""")
+    }""")  # noqa: E501  (BibTeX author lists stay on one line)
 
 TRL_CITATION = textwrap.dedent("""\
     @software{vonwerra2020trl,
@@ -26,7 +26,7 @@ TRL_CITATION = textwrap.dedent("""\
         license = {Apache-2.0},
         url     = {https://github.com/huggingface/trl},
         year    = {2020},
-    }""")
+    }""")  # noqa: E501
 
 _OBJECTIVE_SUMMARY = {
     "policy": "paper v1: the main pair plus the weighted steering pairs",
@@ -34,9 +34,21 @@ _OBJECTIVE_SUMMARY = {
 }
 # Config fields shown on the model card: the SSO method, the base loss and the optimisation (no paths, no tokens).
 _CARD_SETTINGS = (
-    "sso_objective", "sso_steer_coef", "sso_use_weight", "sso_weight_alpha", "sso_detach_weight", "sso_sft_coef",
-    "loss_type", "beta", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "max_length", "seed",
+    "sso_objective",
+    "sso_steer_coef",
+    "sso_use_weight",
+    "sso_weight_alpha",
+    "sso_detach_weight",
+    "sso_sft_coef",
+    "loss_type",
+    "beta",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "seed",
 )
 
 
@@ -64,8 +76,14 @@ def template_path(name: str) -> Path:
 
 def framework_versions() -> list[tuple[str, str]]:
     out = []
-    for package, name in (("trl-sso", "trl-sso"), ("trl", "TRL"), ("transformers", "Transformers"),
-                          ("torch", "PyTorch"), ("datasets", "Datasets"), ("peft", "PEFT")):
+    for package, name in (
+        ("trl-sso", "trl-sso"),
+        ("trl", "TRL"),
+        ("transformers", "Transformers"),
+        ("torch", "PyTorch"),
+        ("datasets", "Datasets"),
+        ("peft", "PEFT"),
+    ):
         try:
             out.append((name, version(package)))
         except PackageNotFoundError:
@@ -119,12 +137,23 @@ def sso_model_card(
 
 # Logged values kept on the model card: the main training metrics (loss, rewards, the SSO terms)
 _CARD_METRICS = (
-    "loss", "train_loss", "rewards/accuracies", "rewards/margins", "steer_pos/rewards/margins",
-    "steer_neg/rewards/margins", "sso/weight", "eval_loss", "eval_rewards/accuracies",
+    "loss",
+    "train_loss",
+    "rewards/accuracies",
+    "rewards/margins",
+    "steer_pos/rewards/margins",
+    "steer_neg/rewards/margins",
+    "sso/weight",
+    "eval_loss",
+    "eval_rewards/accuracies",
 )
 # Quantization settings of a QLoRA base model shown on the card
 _CARD_QUANTIZATION = (
-    "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant",
+    "load_in_4bit",
+    "load_in_8bit",
+    "bnb_4bit_quant_type",
+    "bnb_4bit_compute_dtype",
+    "bnb_4bit_use_double_quant",
 )
 
 
@@ -164,7 +193,7 @@ def trainer_model_card(trainer: Any, output_dir: str, model_name=None, dataset_n
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Dataset card
 
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
@@ -208,7 +237,7 @@ def sso_dataset_card(dataset, summary: dict | None, repo_id: str, config_name: s
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Cards of pushed folders (models, adapters, reward models)
 
 
@@ -228,16 +257,27 @@ def reward_model_card(path: Path, repo_id: str):
     sso = _read_json(path / "sso_reward.json")  # written by `trl-sso reward`: base model and dataset ids
     base_model = hub_id(sso.get("base_model") or config.get("_name_or_path"))
     card_data = ModelCardData(
-        base_model=base_model, datasets=sso.get("dataset_name"), library_name="transformers",
-        pipeline_tag="text-classification", tags=["trl", "sso", "reward-model"], model_name=repo_id.split("/")[-1],
+        base_model=base_model,
+        datasets=sso.get("dataset_name"),
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["trl", "sso", "reward-model"],
+        model_name=repo_id.split("/")[-1],
     )
     accuracy = results.get("eval_accuracy")
     if accuracy is not None:
         card_data.metrics = ["accuracy"]
     return ModelCard.from_template(
-        card_data, template_path=str(template_path("reward_model_card.md")), model_name=repo_id.split("/")[-1],
-        base_model=base_model, dataset_name=sso.get("dataset_name"), repo_id=repo_id, accuracy=accuracy,
-        eval_size=results.get("eval_samples"), versions=framework_versions(), sso_citation=SSO_CITATION,
+        card_data,
+        template_path=str(template_path("reward_model_card.md")),
+        model_name=repo_id.split("/")[-1],
+        base_model=base_model,
+        dataset_name=sso.get("dataset_name"),
+        repo_id=repo_id,
+        accuracy=accuracy,
+        eval_size=results.get("eval_samples"),
+        versions=framework_versions(),
+        sso_citation=SSO_CITATION,
     )
 
 
@@ -258,10 +298,16 @@ def folder_card(path: Path, kind: str, repo_id: str):
     adapter = _read_json(path / "adapter_config.json")
     config = _read_json(path / "config.json")
     base_model = hub_id(adapter.get("base_model_name_or_path") or config.get("_name_or_path"))
-    data = ModelCardData(base_model=base_model, library_name="peft" if kind == "adapter" else "transformers",
-                         tags=["trl", "sso"], pipeline_tag="text-generation", model_name=repo_id.split("/")[-1])
+    data = ModelCardData(
+        base_model=base_model,
+        library_name="peft" if kind == "adapter" else "transformers",
+        tags=["trl", "sso"],
+        pipeline_tag="text-generation",
+        model_name=repo_id.split("/")[-1],
+    )
     what = "A PEFT adapter" if kind == "adapter" else "A model"
     return ModelCard(
         f"---\n{data.to_yaml()}\n---\n\n# {repo_id.split('/')[-1]}\n\n{what} trained with Self-Steering Optimization "
-        f"([SSO](https://huggingface.co/papers/2410.17131)) using trl-sso.\n\n## Citation\n\n```bibtex\n{SSO_CITATION}\n```\n"
+        f"([SSO](https://huggingface.co/papers/2410.17131)) using trl-sso.\n\n"
+        f"## Citation\n\n```bibtex\n{SSO_CITATION}\n```\n"
     )

@@ -1,4 +1,5 @@
-"""`SSOConfig`: the training arguments of the `SSOTrainer`, a `DPOConfig` with the Self-Steering Optimization fields."""
+"""`SSOConfig`: the training arguments of the `SSOTrainer`, a `DPOConfig` with the Self-Steering Optimization
+fields."""
 
 import logging
 from dataclasses import dataclass, field
@@ -33,7 +34,9 @@ def settle_device_and_precision(args) -> None:
         )
         args.bf16 = False
     if args.bf16 and args.use_cpu:
-        logger.warning("`bf16=True` on the CPU is emulated and several times slower than fp32; `bf16=False` is faster.")
+        logger.warning(
+            "`bf16=True` on the CPU is emulated and several times slower than fp32; `bf16=False` is faster."
+        )
     elif args.bf16 and not bf16_available():
         raise ValueError(
             "`bf16=True` was set, but this machine has no accelerator that supports bf16. Set `bf16=False` to "

@@ -41,7 +41,7 @@ class SSODataError(ValueError):
     """A dataset or record does not follow the canonical SSO schema. The message names the row, column and fix."""
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # The three preference pairs of a record
 
 
@@ -139,7 +139,7 @@ def make_record(
     return record
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # The x+ / x- rule, shared by the trainer and the generator
 
 
@@ -195,7 +195,7 @@ def build_steered_prompt(prompt: str | list[dict], system: str, processing_class
     raise SSODataError("A conversational prompt needs at least one user turn to carry the principle.")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Validation
 
 
@@ -212,9 +212,7 @@ def check_columns(column_names: Iterable[str], required: Iterable[str]) -> None:
             "dataset with `trl_sso.data.convert_reference_dataset`, or set `sso_steer_coef=0` to train on the "
             "main pair (prompt, chosen, rejected) alone."
         )
-    raise SSODataError(
-        f"The dataset is missing the SSO column(s) {missing} (it has {sorted(column_names)}).{hint}"
-    )
+    raise SSODataError(f"The dataset is missing the SSO column(s) {missing} (it has {sorted(column_names)}).{hint}")
 
 
 def _is_messages(value: Any) -> bool:
@@ -291,7 +289,7 @@ def validate_dataset(dataset: Iterable[Mapping[str, Any]], columns: Iterable[str
         validate_record(record, index, columns)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Converters from the public reference formats
 
 
@@ -352,8 +350,14 @@ def from_reference_record(record: Mapping[str, Any], conversational: bool = True
     if "system" in record:
         extra["reference_system"] = record["system"]
     return make_record(
-        query, responses[CHOSEN], responses[REJECTED], responses[ORIGINAL], record["p_system"], record["n_system"],
-        conversational=conversational, **extra,
+        query,
+        responses[CHOSEN],
+        responses[REJECTED],
+        responses[ORIGINAL],
+        record["p_system"],
+        record["n_system"],
+        conversational=conversational,
+        **extra,
     )
 
 
@@ -381,14 +385,17 @@ def to_canonical(dataset: Any, conversational: bool = True) -> Any:
     return convert_reference_dataset(dataset, conversational=conversational)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Loading from wherever a user points
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 def load_dataset_split(
-    source: str, config_name: str | None = None, split: str = "train", revision: str | None = None,
+    source: str,
+    config_name: str | None = None,
+    split: str = "train",
+    revision: str | None = None,
     token: str | None = None,
 ) -> Any:
     """One split of the dataset at `source`, as it is stored: a folder written by `trl-sso generate`, a saved dataset
@@ -425,8 +432,12 @@ def load_dataset_split(
 
 
 def load_sso_dataset(
-    source: str, config_name: str | None = None, split: str = "train", revision: str | None = None,
-    conversational: bool = True, token: str | None = None,
+    source: str,
+    config_name: str | None = None,
+    split: str = "train",
+    revision: str | None = None,
+    conversational: bool = True,
+    token: str | None = None,
 ) -> Any:
     """Load an SSO dataset from wherever `source` points (see `load_dataset_split`) in the canonical schema: datasets
     written or published by trl-sso as they are, datasets in the public reference formats converted.

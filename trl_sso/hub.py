@@ -29,7 +29,7 @@ def _retry(action, what: str):
     return with_retries(action, what, advice=PUSH_ADVICE)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # What a folder holds
 
 
@@ -61,7 +61,7 @@ def _dataset_folder(path: Path) -> tuple[Path, dict | None]:
     return path, json.loads(parent_summary.read_text()) if parent_summary.exists() else None
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Pushing
 
 
@@ -72,11 +72,15 @@ def _api(token: str | None):
 
 
 def _ensure_repo(api, repo_id: str, repo_type: str, private: bool, revision: str | None) -> None:
-    _retry(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True),
-                 f"Creating {repo_type} repo {repo_id}")
+    _retry(
+        lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True),
+        f"Creating {repo_type} repo {repo_id}",
+    )
     if revision and revision != "main":
-        _retry(lambda: api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True),
-                     f"Creating branch {revision} of {repo_id}")
+        _retry(
+            lambda: api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True),
+            f"Creating branch {revision} of {repo_id}",
+        )
 
 
 def push_dataset(path, repo_id, *, config_name=None, private=False, revision=None, commit_message=None, token=None):
@@ -94,20 +98,26 @@ def push_dataset(path, repo_id, *, config_name=None, private=False, revision=Non
     api = _api(token)
     _ensure_repo(api, repo_id, "dataset", private, revision)
     message = commit_message or f"Add SSO dataset config {config_name}"
-    _retry(lambda: dataset.push_to_hub(repo_id, config_name=config_name, private=private, revision=revision,
-                                             commit_message=message, token=token),
-                 f"Pushing dataset {repo_id} ({config_name})")
+    _retry(
+        lambda: dataset.push_to_hub(
+            repo_id, config_name=config_name, private=private, revision=revision, commit_message=message, token=token
+        ),
+        f"Pushing dataset {repo_id} ({config_name})",
+    )
 
     def update_card():
-        from huggingface_hub import DatasetCard
-
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import DatasetCard, hf_hub_download
 
         readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision, token=token)
         existing = DatasetCard.load(readme)
         card = sso_dataset_card(dataset, summary, repo_id, config_name, existing.data.to_dict())
-        card.push_to_hub(repo_id, repo_type="dataset", token=token, revision=revision,
-                         commit_message=f"Update dataset card for {config_name}")
+        card.push_to_hub(
+            repo_id,
+            repo_type="dataset",
+            token=token,
+            revision=revision,
+            commit_message=f"Update dataset card for {config_name}",
+        )
 
     _retry(update_card, f"Updating the dataset card of {repo_id}")
     return f"{api.endpoint}/datasets/{repo_id}"
@@ -126,8 +136,13 @@ def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commi
     ignore = ["training_args.bin", "checkpoint-*", "checkpoint-*/*", "runs/*", "*.lock", ".*"]
 
     def upload():
-        api.upload_folder(folder_path=str(path), repo_id=repo_id, revision=revision, ignore_patterns=ignore + ["README.md"],
-                          commit_message=commit_message or f"Upload SSO {kind.replace('_', ' ')}")
+        api.upload_folder(
+            folder_path=str(path),
+            repo_id=repo_id,
+            revision=revision,
+            ignore_patterns=ignore + ["README.md"],
+            commit_message=commit_message or f"Upload SSO {kind.replace('_', ' ')}",
+        )
         if card is not None:
             card.push_to_hub(repo_id, token=token, revision=revision, commit_message="Update model card")
 
@@ -139,9 +154,17 @@ def push(path, repo_id, *, config_name=None, private=False, revision=None, commi
     """Publish whatever `path` holds (see `detect_artifact`) with the right card. Returns the repo URL."""
     kind = detect_artifact(path)
     if kind == "dataset":
-        return push_dataset(path, repo_id, config_name=config_name, private=private, revision=revision,
-                            commit_message=commit_message, token=token)
+        return push_dataset(
+            path,
+            repo_id,
+            config_name=config_name,
+            private=private,
+            revision=revision,
+            commit_message=commit_message,
+            token=token,
+        )
     if config_name is not None:
         raise ValueError("`config_name` applies to datasets only; for models use `revision` (a branch) instead.")
-    return push_folder(path, repo_id, kind=kind, private=private, revision=revision, commit_message=commit_message,
-                       token=token)
+    return push_folder(
+        path, repo_id, kind=kind, private=private, revision=revision, commit_message=commit_message, token=token
+    )

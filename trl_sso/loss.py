@@ -51,8 +51,11 @@ class PairLogps:
 
     def detach(self) -> "PairLogps":
         """The same pair cut from the graph: its values without gradients."""
-        return PairLogps(*(t.detach() for t in (self.chosen, self.rejected, self.ref_chosen, self.ref_rejected)),
-                         self.chosen_tokens, self.rejected_tokens)
+        return PairLogps(
+            *(t.detach() for t in (self.chosen, self.rejected, self.ref_chosen, self.ref_rejected)),
+            self.chosen_tokens,
+            self.rejected_tokens,
+        )
 
     def chosen_mean_logp(self) -> torch.Tensor:
         """`A(prompt, winner)`: token-mean log-probability of the winner under the policy."""
@@ -127,8 +130,9 @@ def _share(name: str, pair: PairLogps, weight: torch.Tensor | None, settings: di
     objective, steer_coef = settings["objective"], settings["steer_coef"]
     common = dict(beta=settings["beta"], loss_type=settings["loss_type"], sft_coef=settings["sft_coef"])
     if name != "main":
-        return steering_loss(pair, 1.0 if weight is None else weight, objective=objective, steer_coef=steer_coef,
-                             **common)
+        return steering_loss(
+            pair, 1.0 if weight is None else weight, objective=objective, steer_coef=steer_coef, **common
+        )
     share, base, nll = main_loss(pair, **common)
     if steer_coef == 0 and weight is not None:  # steering off: W scales the main pair itself
         share = weight * share

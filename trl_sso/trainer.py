@@ -225,7 +225,7 @@ class SSOTrainer(DPOTrainer):
                 pad_to_multiple_of=c.pad_to_multiple_of,
             )
 
-    # ------------------------------------------------------------------------------------------------------------------
+    # -----------------------------------------------------------------------------------------------------------------
     # Data
 
     def _prepare_dataset(self, dataset, processing_class, args: SSOConfig, dataset_name: str):
@@ -300,7 +300,9 @@ class SSOTrainer(DPOTrainer):
         else:
             eos = self._tokenizer.eos_token
             prompt_ids = _tokenize(processing_class, prompt)
-            full_ids = [_tokenize(processing_class, prompt + c + ("" if c.endswith(eos) else eos)) for c in (chosen, rejected)]
+            full_ids = [
+                _tokenize(processing_class, prompt + c + ("" if c.endswith(eos) else eos)) for c in (chosen, rejected)
+            ]
         prompt_ids = prompt_ids["input_ids"]
         full_ids = [ids["input_ids"] for ids in full_ids]
         prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
@@ -310,11 +312,12 @@ class SSOTrainer(DPOTrainer):
         if self._signature_columns is None:
             self._signature_columns = [c for p in self.sso_pairs for c in PAIR_COLUMNS[p] + REF_COLUMNS[p]]
 
-    # ------------------------------------------------------------------------------------------------------------------
+    # -----------------------------------------------------------------------------------------------------------------
     # Forward passes
 
     def _forward_pair(self, model, inputs: dict, pair: str):
-        """One forward of a pair's collated block: summed completion log-probs of `(winners, losers)` and the outputs."""
+        """One forward of a pair's collated block: the summed completion log-probs of `(winners, losers)`, and the
+        model outputs."""
         prefix = BLOCK_PREFIX[pair]
         input_ids, completion_mask = inputs[f"{prefix}input_ids"], inputs[f"{prefix}completion_mask"]
         labels = input_ids.masked_fill(completion_mask == 0, -100)
@@ -400,7 +403,7 @@ class SSOTrainer(DPOTrainer):
         self.accelerator.wait_for_everyone()
         return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
 
-    # ------------------------------------------------------------------------------------------------------------------
+    # -----------------------------------------------------------------------------------------------------------------
     # Loss
 
     def training_step(self, *args, **kwargs):
@@ -508,13 +511,15 @@ class SSOTrainer(DPOTrainer):
             mask = inputs[f"{prefix}completion_mask"][:, 1:].bool()
             winners = mask.clone()
             winners[mask.size(0) // 2 :] = False
-            counts += torch.stack([
-                (output.entropy.detach() * mask).sum(),
-                mask.sum(),
-                (output.is_top1 & winners).sum(),
-                winners.sum(),
-                inputs[f"{prefix}attention_mask"].sum(),
-            ]).float()
+            counts += torch.stack(
+                [
+                    (output.entropy.detach() * mask).sum(),
+                    mask.sum(),
+                    (output.is_top1 & winners).sum(),
+                    winners.sum(),
+                    inputs[f"{prefix}attention_mask"].sum(),
+                ]
+            ).float()
         entropy, tokens, correct, winner_tokens, num_tokens = (
             self.accelerator.gather_for_metrics(counts.view(1, -1)).sum(dim=0).tolist()
         )
@@ -524,7 +529,7 @@ class SSOTrainer(DPOTrainer):
             self._total_train_tokens += int(num_tokens) // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
-    # ------------------------------------------------------------------------------------------------------------------
+    # -----------------------------------------------------------------------------------------------------------------
     # Model card
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):

@@ -62,8 +62,15 @@ def count_new_tokens(output, prompt_width, eos_ids):
 def timed_generate(model, tokenizer, texts, temperature, top_p, max_new_tokens, eos_ids):
     inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
-        output = model.generate(**inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=None,
-                                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        output = model.generate(
+            **inputs,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=None,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     return count_new_tokens(output, inputs["input_ids"].shape[1], eos_ids)
 
 
@@ -79,8 +86,13 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     sampler = Recording(model, tokenizer, batch_size=cli.batch_size)
     eos_ids = sampler.eos_ids
-    args = GenerateArguments(output_dir=tempfile.mkdtemp(prefix="trl-sso-bench-gen-"), num_prompts=cli.num_prompts,
-                             max_new_tokens=cli.max_new_tokens, batch_size=cli.batch_size, seed=0)
+    args = GenerateArguments(
+        output_dir=tempfile.mkdtemp(prefix="trl-sso-bench-gen-"),
+        num_prompts=cli.num_prompts,
+        max_new_tokens=cli.max_new_tokens,
+        batch_size=cli.batch_size,
+        seed=0,
+    )
 
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -96,7 +108,9 @@ def main():
     naive_tokens, start = 0, time.perf_counter()
     for texts, temperature in sampler.batches:
         for text in texts:
-            naive_tokens += timed_generate(model, tokenizer, [text], temperature, args.top_p, cli.max_new_tokens, eos_ids)
+            naive_tokens += timed_generate(
+                model, tokenizer, [text], temperature, args.top_p, cli.max_new_tokens, eos_ids
+            )
     naive_time = time.perf_counter() - start
 
     rates = {
@@ -104,11 +118,15 @@ def main():
         "bare batched generate": bare_tokens / bare_time,
         "naive one-at-a-time": naive_tokens / naive_time,
     }
-    print(f"SmolLM2-135M-Instruct, fp32, {torch.get_num_threads()} threads; {cli.num_prompts} queries x 3 prompts, "
-          f"max_new_tokens {cli.max_new_tokens}, batch {cli.batch_size}")
-    for name, tokens, seconds in (("generator", generator_tokens, generator_time),
-                                  ("bare batched generate", bare_tokens, bare_time),
-                                  ("naive one-at-a-time", naive_tokens, naive_time)):
+    print(
+        f"SmolLM2-135M-Instruct, fp32, {torch.get_num_threads()} threads; {cli.num_prompts} queries x 3 prompts, "
+        f"max_new_tokens {cli.max_new_tokens}, batch {cli.batch_size}"
+    )
+    for name, tokens, seconds in (
+        ("generator", generator_tokens, generator_time),
+        ("bare batched generate", bare_tokens, bare_time),
+        ("naive one-at-a-time", naive_tokens, naive_time),
+    ):
         print(f"{name:24} {tokens:6d} tokens {seconds:7.1f} s {tokens / seconds:7.1f} tokens/s")
     print(f"generator / naive: {rates['generator'] / rates['naive one-at-a-time']:.2f}x (target >= 3)")
     print(f"generator / bare batched: {rates['generator'] / rates['bare batched generate']:.2f} (target >= 0.85)")

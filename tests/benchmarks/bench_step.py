@@ -68,7 +68,11 @@ def as_dpo(dataset: Dataset, system_column: str, winner: str, loser: str) -> Dat
     """The DPO dataset of one steering pair: the principle as system message, the pair's winner and loser."""
     return Dataset.from_list(
         [
-            {"prompt": [{"role": "system", "content": r[system_column]}, *r["prompt"]], "chosen": r[winner], "rejected": r[loser]}
+            {
+                "prompt": [{"role": "system", "content": r[system_column]}, *r["prompt"]],
+                "chosen": r[winner],
+                "rejected": r[loser],
+            }
             for r in dataset
         ]
     )
@@ -86,9 +90,15 @@ def tokenizer_path() -> str:
 
 def build_model(args, tokenizer, path):
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.hidden * 3,
-        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=max(1, args.hidden // 256),
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=max(1, args.hidden // 256),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
@@ -97,9 +107,16 @@ def build_model(args, tokenizer, path):
 
 def common_args(output_dir, args):
     return dict(
-        output_dir=output_dir, bf16=args.device == "cuda", gradient_checkpointing=args.gradient_checkpointing, report_to="none",
-        per_device_train_batch_size=args.batch, max_length=1024, learning_rate=1e-6, save_strategy="no",
-        use_cpu=args.device == "cpu", dataloader_pin_memory=False,
+        output_dir=output_dir,
+        bf16=args.device == "cuda",
+        gradient_checkpointing=args.gradient_checkpointing,
+        report_to="none",
+        per_device_train_batch_size=args.batch,
+        max_length=1024,
+        learning_rate=1e-6,
+        save_strategy="no",
+        use_cpu=args.device == "cpu",
+        dataloader_pin_memory=False,
     )
 
 
@@ -163,8 +180,12 @@ def main():
     parser.add_argument("--response_words", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--gradient_checkpointing", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
-                        help="TRL's default is on; off keeps every activation alive until the backward pass.")
+    parser.add_argument(
+        "--gradient_checkpointing",
+        type=lambda v: v.lower() in ("1", "true", "yes"),
+        default=True,
+        help="TRL's default is on; off keeps every activation alive until the backward pass.",
+    )
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path())
@@ -174,8 +195,12 @@ def main():
     build_model(args, tokenizer, model_path)
 
     def dpo_stepper(name, data):
-        trainer = DPOTrainer(model_path, args=DPOConfig(**common_args(f"{work}/{name}", args)), train_dataset=data,
-                             processing_class=tokenizer)
+        trainer = DPOTrainer(
+            model_path,
+            args=DPOConfig(**common_args(f"{work}/{name}", args)),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
         return Stepper(trainer)
 
     dpo = dpo_stepper("dpo", dataset)
@@ -190,8 +215,14 @@ def main():
         "generator, one backward pass": {"sso_objective": "generator", "sso_backward_per_pair": False},
     }
     ssos = {
-        name: Stepper(SSOTrainer(model_path, args=SSOConfig(**common_args(f"{work}/{i}", args), **overrides),
-                                 train_dataset=dataset, processing_class=tokenizer))
+        name: Stepper(
+            SSOTrainer(
+                model_path,
+                args=SSOConfig(**common_args(f"{work}/{i}", args), **overrides),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+            )
+        )
         for i, (name, overrides) in enumerate(variants.items())
     }
 
@@ -205,31 +236,44 @@ def main():
     dpo_time, pos_time, neg_time = (min(times[id(s)]) for s in (dpo, dpo_pos, dpo_neg))
 
     n_params = sum(p.numel() for p in dpo.trainer.model.parameters()) / 1e6
-    print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {n_params:.1f}M parameters; "
-          f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; gradient checkpointing "
-          f"{'on' if args.gradient_checkpointing else 'off'}; {allocator()}; fastest of {args.repeats}")
-    print(f"DPOTrainer: {dpo_time * 1000:.0f} ms/step, {dpo.padded_tokens} padded / {dpo.real_tokens} real tokens, "
-          f"{dpo.faults_of_fastest()} page faults")
-    header = (f"{'SSOTrainer variant':30} {'ms/step':>8} {'time x':>7} {'tokens x (padded/real)':>23} "
-              f"{'time/token x':>13} {'page faults':>12}")
+    print(
+        f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {n_params:.1f}M parameters; "
+        f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'}; {allocator()}; fastest of {args.repeats}"
+    )
+    print(
+        f"DPOTrainer: {dpo_time * 1000:.0f} ms/step, {dpo.padded_tokens} padded / {dpo.real_tokens} real tokens, "
+        f"{dpo.faults_of_fastest()} page faults"
+    )
+    header = (
+        f"{'SSOTrainer variant':30} {'ms/step':>8} {'time x':>7} {'tokens x (padded/real)':>23} "
+        f"{'time/token x':>13} {'page faults':>12}"
+    )
     print(header)
     print("-" * len(header))
     for name, stepper in ssos.items():
         t = min(times[id(stepper)])
         token_ratio = stepper.padded_tokens / dpo.padded_tokens
         real_ratio = stepper.real_tokens / dpo.real_tokens
-        print(f"{name:30} {t * 1000:8.0f} {t / dpo_time:7.2f} {token_ratio:11.2f} / {real_ratio:<9.2f} "
-              f"{(t / dpo_time) / token_ratio:13.3f} {stepper.faults_of_fastest():12d}")
+        print(
+            f"{name:30} {t * 1000:8.0f} {t / dpo_time:7.2f} {token_ratio:11.2f} / {real_ratio:<9.2f} "
+            f"{(t / dpo_time) / token_ratio:13.3f} {stepper.faults_of_fastest():12d}"
+        )
 
     print()
     per_token = dpo_time / dpo.padded_tokens
     for label, stepper, t in (("x+", dpo_pos, pos_time), ("x-", dpo_neg, neg_time)):
-        print(f"DPOTrainer on the {label} pairs: {t * 1000:.0f} ms/step, {stepper.padded_tokens} padded tokens, "
-              f"{(t / stepper.padded_tokens) / per_token:.3f}x the per-token time of DPO on the plain pairs, "
-              f"{stepper.faults_of_fastest()} page faults")
-    for name, pairs_time in (("policy, steering on, W on", dpo_time + pos_time + neg_time),
-                             ("policy, one backward pass", dpo_time + pos_time + neg_time),
-                             ("generator", pos_time + neg_time), ("generator, one backward pass", pos_time + neg_time)):
+        print(
+            f"DPOTrainer on the {label} pairs: {t * 1000:.0f} ms/step, {stepper.padded_tokens} padded tokens, "
+            f"{(t / stepper.padded_tokens) / per_token:.3f}x the per-token time of DPO on the plain pairs, "
+            f"{stepper.faults_of_fastest()} page faults"
+        )
+    for name, pairs_time in (
+        ("policy, steering on, W on", dpo_time + pos_time + neg_time),
+        ("policy, one backward pass", dpo_time + pos_time + neg_time),
+        ("generator", pos_time + neg_time),
+        ("generator, one backward pass", pos_time + neg_time),
+    ):
         print(f"SSO {name} / DPO on its pairs: {min(times[id(ssos[name])]) / pairs_time:.3f}")
 
 

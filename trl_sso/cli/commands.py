@@ -52,8 +52,9 @@ def parser(command: str):
         from ..generation.arguments import GenerateArguments
         from ..scripts.generate import PublishArguments
 
-        return DataclassParser((GenerateArguments, PublishArguments), renamed=GENERATE_RENAMED, prog=prog,
-                               description=description)
+        return DataclassParser(
+            (GenerateArguments, PublishArguments), renamed=GENERATE_RENAMED, prog=prog, description=description
+        )
     if command == "push":
         return DataclassParser((PushArguments,), prog=prog, description=description)
 
@@ -128,8 +129,14 @@ def push(argv: list[str]) -> int:
     from ..hub import push as publish
 
     (args,) = parser("push").parse_args_and_config(argv)
-    url = publish(args.path, args.repo_id, config_name=args.config_name, private=args.private,
-                  revision=args.revision, commit_message=args.commit_message)
+    url = publish(
+        args.path,
+        args.repo_id,
+        config_name=args.config_name,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
     print(f"Published {args.path} to {url}")
     return 0
 

@@ -27,7 +27,8 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: the command name, and its own options passed on untouched."""
     parser = argparse.ArgumentParser(
-        prog="trl-sso", description="Self-Steering Optimization (SSO) for TRL.",
+        prog="trl-sso",
+        description="Self-Steering Optimization (SSO) for TRL.",
         epilog="Run `trl-sso COMMAND --help` for the options of a command.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

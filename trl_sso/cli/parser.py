@@ -9,8 +9,8 @@ reads them.
 - a bad value is one line on stderr naming the flag, and exit code 2.
 
 Commands whose dataclasses come from TRL and transformers (`SSOConfig`, `ModelConfig`, ...) parse with TRL's own
-`TrlParser` (`trl_parser`); the light commands (`generate`, `push`) parse with `DataclassParser`, which follows the same
-rules for fields of plain types without importing transformers, so that their `--help` answers at once.
+`TrlParser` (`trl_parser`); the light commands (`generate`, `push`) parse with `DataclassParser`, which follows the
+same rules for fields of plain types without importing transformers, so that their `--help` answers at once.
 """
 
 import argparse
@@ -23,6 +23,7 @@ import warnings
 
 
 CONFIG_HELP = "Every option can also be set in a YAML file given with `--config FILE.yaml`; flags override the file."
+
 
 def string_to_bool(value) -> bool:
     if isinstance(value, bool):
@@ -130,8 +131,13 @@ class DataclassParser(_Conventions, argparse.ArgumentParser):
             options["type"] = kind
         self.add_argument(*names, **options)
         if kind is bool and f.default is True:
-            self.add_argument(f"--no_{f.name}", f"--no-{f.name.replace('_', '-')}", action="store_false",
-                              dest=f.name, help=f"Turn `--{f.name}` off.")
+            self.add_argument(
+                f"--no_{f.name}",
+                f"--no-{f.name.replace('_', '-')}",
+                action="store_false",
+                dest=f.name,
+                help=f"Turn `--{f.name}` off.",
+            )
 
     def parse_args_and_config(self, args=None) -> tuple:
         argv, config = self.read_config(self.rename_deprecated(list(sys.argv[1:] if args is None else args)))
@@ -150,7 +156,6 @@ class DataclassParser(_Conventions, argparse.ArgumentParser):
             cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.init})
             for cls in self.dataclass_types
         )
-
 
     def _is_required_positional(self, name: str) -> bool:
         return any(

@@ -23,13 +23,17 @@ class GenerationOptions:
 
     prompts: str | None = field(
         default=None,
-        metadata={"help": "Prompt file (json/jsonl/csv/parquet), saved dataset folder or dataset name. Default: the "
-                  "packaged 200 prompts."},
+        metadata={
+            "help": "Prompt file (json/jsonl/csv/parquet), saved dataset folder or dataset name. Default: the "
+            "packaged 200 prompts."
+        },
     )
     prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompt set that holds the prompts."})
     prompt_split: str = field(default="train", metadata={"help": "Split of a dataset prompt set."})
     num_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Maximum new tokens per response (the paper uses 2048)."})
+    max_new_tokens: int = field(
+        default=256, metadata={"help": "Maximum new tokens per response (the paper uses 2048)."}
+    )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of y+ and y-."})
     top_p: float = field(default=0.8, metadata={"help": "Nucleus sampling threshold."})
     original_temperature: float | None = field(
@@ -40,13 +44,17 @@ class GenerationOptions:
     )
     backend: str = field(
         default="transformers",
-        metadata={"help": "Sampling backend: 'transformers' or 'vllm' (GPU, needs vllm).",
-                  "choices": ["transformers", "vllm"]},
+        metadata={
+            "help": "Sampling backend: 'transformers' or 'vllm' (GPU, needs vllm).",
+            "choices": ["transformers", "vllm"],
+        },
     )
     principle_source: str = field(
         default="library",
-        metadata={"help": "Where principles come from: 'library', 'policy' or 'model'.",
-                  "choices": ["library", "policy", "model"]},
+        metadata={
+            "help": "Where principles come from: 'library', 'policy' or 'model'.",
+            "choices": ["library", "policy", "model"],
+        },
     )
     principle_model: str | None = field(
         default=None, metadata={"help": "Model that writes the guideline pair per query (principle_source 'model')."}
@@ -122,8 +130,10 @@ class GenerateArguments(GenerationOptions):
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Model dtype ('auto' loads the checkpoint's, except float32 on a CPU).",
-                  "choices": list(DTYPES)},
+        metadata={
+            "help": "Model dtype ('auto' loads the checkpoint's, except float32 on a CPU).",
+            "choices": list(DTYPES),
+        },
     )
     model_name: str | None = field(
         default=None,
@@ -133,9 +143,7 @@ class GenerateArguments(GenerationOptions):
         default="sso-data", metadata={"help": "Output folder (dataset, summary.json, per-batch results)."}
     )
     seed: int = field(default=42, metadata={"help": "Seed of principle selection and sampling."})
-    iteration: int = field(
-        default=1, metadata={"help": "Online round this data belongs to (recorded as provenance)."}
-    )
+    iteration: int = field(default=1, metadata={"help": "Online round this data belongs to (recorded as provenance)."})
 
     def __post_init__(self):
         super().__post_init__()

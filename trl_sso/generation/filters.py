@@ -11,7 +11,9 @@ from .samplers import Completion
 
 
 # Leading labels a model may put before its answer ("Helpful Response:", "**Answer:**", "Good answer -")
-_LABEL = re.compile(r"^\s*[*_#>\s]*(?:[\w'-]+\s+){0,3}(?:response|answer|reply)\s*[*_]*\s*[:\-–]\s*[*_]*\s*", re.IGNORECASE)
+_LABEL = re.compile(
+    r"^\s*[*_#>\s]*(?:[\w'-]+\s+){0,3}(?:response|answer|reply)\s*[*_]*\s*[:\-–]\s*[*_]*\s*", re.IGNORECASE
+)
 _REVEAL = re.compile(r"\b(guidelines?|principles?|system prompt|i was (?:told|instructed))\b", re.IGNORECASE)
 
 REASONS = (

@@ -87,7 +87,10 @@ class SSOGenerator:
                 )
                 require_chat_template(tokenizer, model_name)
                 sampler = VLLMSampler.from_pretrained(
-                    model_name, tokenizer, seed=args.seed, revision=args.model_revision,
+                    model_name,
+                    tokenizer,
+                    seed=args.seed,
+                    revision=args.model_revision,
                     trust_remote_code=args.trust_remote_code,
                 )
             else:
@@ -100,9 +103,15 @@ class SSOGenerator:
             principle_model, principle_tokenizer = _load_model(args.principle_model, args.dtype, self.state.device)
             principle_sampler = TransformersSampler(principle_model, principle_tokenizer, args.batch_size)
         self.source = PrincipleSource(
-            args.principle_source, self.features, seed=args.seed, num_features=args.num_features,
-            concision_prob=args.concision_prob, candidates=args.features, policy_sampler=sampler,
-            policy_writes_principles=args.policy_writes_principles, principle_sampler=principle_sampler,
+            args.principle_source,
+            self.features,
+            seed=args.seed,
+            num_features=args.num_features,
+            concision_prob=args.concision_prob,
+            candidates=args.features,
+            policy_sampler=sampler,
+            policy_writes_principles=args.policy_writes_principles,
+            principle_sampler=principle_sampler,
         )
         self.output_dir = Path(args.output_dir)
         self.batches = self._plan_batches()
@@ -115,7 +124,7 @@ class SSOGenerator:
         size = self.args.batch_size
         return [order[start : start + size] for start in range(0, len(order), size)]
 
-    # ------------------------------------------------------------------------------------------------------------------
+    # -----------------------------------------------------------------------------------------------------------------
 
     def _batch_path(self, batch_index: int) -> Path:
         return self.output_dir / BATCH_DIR / f"batch-{batch_index:06d}.json"
@@ -134,15 +143,25 @@ class SSOGenerator:
         originals = self.sampler.sample(prompts, original_temperature, args.top_p, args.max_new_tokens, batch_seed + 1)
 
         reasons = [
-            drop_reason(c, r, o, min_chars=args.min_response_chars, drop_truncated=args.drop_truncated,
-                        drop_revealing=args.drop_revealing)
+            drop_reason(
+                c,
+                r,
+                o,
+                min_chars=args.min_response_chars,
+                drop_truncated=args.drop_truncated,
+                drop_revealing=args.drop_revealing,
+            )
             for c, r, o in zip(chosen, rejected, originals)
         ]
         if args.logprob_filter:
             alive = [i for i, reason in enumerate(reasons) if reason is None]
-            scores = self._logprob_scores([prompts[i] for i in alive], [x_pos[i] for i in alive],
-                                          [x_neg[i] for i in alive], [chosen[i] for i in alive],
-                                          [rejected[i] for i in alive])
+            scores = self._logprob_scores(
+                [prompts[i] for i in alive],
+                [x_pos[i] for i in alive],
+                [x_neg[i] for i in alive],
+                [chosen[i] for i in alive],
+                [rejected[i] for i in alive],
+            )
             for i, keep in zip(alive, logprob_keep(scores)):
                 reasons[i] = None if keep else "logprob"
 
@@ -153,7 +172,11 @@ class SSOGenerator:
             pr = principles[k]
             records.append(
                 make_record(
-                    prompts[k], chosen[k].text, rejected[k].text, originals[k].text, pr.positive_system,
+                    prompts[k],
+                    chosen[k].text,
+                    rejected[k].text,
+                    originals[k].text,
+                    pr.positive_system,
                     pr.negative_system,
                     features=pr.features,
                     principle_source=pr.source,
@@ -188,7 +211,7 @@ class SSOGenerator:
         keys = ("p_chosen", "o_chosen", "n_chosen", "p_rejected", "o_rejected", "n_rejected")
         return [{key: values[j * n + i] for j, key in enumerate(keys)} for i in range(n)]
 
-    # ------------------------------------------------------------------------------------------------------------------
+    # -----------------------------------------------------------------------------------------------------------------
 
     def run(self):
         """Generate every missing batch of this process, then (main process) merge them into the dataset."""
@@ -202,8 +225,12 @@ class SSOGenerator:
         if len(todo) < len(mine) and self.state.is_main_process:
             logger.warning(f"Resuming: {len(mine) - len(todo)} of {len(mine)} batches are already in {batch_dir}.")
         start, prompts_done, tokens = time.perf_counter(), 0, 0
-        bar = tqdm(total=sum(len(self.batches[b]) for b in todo), unit="prompt", desc="Generating SSO triples",
-                   disable=not self.state.is_local_main_process)
+        bar = tqdm(
+            total=sum(len(self.batches[b]) for b in todo),
+            unit="prompt",
+            desc="Generating SSO triples",
+            disable=not self.state.is_local_main_process,
+        )
         for b in todo:
             result = self._generate_batch(b, self.batches[b])
             write_json_atomic(self._batch_path(b), result)
@@ -254,8 +281,8 @@ class SSOGenerator:
             features.update(result["features"])
         if not records:
             raise NoRecordsError(
-                f"Every generated triple was filtered out ({dict(dropped)}). Raise `max_new_tokens`, relax the filters "
-                "or use a stronger model."
+                f"Every generated triple was filtered out ({dict(dropped)}). Raise `max_new_tokens`, relax the "
+                "filters or use a stronger model."
             )
         dataset = datasets.Dataset.from_list(records)
         save_folder_atomic(self.output_dir / DATASET_DIR, lambda folder: dataset.save_to_disk(str(folder)))

@@ -24,8 +24,9 @@ def _as_messages(value, index: int, column: str) -> list[dict] | None:
     )
 
 
-def load_prompts(source: str | None = None, column: str = "prompt", split: str = "train",
-                 num_prompts: int | None = None) -> list[list[dict]]:
+def load_prompts(
+    source: str | None = None, column: str = "prompt", split: str = "train", num_prompts: int | None = None
+) -> list[list[dict]]:
     """Load and normalise a prompt set (see the module docstring); blank prompts are skipped."""
     if source is None:
         values = [record["prompt"] for record in default_prompts()]
@@ -45,7 +46,7 @@ def load_prompts(source: str | None = None, column: str = "prompt", split: str =
         prompts = prompts[:num_prompts]
     if not prompts:
         raise ValueError(
-            f"The prompt set {source or 'default'!r} (column {column!r}) holds no non-empty prompt. Check the file and "
-            "`--prompt_column`, or raise `--num_prompts`."
+            f"The prompt set {source or 'default'!r} (column {column!r}) holds no non-empty prompt. Check the file "
+            "and `--prompt_column`, or raise `--num_prompts`."
         )
     return prompts

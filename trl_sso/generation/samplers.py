@@ -85,8 +85,13 @@ class TransformersSampler:
         values = []
         for start in range(0, len(prompts), self.batch_size):
             pairs = list(zip(prompts[start : start + self.batch_size], responses[start : start + self.batch_size]))
-            prompt_ids = [self.tokenizer(render(self.tokenizer, p), add_special_tokens=False)["input_ids"] for p, _ in pairs]
-            response_ids = [self.tokenizer(r, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id] for _, r in pairs]
+            prompt_ids = [
+                self.tokenizer(render(self.tokenizer, p), add_special_tokens=False)["input_ids"] for p, _ in pairs
+            ]
+            response_ids = [
+                self.tokenizer(r, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
+                for _, r in pairs
+            ]
             rows = [p + r for p, r in zip(prompt_ids, response_ids)]
             width = max(len(r) for r in rows)
             pad = self.tokenizer.pad_token_id

@@ -47,7 +47,7 @@ def library_principles(features, rng: random.Random, num_features: int, concisio
     return Principles([f.name for f in chosen], positive, negative, "library")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Lenient parsing of model answers
 
 
@@ -86,7 +86,7 @@ def parse_principle_json(text: str) -> tuple[str, str] | None:
     return None
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Prompts to the models (our own wording)
 
 FEATURE_CHOICE_EXAMPLES = (
@@ -131,9 +131,9 @@ def guideline_prompt(query: str) -> list[dict]:
         {
             "role": "user",
             "content": (
-                "Read the question below. Write one guideline that would lead an assistant to a clearly good answer and "
-                "one that would lead it to a plausible but clearly worse answer (less accurate, less helpful or less "
-                'careful). Reply with JSON only: {"good": "...", "bad": "..."}.\n\n'
+                "Read the question below. Write one guideline that would lead an assistant to a clearly good answer "
+                "and one that would lead it to a plausible but clearly worse answer (less accurate, less helpful or "
+                'less careful). Reply with JSON only: {"good": "...", "bad": "..."}.\n\n'
                 f"Question: {query}"
             ),
         }
@@ -143,14 +143,28 @@ def guideline_prompt(query: str) -> list[dict]:
 class PrincipleSource:
     """Assigns a `Principles` to every query of a batch (see the module docstring for the three sources)."""
 
-    def __init__(self, kind, features, *, seed, num_features=2, concision_prob=0.2, candidates=None,
-                 policy_sampler=None, policy_writes_principles=False, principle_sampler=None, max_new_tokens=96):
+    def __init__(
+        self,
+        kind,
+        features,
+        *,
+        seed,
+        num_features=2,
+        concision_prob=0.2,
+        candidates=None,
+        policy_sampler=None,
+        policy_writes_principles=False,
+        principle_sampler=None,
+        max_new_tokens=96,
+    ):
         if kind not in ("library", "policy", "model"):
             raise ValueError(f"Unknown principle source {kind!r}: use 'library', 'policy' or 'model'.")
         if kind == "policy" and policy_sampler is None:
             raise ValueError("The 'policy' principle source needs the policy's sampler.")
         if kind == "model" and principle_sampler is None:
-            raise ValueError("The 'model' principle source needs `principle_model` (the model that writes guidelines).")
+            raise ValueError(
+                "The 'model' principle source needs `principle_model` (the model that writes guidelines)."
+            )
         self.kind, self.features, self.seed = kind, features, seed
         self.num_features, self.concision_prob = num_features, concision_prob
         self.candidates = list(candidates) if candidates else [n for n in features if n != LENGTH_FEATURE]
@@ -159,7 +173,9 @@ class PrincipleSource:
 
     def _library(self, index, candidates=None):
         rng = query_rng(self.seed, index, "features")
-        return library_principles(self.features, rng, self.num_features, self.concision_prob, candidates or self.candidates)
+        return library_principles(
+            self.features, rng, self.num_features, self.concision_prob, candidates or self.candidates
+        )
 
     def assign(self, indices: list[int], queries: list[str], batch_seed: int) -> list[Principles]:
         if self.kind == "library":
@@ -170,8 +186,11 @@ class PrincipleSource:
 
     def _from_principle_model(self, indices, queries, batch_seed):
         answers = self.principle_sampler.sample(
-            [guideline_prompt(q) for q in queries], temperature=0.0, top_p=1.0,
-            max_new_tokens=self.max_new_tokens, seed=batch_seed,
+            [guideline_prompt(q) for q in queries],
+            temperature=0.0,
+            top_p=1.0,
+            max_new_tokens=self.max_new_tokens,
+            seed=batch_seed,
         )
         out = []
         for index, answer in zip(indices, answers):
@@ -188,8 +207,11 @@ class PrincipleSource:
     def _from_policy(self, indices, queries, batch_seed):
         candidates = [self.features[n] for n in self.candidates]
         answers = self.policy_sampler.sample(
-            [feature_choice_prompt(q, candidates) for q in queries], temperature=0.0, top_p=1.0,
-            max_new_tokens=32, seed=batch_seed,
+            [feature_choice_prompt(q, candidates) for q in queries],
+            temperature=0.0,
+            top_p=1.0,
+            max_new_tokens=32,
+            seed=batch_seed,
         )
         chosen = []
         for index, answer in zip(indices, answers):
@@ -203,7 +225,10 @@ class PrincipleSource:
             requests = [(i, name) for i, (names, _) in enumerate(chosen) for name in names]
             replies = self.policy_sampler.sample(
                 [principle_writing_prompt(queries[i], self.features[name]) for i, name in requests],
-                temperature=0.0, top_p=1.0, max_new_tokens=self.max_new_tokens, seed=batch_seed + 1,
+                temperature=0.0,
+                top_p=1.0,
+                max_new_tokens=self.max_new_tokens,
+                seed=batch_seed + 1,
             )
             written = {request: parse_principle_json(reply.text) for request, reply in zip(requests, replies)}
         out = []
@@ -213,7 +238,9 @@ class PrincipleSource:
                 feature = self.features[name]
                 texts = written.get((i, name))
                 if texts is not None:
-                    feature = Feature(feature.name, feature.good_adjective, feature.bad_adjective, feature.meaning, *texts)
+                    feature = Feature(
+                        feature.name, feature.good_adjective, feature.bad_adjective, feature.meaning, *texts
+                    )
                 features.append(feature)
             failed_writing = self.policy_writes_principles and any(written.get((i, n)) is None for n in names)
             positive, negative = contrastive_system_prompts(features)

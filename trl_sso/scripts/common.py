@@ -7,8 +7,12 @@ import os
 
 def model_init_kwargs(model_args, training_args) -> dict:
     """The `from_pretrained` options of TRL's `ModelConfig` and `--trust_remote_code`, plus any `model_init_kwargs`."""
-    kwargs = dict(revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
-                  attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
+    kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
     kwargs.update(getattr(training_args, "model_init_kwargs", None) or {})
     return kwargs
 
@@ -46,8 +50,9 @@ def build_trainer(trainer_class, model_name: str, model_args, training_args, **k
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     peft_config, quantization_config = peft_and_quantization(model_args)
     try:
-        return trainer_class(model_name, args=training_args, peft_config=peft_config,
-                             quantization_config=quantization_config, **kwargs)
+        return trainer_class(
+            model_name, args=training_args, peft_config=peft_config, quantization_config=quantization_config, **kwargs
+        )
     except ValueError as error:
         if "not found in the base model" in str(error) or "Target modules" in str(error):
             raise ValueError(

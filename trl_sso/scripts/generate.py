@@ -37,7 +37,11 @@ def generate_dataset(gen_args, publish_args: PublishArguments | None = None):
     dataset, summary = generate(gen_args)
     state, url = process_state(), None
     if publish_args is not None and publish_args.push_to_hub and state.is_main_process:
-        url = push_dataset(gen_args.output_dir, publish_args.hub_dataset_id, private=publish_args.hub_private_repo,
-                           config_name=f"iteration_{gen_args.iteration}")
+        url = push_dataset(
+            gen_args.output_dir,
+            publish_args.hub_dataset_id,
+            private=publish_args.hub_private_repo,
+            config_name=f"iteration_{gen_args.iteration}",
+        )
     state.wait_for_everyone()
     return dataset, summary, url

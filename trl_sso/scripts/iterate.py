@@ -35,9 +35,16 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
             policy = str(round_dir / "policy")
             continue
         name = start_name + (f" (SSO round {t - 1} policy)" if t > 1 else "")
-        dataset, summary = generate_stage(gen_options, model_args, training_args, model=policy, model_name=name,
-                                          output_dir=str(round_dir / "data"), iteration=t,
-                                          seed=training_args.seed + t - 1)
+        dataset, summary = generate_stage(
+            gen_options,
+            model_args,
+            training_args,
+            model=policy,
+            model_name=name,
+            output_dir=str(round_dir / "data"),
+            iteration=t,
+            seed=training_args.seed + t - 1,
+        )
         metrics = train_stage(policy, dataset, training_args, model_args, round_dir / "train", callbacks)
         if state.is_main_process:
             if not (round_dir / "policy").exists():
@@ -45,8 +52,13 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
             if pipe_args.hub_dataset_id:
                 push_dataset(round_dir / "data", pipe_args.hub_dataset_id, config_name=f"iteration_{t}")
             if training_args.push_to_hub and training_args.hub_model_id:
-                push_folder(round_dir / "train", training_args.hub_model_id, revision=f"iteration_{t}",
-                            private=bool(training_args.hub_private_repo), commit_message=f"SSO round {t}")
+                push_folder(
+                    round_dir / "train",
+                    training_args.hub_model_id,
+                    revision=f"iteration_{t}",
+                    private=bool(training_args.hub_private_repo),
+                    commit_message=f"SSO round {t}",
+                )
             report = {
                 "round": t,
                 "policy": policy,

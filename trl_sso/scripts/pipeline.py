@@ -27,29 +27,64 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
     policy, name = starting_policy(model_args)
 
     # 1. SSO data sampled from the policy, to train the generator on
-    seed_data, seed_summary = generate_stage(gen_options, model_args, training_args, model=policy, model_name=name,
-                                             output_dir=str(root / "generator_data"), iteration=1,
-                                             seed=training_args.seed)
+    seed_data, seed_summary = generate_stage(
+        gen_options,
+        model_args,
+        training_args,
+        model=policy,
+        model_name=name,
+        output_dir=str(root / "generator_data"),
+        iteration=1,
+        seed=training_args.seed,
+    )
     # 2. the generator: the policy trained with the generator objective
     sft_coef = training_args.sso_sft_coef if training_args.sso_objective == "generator" else 0.1
-    generator_metrics = train_stage(policy, seed_data, training_args, model_args, root / "generator_train", callbacks,
-                                    sso_objective="generator", sso_sft_coef=sft_coef)
+    generator_metrics = train_stage(
+        policy,
+        seed_data,
+        training_args,
+        model_args,
+        root / "generator_train",
+        callbacks,
+        sso_objective="generator",
+        sso_sft_coef=sft_coef,
+    )
     if state.is_main_process and not (root / "generator").exists():
         save_next_policy(policy, root / "generator_train", root / "generator")
     state.wait_for_everyone()
     # 3. pairs written by the generator for all queries
     num_prompts = pipe_args.policy_num_prompts or gen_options.num_prompts
-    pairs, pair_summary = generate_stage(dataclasses.replace(gen_options, num_prompts=num_prompts), model_args,
-                                         training_args, model=str(root / "generator"),
-                                         model_name=f"{name} (SSO generator)", output_dir=str(root / "policy_data"),
-                                         iteration=2, seed=training_args.seed + 1)
+    pairs, pair_summary = generate_stage(
+        dataclasses.replace(gen_options, num_prompts=num_prompts),
+        model_args,
+        training_args,
+        model=str(root / "generator"),
+        model_name=f"{name} (SSO generator)",
+        output_dir=str(root / "policy_data"),
+        iteration=2,
+        seed=training_args.seed + 1,
+    )
     # 4. the original policy trained with plain DPO on (x; y+ > y-)
-    policy_metrics = train_stage(policy, pairs.select_columns(list(MAIN_PAIR_COLUMNS)), training_args, model_args,
-                                 root / "policy_train", callbacks, sso_objective="policy", sso_steer_coef=0.0,
-                                 sso_use_weight=False, sso_sft_coef=0.0)
-    report = {"generator_data": seed_summary["num_records"], "policy_data": pair_summary["num_records"],
-              "dropped": pair_summary["dropped"], "mean_tokens": pair_summary["mean_tokens"],
-              "generator_train": generator_metrics, "policy_train": policy_metrics}
+    policy_metrics = train_stage(
+        policy,
+        pairs.select_columns(list(MAIN_PAIR_COLUMNS)),
+        training_args,
+        model_args,
+        root / "policy_train",
+        callbacks,
+        sso_objective="policy",
+        sso_steer_coef=0.0,
+        sso_use_weight=False,
+        sso_sft_coef=0.0,
+    )
+    report = {
+        "generator_data": seed_summary["num_records"],
+        "policy_data": pair_summary["num_records"],
+        "dropped": pair_summary["dropped"],
+        "mean_tokens": pair_summary["mean_tokens"],
+        "generator_train": generator_metrics,
+        "policy_train": policy_metrics,
+    }
     if state.is_main_process:
         if pipe_args.hub_dataset_id:
             push_dataset(root / "generator_data", pipe_args.hub_dataset_id, config_name="generator_training")

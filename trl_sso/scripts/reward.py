@@ -27,8 +27,9 @@ class RewardScriptArguments:
 
     use_steering_pairs: bool = field(
         default=False,
-        metadata={"help": "Also train on the steering pairs (x+; y+ > y-) and (x-; y_o > y+), principles in the "
-                  "prompt."},
+        metadata={
+            "help": "Also train on the steering pairs (x+; y+ > y-) and (x-; y_o > y+), principles in the prompt."
+        },
     )
     eval_dataset: str | None = field(
         default=None, metadata={"help": "A separate preference dataset to evaluate on (path or Hub id)."}
@@ -46,15 +47,18 @@ def reward_pairs(dataset, use_steering_pairs: bool, processing_class=None):
 
     if not use_steering_pairs:
         return dataset.select_columns(list(MAIN_PAIR_COLUMNS))
-    return Dataset.from_list([
-        dict(zip(MAIN_PAIR_COLUMNS, texts, strict=True))
-        for record in dataset
-        for texts in pair_texts(record, PAIRS, processing_class).values()
-    ])
+    return Dataset.from_list(
+        [
+            dict(zip(MAIN_PAIR_COLUMNS, texts, strict=True))
+            for record in dataset
+            for texts in pair_texts(record, PAIRS, processing_class).values()
+        ]
+    )
 
 
 def train_reward(script_args, reward_args: RewardScriptArguments, training_args, model_args):
-    """Train, evaluate (pairwise accuracy), save and optionally publish a reward model; returns `(trainer, metrics)`."""
+    """Train, evaluate (pairwise accuracy), save and optionally publish a reward model. Returns `(trainer,
+    metrics)`."""
     from transformers import AutoTokenizer
     from trl import RewardTrainer
 
@@ -64,12 +68,15 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
     from .common import train_and_save
 
     if not script_args.dataset_name:
-        raise ValueError("`--dataset_name` is required: a `trl-sso generate` folder, a dataset file or a Hub dataset id.")
+        raise ValueError(
+            "`--dataset_name` is required: a `trl-sso generate` folder, a dataset file or a Hub dataset id."
+        )
     if model_args.use_peft and model_args.lora_task_type == "CAUSAL_LM":
         model_args.lora_task_type = "SEQ_CLS"  # a reward model is a sequence classifier
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    dataset = load_sso_dataset(script_args.dataset_name, script_args.dataset_config,
-                               split=script_args.dataset_train_split)
+    dataset = load_sso_dataset(
+        script_args.dataset_name, script_args.dataset_config, split=script_args.dataset_train_split
+    )
     check_columns(dataset.column_names, required_columns(steer_coef=0.1 if reward_args.use_steering_pairs else 0.0))
     pairs = reward_pairs(dataset, reward_args.use_steering_pairs, tokenizer)
     if reward_args.eval_dataset:
@@ -80,17 +87,26 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
         split = pairs.train_test_split(test_size=reward_args.eval_split_ratio, seed=training_args.seed)
         train, evaluation = split["train"], split["test"]
     push, training_args.push_to_hub = training_args.push_to_hub, False  # published once, with the reward card
-    trainer, _ = train_and_save(RewardTrainer, model_args.model_name_or_path, model_args, training_args,
-                                train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer)
+    trainer, _ = train_and_save(
+        RewardTrainer,
+        model_args.model_name_or_path,
+        model_args,
+        training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+    )
     metrics = trainer.evaluate()
     metrics["eval_samples"] = len(evaluation)
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if trainer.accelerator.is_main_process:
         output_dir = Path(training_args.output_dir)
-        provenance = {"base_model": hub_id(model_args.model_name_or_path),
-                      "dataset_name": hub_id(script_args.dataset_name),
-                      "use_steering_pairs": reward_args.use_steering_pairs}
+        provenance = {
+            "base_model": hub_id(model_args.model_name_or_path),
+            "dataset_name": hub_id(script_args.dataset_name),
+            "use_steering_pairs": reward_args.use_steering_pairs,
+        }
         (output_dir / "sso_reward.json").write_text(json.dumps(provenance))
         repo_id = training_args.hub_model_id or output_dir.name
         reward_model_card(output_dir, repo_id).save(str(output_dir / "README.md"))

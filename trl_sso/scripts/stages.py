@@ -17,8 +17,10 @@ class PipelineArguments:
     rounds: int = dataclasses.field(default=3, metadata={"help": "Online rounds of `iterate` (the paper runs 3)."})
     policy_num_prompts: int | None = dataclasses.field(
         default=None,
-        metadata={"help": "`pipeline`: queries the trained generator writes pairs for (default: as many as it was "
-                  "trained on)."},
+        metadata={
+            "help": "`pipeline`: queries the trained generator writes pairs for (default: as many as it was "
+            "trained on)."
+        },
     )
     hub_dataset_id: str | None = dataclasses.field(
         default=None, metadata={"help": "Publish each round's dataset to this repo, as config iteration_<t>."}
@@ -45,9 +47,14 @@ def generate_stage(options: GenerationOptions, model_args, training_args, *, mod
     from ..generation import generate
 
     revision = model_args.model_revision if model == model_args.model_name_or_path else "main"
-    args = GenerateArguments(**dataclasses.asdict(options), model_name_or_path=model, model_revision=revision,
-                             trust_remote_code=training_args.trust_remote_code, dtype=model_args.dtype or "auto",
-                             **settings)
+    args = GenerateArguments(
+        **dataclasses.asdict(options),
+        model_name_or_path=model,
+        model_revision=revision,
+        trust_remote_code=training_args.trust_remote_code,
+        dtype=model_args.dtype or "auto",
+        **settings,
+    )
     dataset, summary = generate(args)
     gc.collect()
     return dataset, summary
@@ -61,7 +68,12 @@ def train_stage(model_path, dataset, training_args, model_args, output_dir, call
     from .common import train_and_save
 
     args = copy.deepcopy(training_args)
-    args.output_dir, args.push_to_hub, args.hub_model_id, args.resume_from_checkpoint = str(output_dir), False, None, None
+    args.output_dir, args.push_to_hub, args.hub_model_id, args.resume_from_checkpoint = (
+        str(output_dir),
+        False,
+        None,
+        None,
+    )
     for name, value in overrides.items():
         setattr(args, name, value)
     trainer, _ = train_and_save(SSOTrainer, model_path, model_args, args, train_dataset=dataset, callbacks=callbacks)

@@ -12,14 +12,22 @@ def train_sso(script_args, training_args, model_args):
     from .common import train_and_save
 
     if not script_args.dataset_name:
-        raise ValueError("`--dataset_name` is required: a `trl-sso generate` folder, a dataset file or a Hub dataset id.")
+        raise ValueError(
+            "`--dataset_name` is required: a `trl-sso generate` folder, a dataset file or a Hub dataset id."
+        )
     source = (script_args.dataset_name, script_args.dataset_config)
     train = load_sso_dataset(*source, split=script_args.dataset_train_split)
     evaluation = None
     if training_args.eval_strategy != "no":
         evaluation = load_sso_dataset(*source, split=script_args.dataset_test_split)
-    trainer, output = train_and_save(SSOTrainer, model_args.model_name_or_path, model_args, training_args,
-                                     train_dataset=train, eval_dataset=evaluation)
+    trainer, output = train_and_save(
+        SSOTrainer,
+        model_args.model_name_or_path,
+        model_args,
+        training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+    )
     trainer.log_metrics("train", output.metrics)
     trainer.save_metrics("train", output.metrics)
     trainer.save_state()
