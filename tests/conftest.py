@@ -5,6 +5,8 @@ Everything is built locally: no test touches the Hub.
 
 import importlib.util
 import os
+import socket
+import subprocess
 
 import pytest
 
@@ -136,3 +138,36 @@ def sso_args(tmp_path, **overrides):
     )
     kwargs.update(overrides)
     return SSOConfig(**kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(num_processes: int = 2) -> list[str]:
+    """`accelerate launch` of `num_processes` CPU processes (gloo) on a free local port, without a config file."""
+    return [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+
+
+def run_processes(command: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a (multi-process) command with one thread per process and no progress bars; fail with its stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

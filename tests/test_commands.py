@@ -4,31 +4,33 @@ two-process run."""
 
 import json
 import os
-import socket
-import subprocess
 
 import pytest
+from conftest import accelerate_launch, run_processes
 from test_hub import hub  # noqa: F401  (the local Hub fixture)
 
 from trl_sso.cli.main import main
 
 
-COMMON = [
-    "--per_device_train_batch_size",
-    "2",
-    "--gradient_checkpointing",
-    "false",
-    "--report_to",
-    "none",
-    "--logging_steps",
-    "1",
-    "--learning_rate",
-    "1e-3",
-    "--max_length",
-    "128",
-    "--dataloader_pin_memory",
-    "false",
-]
+COMMON = (
+    "--per_device_train_batch_size 2 --gradient_checkpointing false --report_to none --logging_steps 1 "
+    "--learning_rate 1e-3 --max_length 128 --dataloader_pin_memory false"
+).split()
+
+
+def argv(command, model, data, out, extra=""):
+    """`trl-sso COMMAND` on `model` and `data` into `out`, with the `extra` flags (one string) and the common ones."""
+    return [
+        command,
+        "--model_name_or_path",
+        model,
+        "--dataset_name",
+        data,
+        "--output_dir",
+        str(out),
+        *extra.split(),
+        *COMMON,
+    ]
 
 
 @pytest.fixture
@@ -49,18 +51,7 @@ def state(folder):
 
 def test_train_full_then_resume(tiny_model_dir, data_folder, tmp_path, capsys):
     out = str(tmp_path / "policy")
-    base = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        data_folder,
-        "--output_dir",
-        out,
-        "--save_steps",
-        "1",
-        *COMMON,
-    ]
+    base = argv("train", tiny_model_dir, data_folder, out, "--save_steps 1")
     assert main([*base, "--max_steps", "2"]) == 0
     assert state(out)["global_step"] == 2 and os.path.isdir(os.path.join(out, "checkpoint-2"))
     capsys.readouterr()
@@ -77,32 +68,8 @@ def test_train_full_then_resume(tiny_model_dir, data_folder, tmp_path, capsys):
 def test_train_qlora(tiny_model_dir, data_folder, tmp_path):
     pytest.importorskip("bitsandbytes")
     out = str(tmp_path / "qlora")
-    assert (
-        main(
-            [
-                "train",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--dataset_name",
-                data_folder,
-                "--output_dir",
-                out,
-                "--max_steps",
-                "2",
-                "--use_peft",
-                "--load_in_4bit",
-                "--lora_r",
-                "4",
-                "--lora_target_modules",
-                "q_proj",
-                "v_proj",
-                "--save_strategy",
-                "no",
-                *COMMON,
-            ]
-        )
-        == 0
-    )
+    extra = "--max_steps 2 --use_peft --load_in_4bit --lora_r 4 --lora_target_modules q_proj v_proj --save_strategy no"
+    assert main(argv("train", tiny_model_dir, data_folder, out, extra)) == 0
     card = open(os.path.join(out, "README.md")).read()
     assert os.path.exists(os.path.join(out, "adapter_config.json")) and "library_name: peft" in card
     assert "4-bit" in card and "load_in_4bit=True" in card
@@ -111,36 +78,15 @@ def test_train_qlora(tiny_model_dir, data_folder, tmp_path):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_reward_reports_accuracy(tiny_model_dir, data_folder, tmp_path, lora):
     out = str(tmp_path / "rm")
-    peft = ["--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"] if lora else []
-    assert (
-        main(
-            [
-                "reward",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--dataset_name",
-                data_folder,
-                "--output_dir",
-                out,
-                "--max_steps",
-                "2",
-                "--use_steering_pairs",
-                "--eval_split_ratio",
-                "0.25",
-                "--save_strategy",
-                "no",
-                "--per_device_eval_batch_size",
-                "2",
-                *peft,
-                *COMMON,
-            ]
-        )
-        == 0
+    extra = (
+        "--max_steps 2 --use_steering_pairs --eval_split_ratio 0.25 --save_strategy no --per_device_eval_batch_size 2"
     )
+    if lora:
+        extra += " --use_peft --lora_r 4 --lora_target_modules q_proj v_proj"
+    assert main(argv("reward", tiny_model_dir, data_folder, out, extra)) == 0
     results = json.loads(open(os.path.join(out, "eval_results.json")).read())
-    assert (
-        0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_samples"] == 6
-    )  # 24 pairs (8 x 3), a quarter held out
+    # 24 pairs (8 x 3), a quarter held out
+    assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_samples"] == 6
     card = open(os.path.join(out, "README.md")).read()
     assert "pipeline_tag: text-classification" in card and f"{results['eval_accuracy']:.4f}" in card
 
@@ -149,69 +95,17 @@ def test_train_and_reward_publish_to_the_hub(hub, tiny_model_dir, data_folder, t
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    assert (
-        main(
-            [
-                "train",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--dataset_name",
-                data_folder,
-                "--output_dir",
-                str(tmp_path / "p"),
-                "--max_steps",
-                "1",
-                "--save_strategy",
-                "no",
-                "--push_to_hub",
-                "--hub_model_id",
-                "tester/sso-policy",
-                *COMMON,
-            ]
-        )
-        == 0
-    )
+    publish = "--max_steps 1 --save_strategy no --push_to_hub --hub_model_id"
+    assert main(argv("train", tiny_model_dir, data_folder, tmp_path / "p", f"{publish} tester/sso-policy")) == 0
     AutoModelForCausalLM.from_pretrained("tester/sso-policy")
     assert "sso" in ModelCard.load("tester/sso-policy").data.tags
-    assert (
-        main(
-            [
-                "reward",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--dataset_name",
-                data_folder,
-                "--output_dir",
-                str(tmp_path / "r"),
-                "--max_steps",
-                "1",
-                "--save_strategy",
-                "no",
-                "--push_to_hub",
-                "--hub_model_id",
-                "tester/sso-rm",
-                *COMMON,
-            ]
-        )
-        == 0
-    )
+    assert main(argv("reward", tiny_model_dir, data_folder, tmp_path / "r", f"{publish} tester/sso-rm")) == 0
     AutoModelForSequenceClassification.from_pretrained("tester/sso-rm")
     assert ModelCard.load("tester/sso-rm").data.pipeline_tag == "text-classification"
 
 
 def test_impossible_combinations_are_clear_errors(tiny_model_dir, data_folder, tmp_path, capsys, monkeypatch):
-    base = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        data_folder,
-        "--output_dir",
-        str(tmp_path / "x"),
-        "--max_steps",
-        "1",
-        *COMMON,
-    ]
+    base = argv("train", tiny_model_dir, data_folder, tmp_path / "x", "--max_steps 1")
     assert main([*base, "--load_in_4bit"]) == 2
     assert "add `--use_peft`" in capsys.readouterr().err
     assert main([*base, "--use_peft", "--lora_target_modules", "attention_wizard"]) == 2
@@ -229,48 +123,15 @@ def test_impossible_combinations_are_clear_errors(tiny_model_dir, data_folder, t
 
 
 def test_two_process_train(tiny_model_dir, data_folder, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "ddp")
     command = [
-        "accelerate",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
+        *accelerate_launch(),
         "-m",
         "trl_sso.cli.main",
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        data_folder,
-        "--output_dir",
-        out,
-        "--num_train_epochs",
-        "1",
-        "--save_strategy",
-        "epoch",
-        *COMMON,
+        *argv("train", tiny_model_dir, data_folder, out, "--num_train_epochs 1 --save_strategy epoch"),
     ]
     command[command.index("--per_device_train_batch_size") + 1] = "1"
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_processes(command)
     # 8 records, 1 per device, 2 processes: 4 steps (one process would take 8)
     assert state(out)["global_step"] == 4
     assert os.path.isdir(os.path.join(out, "checkpoint-4")) and os.path.exists(os.path.join(out, "model.safetensors"))

@@ -3,12 +3,11 @@ random Llama), and `trl-sso generate` with no model runs the packaged SmolLM2 en
 SSOTrainer step."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
-from conftest import sso_args
+from conftest import accelerate_launch, run_processes, sso_args
 from datasets import load_from_disk
 
 from trl_sso.generation import GenerateArguments, SSOGenerator
@@ -55,62 +54,16 @@ def test_resume_with_real_sampling_matches_uninterrupted(tiny_model_dir, tmp_pat
     assert summary["num_prompts"] == 6
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one(tiny_model_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     options = [
         "generate",
         "--model_name_or_path",
         tiny_model_dir,
-        "--num_prompts",
-        "6",
-        "--batch_size",
-        "2",
-        "--max_new_tokens",
-        "8",
-        "--seed",
-        "5",
-        "--drop_revealing",
-        "false",
+        *"--num_prompts 6 --batch_size 2 --max_new_tokens 8 --seed 5 --drop_revealing false".split(),
     ]
-    single = subprocess.run(
-        [sys.executable, "-m", "trl_sso.cli.main", *options, "--output_dir", str(tmp_path / "one")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    launch = [
-        "accelerate",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "trl_sso.cli.main",
-    ]
-    double = subprocess.run(
-        [*launch, *options, "--output_dir", str(tmp_path / "two")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert double.returncode == 0, double.stderr[-3000:]
+    run_processes([sys.executable, "-m", "trl_sso.cli.main", *options, "--output_dir", str(tmp_path / "one")], 600)
+    launch = [*accelerate_launch(), "-m", "trl_sso.cli.main"]
+    double = run_processes([*launch, *options, "--output_dir", str(tmp_path / "two")], 600)
     assert "Wrote" in double.stdout and double.stdout.count("Wrote") == 1  # merged and reported once
     one = load_from_disk(str(tmp_path / "one" / "dataset")).to_list()
     two = load_from_disk(str(tmp_path / "two" / "dataset")).to_list()

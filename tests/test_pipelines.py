@@ -4,12 +4,11 @@ recipe parses."""
 
 import json
 import os
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port, run_processes
 from test_hub import hub  # noqa: F401  (the local Hub fixture)
 from transformers import TrainerCallback
 
@@ -164,9 +163,7 @@ def test_both_rounds_published_and_loaded_back(hub, tiny_model_dir, tmp_path):  
 
 
 def test_two_process_iterate(tiny_model_dir, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [
         "accelerate",
         "launch",
@@ -179,14 +176,7 @@ def test_two_process_iterate(tiny_model_dir, tmp_path):
         "iterate",
         *options(tiny_model_dir, tmp_path / "ddp"),
     ]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_processes(command)
     for t in (1, 2):
         assert (tmp_path / "ddp" / f"round_{t}" / "report.json").exists()
     state = json.loads((tmp_path / "ddp" / "round_2" / "train" / "checkpoint-3" / "trainer_state.json").read_text())
@@ -198,7 +188,7 @@ def test_two_process_iterate(tiny_model_dir, tmp_path):
 def recipe_command(path: Path) -> str:
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and "--config" in first and path.name in first, f"{path.name}: no command header"
-    for command in ("iterate", "pipeline", "reward", "train"):
+    for command in ("iterate", "pipeline", "reward", "train", "generate"):
         if f" {command} " in first:
             return command
     raise AssertionError(f"{path.name}: unknown command in {first!r}")

@@ -118,78 +118,68 @@ def steering_loss(
     return scale * (weight * base + sft_coef * nll), base, nll
 
 
-def _weight(main: PairLogps | None, *, use_weight: bool, weight_alpha: float, detach_weight: bool):
+@dataclass(frozen=True)
+class LossSettings:
+    """The switches of the SSO objective, named as in the module docstring (`SSOConfig` documents each: `objective`
+    is `sso_objective`, `steer_coef` is `c`, `weight_alpha` is `a`, `sft_coef` is `gamma`, ...)."""
+
+    objective: str = "policy"
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    steer_coef: float = 0.1
+    use_weight: bool = True
+    weight_alpha: float = 0.5
+    detach_weight: bool = False
+    sft_coef: float = 0.0
+
+
+def _weight(main: PairLogps | None, settings: LossSettings, detach: bool):
     """`W` of the `"policy"` objective, or `None` where it is off or undefined (no main pair, `"generator"`)."""
-    if main is None or not use_weight:
+    if main is None or not settings.use_weight:
         return None
-    return sso_weight(main, weight_alpha, detach_weight)
+    return sso_weight(main, settings.weight_alpha, detach)
 
 
-def _share(name: str, pair: PairLogps, weight: torch.Tensor | None, settings: dict):
+def _share(name: str, pair: PairLogps, weight: torch.Tensor | None, s: LossSettings):
     """`(share, L_base, NLL of the winner)` of pair `name` in the loss, per example, given `W` (`None`: 1)."""
-    objective, steer_coef = settings["objective"], settings["steer_coef"]
-    common = dict(beta=settings["beta"], loss_type=settings["loss_type"], sft_coef=settings["sft_coef"])
+    common = dict(beta=s.beta, loss_type=s.loss_type, sft_coef=s.sft_coef)
     if name != "main":
-        return steering_loss(
-            pair, 1.0 if weight is None else weight, objective=objective, steer_coef=steer_coef, **common
-        )
+        weight = 1.0 if weight is None else weight
+        return steering_loss(pair, weight, objective=s.objective, steer_coef=s.steer_coef, **common)
     share, base, nll = main_loss(pair, **common)
-    if steer_coef == 0 and weight is not None:  # steering off: W scales the main pair itself
+    if s.steer_coef == 0 and weight is not None:  # steering off: W scales the main pair itself
         share = weight * share
     return share, base, nll
 
 
-def _check(objective: str, main: PairLogps | None, pos: PairLogps | None, neg: PairLogps | None, steer_coef: float):
-    if objective == "generator":
+def _check(s: LossSettings, main: PairLogps | None, pos: PairLogps | None, neg: PairLogps | None):
+    if s.objective == "generator":
         if pos is None or neg is None:
             raise ValueError("The 'generator' objective needs the positive and the negative steering pairs.")
         return
-    if objective != "policy":
-        raise ValueError(f"Unknown SSO objective {objective!r}: use 'policy' or 'generator'.")
+    if s.objective != "policy":
+        raise ValueError(f"Unknown SSO objective {s.objective!r}: use 'policy' or 'generator'.")
     if main is None:
         raise ValueError("The 'policy' objective needs the main pair.")
-    if steer_coef != 0 and (pos is None or neg is None):
+    if s.steer_coef != 0 and (pos is None or neg is None):
         raise ValueError("With `steer_coef > 0` the 'policy' objective needs both steering pairs.")
 
 
-def pair_share(
-    name: str,
-    pairs: dict[str, PairLogps],
-    *,
-    objective: str = "policy",
-    beta: float = 0.1,
-    loss_type: str = "sigmoid",
-    steer_coef: float = 0.1,
-    use_weight: bool = True,
-    weight_alpha: float = 0.5,
-    detach_weight: bool = False,
-    sft_coef: float = 0.0,
-) -> torch.Tensor:
+def pair_share(name: str, pairs: dict[str, PairLogps], **settings) -> torch.Tensor:
     """The share of pair `name` (`"main"`, `"pos"` or `"neg"`) in `sso_loss`, per example, shape `(batch,)`, with `W`
     detached: all the gradient that flows through that pair's log-probabilities, except the one through `W`.
 
     `pairs` holds the pairs forwarded so far (the main pair, when the objective uses it, is always among them: `W`
-    depends on it). The settings are those of `sso_loss`; `detach_weight` is ignored, since `W` is always detached.
+    depends on it). `settings` are the fields of `LossSettings`, as for `sso_loss`; `detach_weight` makes no
+    difference here, since `W` is always detached.
     """
-    settings = dict(objective=objective, beta=beta, loss_type=loss_type, steer_coef=steer_coef, sft_coef=sft_coef)
-    main = pairs.get("main") if objective == "policy" else None
-    weight = _weight(main, use_weight=use_weight, weight_alpha=weight_alpha, detach_weight=True)
-    return _share(name, pairs[name], weight, settings)[0]
+    s = LossSettings(**settings)
+    main = pairs.get("main") if s.objective == "policy" else None
+    return _share(name, pairs[name], _weight(main, s, detach=True), s)[0]
 
 
 def sso_loss(
-    main: PairLogps | None,
-    pos: PairLogps | None,
-    neg: PairLogps | None,
-    *,
-    objective: str = "policy",
-    beta: float = 0.1,
-    loss_type: str = "sigmoid",
-    steer_coef: float = 0.1,
-    use_weight: bool = True,
-    weight_alpha: float = 0.5,
-    detach_weight: bool = False,
-    sft_coef: float = 0.0,
+    main: PairLogps | None, pos: PairLogps | None, neg: PairLogps | None, **settings
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The SSO objective (module docstring) for one batch: the mean over examples of the sum of the pairs' shares.
 
@@ -197,31 +187,33 @@ def sso_loss(
         main: the pair `(x; y+ > y-)`; required by `"policy"`, ignored (pass `None`) for `"generator"`.
         pos: the pair `(x+; y+ > y-)`; required unless the objective is `"policy"` with `steer_coef == 0`.
         neg: the pair `(x-; y_o > y+)`; required with `pos`.
+        settings: the fields of `LossSettings` (`objective`, `beta`, `loss_type`, `steer_coef`, `use_weight`,
+            `weight_alpha`, `detach_weight`, `sft_coef`).
 
     Returns:
         The scalar loss (mean over the batch) and its per-example terms, each of shape `(batch,)`: `main`, `steer_pos`,
         `steer_neg` (the unscaled base losses of the pairs used), `sft` (the NLL sum before `gamma`) and `weight`
         (`W`, `"policy"` only).
     """
-    _check(objective, main, pos, neg, steer_coef)
-    settings = dict(objective=objective, beta=beta, loss_type=loss_type, steer_coef=steer_coef, sft_coef=sft_coef)
-    if objective == "generator":
+    s = LossSettings(**settings)
+    _check(s, main, pos, neg)
+    if s.objective == "generator":
         main = None
     pairs = {name: pair for name, pair in (("main", main), ("pos", pos), ("neg", neg)) if pair is not None}
-    if objective == "policy" and steer_coef == 0:
+    if s.objective == "policy" and s.steer_coef == 0:
         pairs = {"main": main}
-    weight = _weight(main, use_weight=use_weight, weight_alpha=weight_alpha, detach_weight=detach_weight)
+    weight = _weight(main, s, detach=s.detach_weight)
 
     terms: dict[str, torch.Tensor] = {}
     total, nll = 0.0, {}
     for name, pair in pairs.items():
-        share, base, nll[name] = _share(name, pair, weight, settings)
+        share, base, nll[name] = _share(name, pair, weight, s)
         terms[_TERM[name]] = base
         total = total + share
     # SFT term before gamma: the NLL of y+ under x, plus c times (generator: once) those of the steering winners
     terms["sft"] = nll.get("main", 0.0)
     if "pos" in nll:
-        scale = 1.0 if objective == "generator" else steer_coef
+        scale = 1.0 if s.objective == "generator" else s.steer_coef
         terms["sft"] = terms["sft"] + scale * (nll["pos"] + nll["neg"])
     if weight is not None:
         terms["weight"] = weight

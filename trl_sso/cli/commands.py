@@ -97,31 +97,22 @@ def generate(argv: list[str]) -> int:
     return 0
 
 
-def train(argv: list[str]) -> int:
-    from ..scripts.train import train_sso
-
-    train_sso(*parser("train").parse_args_and_config(args=argv))
-    return 0
-
-
-def reward(argv: list[str]) -> int:
-    from ..scripts.reward import train_reward
-
-    train_reward(*parser("reward").parse_args_and_config(args=argv))
-    return 0
+# The script function each training command runs: (module of `trl_sso.scripts`, function)
+SCRIPTS = {
+    "train": ("train", "train_sso"),
+    "reward": ("reward", "train_reward"),
+    "iterate": ("iterate", "iterate"),
+    "pipeline": ("pipeline", "pipeline"),
+}
 
 
-def iterate(argv: list[str]) -> int:
-    from ..scripts.iterate import iterate as run
+def run_script(command: str, argv: list[str]) -> int:
+    """Parse the options of a training command and call its script function with the parsed dataclasses."""
+    from importlib import import_module
 
-    run(*parser("iterate").parse_args_and_config(args=argv))
-    return 0
-
-
-def pipeline(argv: list[str]) -> int:
-    from ..scripts.pipeline import pipeline as run
-
-    run(*parser("pipeline").parse_args_and_config(args=argv))
+    module, function = SCRIPTS[command]
+    script = getattr(import_module(f"trl_sso.scripts.{module}"), function)
+    script(*parser(command).parse_args_and_config(args=argv))
     return 0
 
 
@@ -148,7 +139,9 @@ def run(command: str, argv: list[str]) -> int:
     from ..retries import HubError
 
     try:
-        return getattr(sys.modules[__name__], command)(argv)
+        if command in SCRIPTS:
+            return run_script(command, argv)
+        return {"generate": generate, "push": push}[command](argv)
     except (ValueError, OSError, ImportError, HubError, NoRecordsError, SSODataError) as error:
         # Bad options and inputs: the message says what to fix; a stack trace would only hide it
         print(f"trl-sso {command}: error: {error}", file=sys.stderr)
