@@ -29,7 +29,8 @@ PROMPT, CHOSEN, REJECTED, ORIGINAL = "prompt", "chosen", "rejected", "original"
 POSITIVE_SYSTEM, NEGATIVE_SYSTEM = "positive_system", "negative_system"
 SSO_COLUMNS = (PROMPT, CHOSEN, REJECTED, ORIGINAL, POSITIVE_SYSTEM, NEGATIVE_SYSTEM)
 MAIN_PAIR_COLUMNS = (PROMPT, CHOSEN, REJECTED)
-TEXT_COLUMNS = (PROMPT, CHOSEN, REJECTED, ORIGINAL)  # string or message list, one format per record
+RESPONSE_COLUMNS = (CHOSEN, REJECTED, ORIGINAL)  # y+, y-, y_o
+TEXT_COLUMNS = (PROMPT, *RESPONSE_COLUMNS)  # string or message list, one format per record
 SYSTEM_COLUMNS = (POSITIVE_SYSTEM, NEGATIVE_SYSTEM)  # always plain strings
 
 # How a principle is joined to the query when it cannot be a system message (standard format, or a chat template that

@@ -77,6 +77,7 @@ def parser(command: str):
 
 
 def generate(argv: list[str]) -> int:
+    from ..data import RESPONSE_COLUMNS
     from ..scripts.generate import generate_dataset
 
     gen_args, publish_args = parser("generate").parse_args_and_config(argv)
@@ -85,7 +86,7 @@ def generate(argv: list[str]) -> int:
 
     if process_state().is_main_process:
         dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items() if v) or "none"
-        lengths = "/".join(f"{summary['mean_tokens'][s]:.1f}" for s in ("chosen", "rejected", "original"))
+        lengths = "/".join(f"{summary['mean_tokens'][s]:.1f}" for s in RESPONSE_COLUMNS)
         print(
             f"Wrote {summary['num_records']} SSO records from {summary['num_prompts']} prompts to "
             f"{gen_args.output_dir}/dataset (dropped: {dropped}; principle fallbacks: "

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..data import build_steered_prompt, make_record
+from ..data import RESPONSE_COLUMNS, build_steered_prompt, make_record
 from ..files import save_folder_atomic, write_json_atomic
 from ..offline import DEFAULT_MODEL_ID
 from ..principles import LIBRARY, check_feature_names, load_features
@@ -294,9 +294,7 @@ class SSOGenerator:
             "principle_fallbacks": sum(r["fallbacks"] for r in results),
             "feature_counts": dict(sorted(features.items())),
             "generated_tokens": sum(r["generated_tokens"] for r in results),
-            "mean_tokens": {
-                side: sum(r[f"{side}_tokens"] for r in records) / n for side in ("chosen", "rejected", "original")
-            },
+            "mean_tokens": {side: sum(r[f"{side}_tokens"] for r in records) / n for side in RESPONSE_COLUMNS},
             "generator_model": records[0]["generator_model"],
             "settings": _settings(self.args),
         }

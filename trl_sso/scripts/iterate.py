@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -> list[dict]:
     """Run the online rounds; returns the per-round reports."""
+    from ..data import RESPONSE_COLUMNS
     from ..files import write_json_atomic
     from ..hub import push_dataset, push_folder
     from ..runtime import process_state
@@ -69,7 +70,7 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
                 "train": metrics,
             }
             write_json_atomic(report_path, report, indent=2)
-            lengths = "/".join(f"{summary['mean_tokens'][k]:.1f}" for k in ("chosen", "rejected", "original"))
+            lengths = "/".join(f"{summary['mean_tokens'][k]:.1f}" for k in RESPONSE_COLUMNS)
             logger.warning(
                 f"Round {t}/{pipe_args.rounds}: {summary['num_records']} records from {summary['num_prompts']} "
                 f"prompts, dropped {sum(summary['dropped'].values())}, mean tokens chosen/rejected/original "
