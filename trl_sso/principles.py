@@ -3,7 +3,11 @@
 A *feature* is a quality of a response (Accuracy, Safety, ...) with an adjective pair and a good and a bad principle.
 For each query the generator picks a few features and writes two system prompts from them: the positive one (good
 adjectives and principles) and the negative one (bad adjectives and principles). The texts below are trl-sso's own.
-Users add or replace features with a YAML or JSON file (`load_features`).
+
+Two sets of features ship: the qualitative `LIBRARY` (the paper's kind, drawn by default) and the `VERIFIABLE` ones,
+whose good side a program can check (`Feature.checker`, see `trl_sso.signal.checkers`), so that the accuracy of the
+generated pairs can be measured without a judge. `--features verifiable` (or `qualitative`) names a whole set. Users
+add or replace features with a YAML or JSON file (`load_features`), naming a checker to make a feature verifiable.
 """
 
 import json
@@ -12,10 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .signal.checkers import CheckRule, CheckRuleError
+
 
 @dataclass(frozen=True)
 class Feature:
-    """One quality of a response, with its contrastive adjectives and principles."""
+    """One quality of a response, with its contrastive adjectives and principles, and for a verifiable feature the
+    checker that scores how well a response follows the good principle."""
 
     name: str
     good_adjective: str
@@ -23,6 +30,7 @@ class Feature:
     meaning: str
     good_principle: str
     bad_principle: str
+    checker: CheckRule | None = None
 
 
 LIBRARY: dict[str, Feature] = {
@@ -96,6 +104,81 @@ LIBRARY: dict[str, Feature] = {
 }
 LENGTH_FEATURE = "Concision"  # added with probability `concision_prob` as a length control
 
+VERIFIABLE: dict[str, Feature] = {
+    f.name: f
+    for f in (
+        Feature(
+            "Brevity",
+            "brief",
+            "long-winded",
+            "The response stays within 40 words.",
+            "Answer in no more than 40 words.",
+            "Write at least 150 words, with background and side remarks.",
+            CheckRule("max_words", (("limit", 40),)),
+        ),
+        Feature(
+            "Bullets",
+            "structured",
+            "unstructured",
+            "The response is a bulleted list.",
+            "Give the answer as a list of three to five short points, each on its own line starting with '- '.",
+            "Write one continuous paragraph with no lists, headings or line breaks.",
+            CheckRule("bullet_list", (("min_items", 3),)),
+        ),
+        Feature(
+            "Summary",
+            "summarized",
+            "meandering",
+            "The response opens with a one-line summary.",
+            "Begin with one line that starts with 'In short:' and sums up the answer, then explain.",
+            "Start with background details and keep the main point for the very end.",
+            CheckRule("starts_with", (("phrase", "In short:"),)),
+        ),
+        Feature(
+            "Lowercase",
+            "lowercase",
+            "capitalized",
+            "Every letter of the response is lowercase.",
+            "Write the whole response in lowercase letters only, without a single capital letter.",
+            "Capitalize the first letter of every word.",
+            CheckRule("lowercase"),
+        ),
+        Feature(
+            "Keyword",
+            "essential",
+            "roundabout",
+            "The response uses the word 'essentially'.",
+            "Use the word 'essentially' at least once.",
+            "Never use the word 'essentially'.",
+            CheckRule("keyword", (("word", "essentially"),)),
+        ),
+        Feature(
+            "JSON",
+            "machine-readable",
+            "free-form",
+            "The response is a single JSON object.",
+            'Reply with only a JSON object of the form {"answer": "..."}, with nothing before or after it.',
+            "Reply in plain prose sentences, without JSON, code or braces.",
+            CheckRule("json"),
+        ),
+        Feature(
+            "Closing",
+            "inviting",
+            "abrupt",
+            "The response ends by offering more help.",
+            "End the response with the exact sentence 'Anything else?'",
+            "Stop abruptly at the last point, with no closing question or offer of more help.",
+            CheckRule("ends_with", (("phrase", "Anything else?"),)),
+        ),
+    )
+}
+ALL_FEATURES: dict[str, Feature] = {**LIBRARY, **VERIFIABLE}
+# Names that stand for a whole set of features in `--features`
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "qualitative": tuple(name for name in LIBRARY if name != LENGTH_FEATURE),
+    "verifiable": tuple(VERIFIABLE),
+}
+
 
 class PrincipleError(ValueError):
     """A principle file or feature name is invalid; the message names the entry and the fix."""
@@ -105,7 +188,9 @@ def load_features(path: str | Path, base: Mapping[str, Feature] = LIBRARY) -> di
     """Read features from a YAML or JSON file and merge them into `base` (same name: replaced; new name: added).
 
     The file holds a list of feature mappings, or a mapping from feature name to the other fields:
-    `good_adjective`, `bad_adjective`, `meaning`, `good_principle`, `bad_principle` (all non-empty strings).
+    `good_adjective`, `bad_adjective`, `meaning`, `good_principle`, `bad_principle` (all non-empty strings), and
+    optionally `checker`, which makes the feature verifiable: a checker name, or a mapping of `name` and the
+    checker's arguments (e.g. `{name: max_words, limit: 60}`; see `trl_sso.signal.checkers.CHECKERS`).
     """
     path = Path(path)
     if not path.is_file():
@@ -127,7 +212,7 @@ def load_features(path: str | Path, base: Mapping[str, Feature] = LIBRARY) -> di
             f"The principle file {str(path)!r} must hold a non-empty list of features (or a mapping from feature name "
             "to its fields)."
         )
-    fields = [field for field in Feature.__dataclass_fields__]
+    fields = [field for field in Feature.__dataclass_fields__ if field != "checker"]
     features = dict(base)
     for index, entry in enumerate(raw):
         if not isinstance(entry, Mapping):
@@ -138,17 +223,43 @@ def load_features(path: str | Path, base: Mapping[str, Feature] = LIBRARY) -> di
                 f"Entry {index} ({entry.get('name', 'unnamed')!r}) of {str(path)!r} lacks non-empty text for "
                 f"{missing}. Every feature needs {fields}."
             )
-        unknown = sorted(set(entry) - set(fields))
+        unknown = sorted(set(entry) - {*fields, "checker"})
         if unknown:
-            raise PrincipleError(f"Entry {index} of {str(path)!r} has unknown fields {unknown}; allowed: {fields}.")
-        features[entry["name"]] = Feature(**{f: entry[f].strip() for f in fields})
+            raise PrincipleError(
+                f"Entry {index} of {str(path)!r} has unknown fields {unknown}; allowed: {[*fields, 'checker']}."
+            )
+        checker = None
+        if entry.get("checker") is not None:
+            try:
+                checker = CheckRule.parse(entry["checker"])
+            except CheckRuleError as error:
+                raise PrincipleError(f"Entry {index} ({entry['name']!r}) of {str(path)!r}: {error}") from error
+        features[entry["name"]] = Feature(**{f: entry[f].strip() for f in fields}, checker=checker)
     return features
+
+
+def expand_feature_names(names: Sequence[str], features: Mapping[str, Feature]) -> list[str]:
+    """`names` with each set name (`FEATURE_SETS`) replaced by its features, duplicates dropped, all checked."""
+    expanded = []
+    for name in names:
+        for member in FEATURE_SETS.get(name, (name,)):
+            if member not in expanded:
+                expanded.append(member)
+    check_feature_names(expanded, features)
+    return expanded
+
+
+def default_candidates(features: Mapping[str, Feature]) -> list[str]:
+    """The features drawn when none are named: every qualitative feature (no checker) but the length control."""
+    return [name for name, feature in features.items() if name != LENGTH_FEATURE and feature.checker is None]
 
 
 def check_feature_names(names: Sequence[str], features: Mapping[str, Feature]) -> None:
     unknown = [name for name in names if name not in features]
     if unknown:
-        raise PrincipleError(f"Unknown feature(s) {unknown}. Known features: {sorted(features)}.")
+        raise PrincipleError(
+            f"Unknown feature(s) {unknown}. Known features: {sorted(features)}, and the sets {sorted(FEATURE_SETS)}."
+        )
 
 
 def select_features(
@@ -158,9 +269,9 @@ def select_features(
     concision_prob: float = 0.2,
     candidates: Sequence[str] | None = None,
 ) -> list[Feature]:
-    """Pick `num_features` distinct features (from `candidates`, default every feature but Concision), then add
-    Concision with probability `concision_prob`. Deterministic for a given `rng` state."""
-    pool = list(candidates) if candidates is not None else [name for name in features if name != LENGTH_FEATURE]
+    """Pick `num_features` distinct features (from `candidates`, default `default_candidates`), then add Concision
+    with probability `concision_prob`. Deterministic for a given `rng` state."""
+    pool = list(candidates) if candidates is not None else default_candidates(features)
     if num_features > len(pool):
         raise PrincipleError(f"Cannot pick {num_features} features out of {len(pool)} ({pool}); lower `num_features`.")
     chosen = rng.sample(pool, num_features)

@@ -67,7 +67,10 @@ class GenerationOptions:
         default=None, metadata={"help": "YAML/JSON file of features that add to or replace the library's."}
     )
     features: list[str] | None = field(
-        default=None, metadata={"help": "Features to draw from (default: all but Concision)."}
+        default=None,
+        metadata={
+            "help": "Features to draw from, or a set: 'verifiable' or 'qualitative' (default: the qualitative features but Concision)."
+        },
     )
     num_features: int = field(default=2, metadata={"help": "Features per query."})
     concision_prob: float = field(

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..data import RESPONSE_COLUMNS, build_steered_prompt, make_record
 from ..files import save_folder_atomic, write_json_atomic
 from ..offline import DEFAULT_MODEL_ID
-from ..principles import LIBRARY, check_feature_names, load_features
+from ..principles import ALL_FEATURES, expand_feature_names, load_features
 from ..runtime import process_state
 from .arguments import GenerateArguments
 from .filters import REASONS, drop_reason, logprob_keep
@@ -69,9 +69,8 @@ class SSOGenerator:
 
     def __init__(self, args: GenerateArguments, sampler=None, tokenizer=None, principle_sampler=None):
         self.args, self.state = args, process_state()
-        self.features = load_features(args.features_file) if args.features_file else dict(LIBRARY)
-        if args.features:
-            check_feature_names(args.features, self.features)
+        self.features = load_features(args.features_file, ALL_FEATURES) if args.features_file else dict(ALL_FEATURES)
+        candidates = expand_feature_names(args.features, self.features) if args.features else None
         self.prompts = load_prompts(args.prompts, args.prompt_column, args.prompt_split, args.num_prompts)
         if sampler is None:
             model_name = args.model_name_or_path
@@ -108,7 +107,7 @@ class SSOGenerator:
             seed=args.seed,
             num_features=args.num_features,
             concision_prob=args.concision_prob,
-            candidates=args.features,
+            candidates=candidates,
             policy_sampler=sampler,
             policy_writes_principles=args.policy_writes_principles,
             principle_sampler=principle_sampler,

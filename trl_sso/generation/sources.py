@@ -21,6 +21,7 @@ from ..principles import (
     LENGTH_FEATURE,
     Feature,
     contrastive_system_prompts,
+    default_candidates,
     guideline_system_prompts,
     select_features,
 )
@@ -167,7 +168,7 @@ class PrincipleSource:
             )
         self.kind, self.features, self.seed = kind, features, seed
         self.num_features, self.concision_prob = num_features, concision_prob
-        self.candidates = list(candidates) if candidates else [n for n in features if n != LENGTH_FEATURE]
+        self.candidates = list(candidates) if candidates else default_candidates(features)
         self.policy_sampler, self.principle_sampler = policy_sampler, principle_sampler
         self.policy_writes_principles, self.max_new_tokens = policy_writes_principles, max_new_tokens
 

@@ -1,0 +1,140 @@
+"""Verifiable features: every checker on hand-written responses that follow the good side, the bad side, and edge
+cases; checker rules and their errors; feature sets; features files that name a checker."""
+
+import json
+
+import pytest
+
+from trl_sso.principles import (
+    FEATURE_SETS,
+    LIBRARY,
+    VERIFIABLE,
+    PrincipleError,
+    default_candidates,
+    expand_feature_names,
+    load_features,
+)
+from trl_sso.signal.checkers import CHECKERS, CheckRule, CheckRuleError
+
+
+# For each verifiable feature: responses that follow its good side, its bad side, and edge cases (text, score)
+CASES = {
+    "Brevity": [
+        ("Paris is the capital of France.", 1.0),
+        (" ".join(["word"] * 160), 0.0),
+        (" ".join(["word"] * 40), 1.0),  # exactly the limit
+        (" ".join(["word"] * 41), 0.0),
+    ],
+    "Bullets": [
+        ("- Drink water\n- Sleep well\n- Walk daily", 1.0),
+        ("Drink water, sleep well and walk daily, all in one paragraph.", 0.0),
+        ("Tips:\n* one\n* two\n1. three", 1.0),  # mixed markers count
+        ("- only one\n- and two", 0.0),  # fewer than three points
+        ("-not a bullet\n-nor this\n-nor that", 0.0),  # a marker needs a space after it
+    ],
+    "Summary": [
+        ("In short: yes.\nThe longer story is this.", 1.0),
+        ("Back in 1850, many things happened. So yes.", 0.0),
+        ("\n\n**In short:** yes.", 1.0),  # leading blank lines and emphasis
+        ("in short: lowercase works too", 1.0),
+        ("Well.\nIn short: on the second line only", 0.0),
+    ],
+    "Lowercase": [
+        ("all of this is lowercase, even 42 numbers.", 1.0),
+        ("Every Word Is Capitalized Here.", 0.0),
+        ("almost all lowercase but One.", 0.0),
+        ("123 456", 0.0),  # no letter at all
+    ],
+    "Keyword": [
+        ("It is essentially a matter of time.", 1.0),
+        ("It is basically a matter of time.", 0.0),
+        ("ESSENTIALLY, yes.", 1.0),
+    ],
+    "JSON": [
+        ('{"answer": "Paris"}', 1.0),
+        ("The answer is Paris.", 0.0),
+        ('```json\n{"answer": "Paris"}\n```', 1.0),
+        ('Here you go: {"answer": "Paris"}', 0.0),
+    ],
+    "Closing": [
+        ("The capital is Paris. Anything else?", 1.0),
+        ("The capital is Paris.", 0.0),
+        ("The capital is Paris. anything else?  ", 1.0),
+        ("Anything else? The capital is Paris.", 0.0),
+    ],
+}
+
+
+def test_every_verifiable_feature_is_covered_and_spans_the_required_kinds():
+    assert set(CASES) == set(VERIFIABLE) and len(VERIFIABLE) >= 6
+    kinds = {feature.checker.name for feature in VERIFIABLE.values()}
+    assert {"max_words", "bullet_list", "starts_with", "lowercase", "keyword", "json"} <= kinds
+    for feature in VERIFIABLE.values():
+        assert feature.good_principle != feature.bad_principle and feature.checker.name in CHECKERS
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_checkers_on_hand_written_responses(name):
+    checker = VERIFIABLE[name].checker
+    for text, expected in CASES[name]:
+        assert checker(text) == expected, (name, text)
+
+
+def test_rules_parse_and_bad_rules_are_clear():
+    assert CheckRule.parse({"name": "max_words", "limit": 5}) == CheckRule("max_words", (("limit", 5),))
+    assert CheckRule.parse("json") == CheckRule("json")
+    for rule, fragment in [
+        ({"name": "sarcasm"}, "Unknown checker 'sarcasm'"),
+        ({"name": "max_words"}, "takes the arguments ['limit']"),
+        ({"name": "max_words", "limit": 0}, "must be a positive integer"),
+        ({"name": "keyword", "word": ""}, "must be a non-empty string"),
+        ({"name": "json", "strict": True}, "takes the arguments []"),
+        (42, "a checker name or a mapping"),
+    ]:
+        with pytest.raises(CheckRuleError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+            CheckRule.parse(rule)
+
+
+def test_feature_sets_and_default_pool():
+    from trl_sso.principles import ALL_FEATURES
+
+    assert expand_feature_names(["verifiable"], ALL_FEATURES) == list(VERIFIABLE)
+    assert expand_feature_names(["Brevity", "verifiable", "Accuracy"], ALL_FEATURES)[:2] == ["Brevity", "Bullets"]
+    assert "Accuracy" in FEATURE_SETS["qualitative"] and "Concision" not in FEATURE_SETS["qualitative"]
+    assert default_candidates(ALL_FEATURES) == list(FEATURE_SETS["qualitative"])  # verifiable ones only when named
+    with pytest.raises(PrincipleError, match="Unknown feature.*'verifable'.*sets"):
+        expand_feature_names(["verifable"], ALL_FEATURES)
+
+
+def test_features_file_can_name_a_checker(tmp_path):
+    path = tmp_path / "features.yaml"
+    path.write_text(
+        "Short:\n  good_adjective: short\n  bad_adjective: long\n  meaning: Few words.\n"
+        "  good_principle: Use at most 10 words.\n  bad_principle: Use at least 50 words.\n"
+        "  checker: {name: max_words, limit: 10}\n"
+    )
+    features = load_features(path)
+    assert features["Short"].checker("just a few words") == 1.0 and len(features) == len(LIBRARY) + 1
+    entry = {
+        "name": "X",
+        "good_adjective": "a",
+        "bad_adjective": "b",
+        "meaning": "m",
+        "good_principle": "g",
+        "bad_principle": "b",
+    }
+    for checker, fragment in [("tone", "Unknown checker 'tone'"), ({"name": "max_words"}, "takes the arguments")]:
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps([{**entry, "checker": checker}]))
+        with pytest.raises(PrincipleError, match=f"Entry 0 \\('X'\\) of .*bad.json.*{fragment}"):
+            load_features(path)
+
+
+def test_generator_draws_verifiable_features_when_named(tmp_path, tokenizer):
+    from test_generation import make
+
+    dataset, summary = make(tmp_path, tokenizer, features=["verifiable"], num_features=1, concision_prob=0.0).run()
+    assert {name for row in dataset for name in row["features"]} <= set(VERIFIABLE)
+    assert set(summary["feature_counts"]) <= set(VERIFIABLE)
+    default, _ = make(tmp_path / "default", tokenizer).run()
+    assert not {name for row in default for name in row["features"]} & set(VERIFIABLE)
