@@ -138,3 +138,117 @@ def test_generator_draws_verifiable_features_when_named(tmp_path, tokenizer):
     assert set(summary["feature_counts"]) <= set(VERIFIABLE)
     default, _ = make(tmp_path / "default", tokenizer).run()
     assert not {name for row in default for name in row["features"]} & set(VERIFIABLE)
+
+
+def _record(features, chosen, rejected, original, **extra):
+    from trl_sso.data import make_record
+
+    return make_record("Q?", chosen, rejected, original, "P", "N", conversational=True, features=features, **extra)
+
+
+def test_signal_report_on_a_dataset_with_known_answers():
+    from trl_sso.principles import ALL_FEATURES
+    from trl_sso.signal.report import signal_report
+
+    long = " ".join(["word"] * 60)
+    records = [
+        _record(["Brevity"], "Short answer.", long, long),  # correct
+        _record(["Brevity"], long, "Short answer.", "Short answer."),  # wrong
+        _record(["Brevity", "JSON"], "Short.", "Short too.", long),  # Brevity tie; JSON tie (neither is JSON)
+        _record(["JSON", "Accuracy"], '{"answer": 1}', "one", "one"),  # JSON correct; Accuracy has no checker
+    ]
+    report = signal_report(records, ALL_FEATURES)
+    overall, brevity = report["accuracy"]["overall"], report["accuracy"]["per_feature"]["Brevity"]
+    assert overall["pairs"] == 5 and (overall["correct"], overall["tie"], overall["wrong"]) == (0.4, 0.4, 0.2)
+    assert (
+        brevity["pairs"] == 3
+        and brevity["correct"] == pytest.approx(1 / 3)
+        and brevity["wrong"] == pytest.approx(1 / 3)
+    )
+    assert brevity["chosen_follows_good"] == pytest.approx(2 / 3)
+    assert brevity["rejected_breaks_good"] == pytest.approx(1 / 3)
+    assert brevity["original_follows_good"] == pytest.approx(1 / 3)
+    assert set(report["accuracy"]["per_feature"]) == {"Brevity", "JSON"}
+    length = report["length"]
+    assert length["unit"] == "words" and length["truncated"] is None
+    assert length["mean"]["chosen"] == pytest.approx((2 + 60 + 1 + 2) / 4)  # words split on spaces
+
+
+def test_lengths_truncation_and_degeneracy():
+    from trl_sso.signal.report import degeneracy, lengths
+
+    records = [
+        _record(
+            [],
+            "Same answer here.",
+            "same answer  here.",
+            "Other.",
+            chosen_tokens=4,
+            rejected_tokens=4,
+            original_tokens=2,
+            chosen_finished=True,
+            rejected_finished=False,
+            original_finished=True,
+        ),
+        _record(
+            [],
+            "the cat sat on the mat today",
+            "the cat sat on the mat yesterday",
+            "Mine.",
+            chosen_tokens=8,
+            rejected_tokens=8,
+            original_tokens=2,
+            chosen_finished=True,
+            rejected_finished=True,
+            original_finished=True,
+        ),
+        _record(
+            [],
+            "Completely different words",
+            "Nothing alike at all here",
+            "Mine.",
+            chosen_tokens=3,
+            rejected_tokens=5,
+            original_tokens=2,
+            chosen_finished=True,
+            rejected_finished=True,
+            original_finished=True,
+        ),
+    ]
+    length = lengths(records)
+    assert length["unit"] == "tokens" and length["mean"] == {"chosen": 5.0, "rejected": 17 / 3, "original": 2.0}
+    assert length["chosen_to_original"] == 2.5 and length["truncated"] == pytest.approx(1 / 9)
+    degenerate = degeneracy(records)
+    assert degenerate["identical_pairs"] == pytest.approx(1 / 3)  # labels, case and spaces aside
+    assert degenerate["near_identical_pairs"] == pytest.approx(1 / 3)  # 4 of 6 trigrams shared: not near-identical
+    assert degenerate["distinct_1"]["original"] == pytest.approx(2 / 3)  # "other.", "mine.", "mine."
+
+
+def test_signal_report_needs_records():
+    from trl_sso.signal.report import signal_report
+
+    with pytest.raises(ValueError, match="holds no record"):
+        signal_report([], {})
+
+
+def test_generate_writes_the_signal_into_its_summary(tmp_path, tokenizer):
+    from test_generation import Echo, make
+
+    def answer(tag, user):  # follows the good side of Brevity and JSON under the positive principle only
+        if tag.startswith("Your response should be brief") or tag.startswith("Your response should be machine"):
+            return '{"answer": "short"}'
+        return "plain answer" if tag == "plain" else " ".join(["long"] * 80)
+
+    dataset, summary = make(
+        tmp_path,
+        tokenizer,
+        sampler=Echo(answer=answer),
+        features=["Brevity", "JSON"],
+        num_features=1,
+        concision_prob=0.0,
+        num_prompts=8,
+    ).run()
+    signal = summary["signal"]
+    assert signal["accuracy"]["overall"]["correct"] == 1.0 and signal["accuracy"]["overall"]["pairs"] == 8
+    assert signal["length"]["unit"] == "tokens" and signal["length"]["truncated"] == 0.0
+    assert {"chosen_finished", "rejected_finished", "original_finished"} <= set(dataset.column_names)

@@ -69,7 +69,8 @@ class GenerationOptions:
     features: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Features to draw from, or a set: 'verifiable' or 'qualitative' (default: the qualitative features but Concision)."
+            "help": "Features to draw from, or a set: 'verifiable' or 'qualitative' (default: the qualitative "
+            "features but Concision)."
         },
     )
     num_features: int = field(default=2, metadata={"help": "Features per query."})

@@ -24,6 +24,7 @@ from ..files import save_folder_atomic, write_json_atomic
 from ..offline import DEFAULT_MODEL_ID
 from ..principles import ALL_FEATURES, expand_feature_names, load_features
 from ..runtime import process_state
+from ..signal.report import signal_report
 from .arguments import GenerateArguments
 from .filters import REASONS, drop_reason, logprob_keep
 from .prompts import load_prompts
@@ -187,6 +188,9 @@ class SSOGenerator:
                     chosen_tokens=chosen[k].num_tokens,
                     rejected_tokens=rejected[k].num_tokens,
                     original_tokens=originals[k].num_tokens,
+                    chosen_finished=chosen[k].finished,
+                    rejected_finished=rejected[k].finished,
+                    original_finished=originals[k].finished,
                 )
             )
         tokens = sum(c.num_tokens for c in chosen + rejected + originals)
@@ -296,6 +300,7 @@ class SSOGenerator:
             "mean_tokens": {side: sum(r[f"{side}_tokens"] for r in records) / n for side in RESPONSE_COLUMNS},
             "generator_model": records[0]["generator_model"],
             "settings": _settings(self.args),
+            "signal": signal_report(records, self.features),
         }
         write_json_atomic(self.output_dir / SUMMARY_FILE, summary, indent=2)
         from ..cards import sso_dataset_card

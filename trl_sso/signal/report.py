@@ -1,0 +1,140 @@
+"""The signal report of an SSO dataset, from the records alone (no model): accuracy on verifiable features, length
+drift and degeneracy. Computed by `trl-sso generate` into `summary.json` (`signal`) and by `trl-sso inspect`.
+
+- **Accuracy**: for each record and each of its features that has a checker, y+ and y- are scored on the good side
+  (`trl_sso.signal.checkers`): y+ scoring higher is *correct*, equal a *tie*, lower *wrong*. Shares per feature and
+  overall, and how often each response keeps to its own side: y+ follows the good side, y- does not (the bad side is
+  scored as "does not follow the good side"), y_o (no principle) follows it, the policy's base rate.
+- **Length drift**: mean tokens of y+, y-, y_o (the generator's counts; words where there are none), the ratio
+  y+ / y_o, and the share of responses cut at `max_new_tokens` where the generator recorded it.
+- **Degeneracy**: pairs whose y+ and y- are identical or nearly so (word-trigram Jaccard similarity >= 0.9), and
+  distinct-1 / distinct-2 of each side (distinct n-grams over all n-grams).
+"""
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..data import CHOSEN, ORIGINAL, REJECTED, RESPONSE_COLUMNS
+
+
+NEAR_DUPLICATE = 0.9  # word-trigram Jaccard similarity from which y+ and y- count as near-identical
+SIDE = {CHOSEN: "y+", REJECTED: "y-", ORIGINAL: "y_o"}
+
+
+def response_text(value: Any) -> str:
+    """The text of a response column: a string, or the contents of the assistant turns of a message list."""
+    if isinstance(value, str):
+        return value
+    return "\n".join(m["content"] for m in value or [] if m.get("role") == "assistant" and m.get("content"))
+
+
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def _similarity(a: str, b: str) -> float:
+    """Jaccard similarity of the word trigrams (words for texts under three words) of two responses."""
+    wa, wb = a.lower().split(), b.lower().split()
+    n = 3 if min(len(wa), len(wb)) >= 3 else 1
+    sa, sb = set(_ngrams(wa, n)), set(_ngrams(wb, n))
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+def _distinct(texts: Iterable[str], n: int) -> float:
+    grams = [gram for text in texts for gram in _ngrams(text.lower().split(), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def accuracy(records: list[Mapping], features: Mapping[str, Any]) -> dict:
+    """Correct / tie / wrong shares of the (record, verifiable feature) pairs, per feature and overall, and how often
+    y+, y-, y_o follow the good side. Features without a checker, or unknown to `features`, are skipped."""
+    outcomes: dict[str, Counter] = {}
+    follows: dict[str, dict[str, list[float]]] = {}
+    for record in records:
+        texts = {column: response_text(record[column]) for column in RESPONSE_COLUMNS if column in record}
+        for name in record.get("features") or []:
+            checker = getattr(features.get(name), "checker", None)
+            if checker is None:
+                continue
+            scores = {column: checker(text) for column, text in texts.items()}
+            plus, minus = scores[CHOSEN], scores[REJECTED]
+            outcome = "correct" if plus > minus else "tie" if plus == minus else "wrong"
+            outcomes.setdefault(name, Counter())[outcome] += 1
+            for column, score in scores.items():
+                follows.setdefault(name, {}).setdefault(column, []).append(score)
+
+    def shares(counter: Counter, side_scores: dict[str, list[float]]) -> dict:
+        total = sum(counter.values())
+        row = {key: counter[key] / total for key in ("correct", "tie", "wrong")}
+        row["pairs"] = total
+        row["chosen_follows_good"] = _mean(side_scores.get(CHOSEN, []))
+        rejected = side_scores.get(REJECTED, [])
+        row["rejected_breaks_good"] = _mean([1.0 - s for s in rejected])
+        row["original_follows_good"] = _mean(side_scores.get(ORIGINAL, []))
+        return row
+
+    per_feature = {name: shares(outcomes[name], follows[name]) for name in sorted(outcomes)}
+    overall_counter, overall_scores = Counter(), {}
+    for name in outcomes:
+        overall_counter.update(outcomes[name])
+        for column, values in follows[name].items():
+            overall_scores.setdefault(column, []).extend(values)
+    overall = shares(overall_counter, overall_scores) if overall_counter else None
+    return {"overall": overall, "per_feature": per_feature}
+
+
+def lengths(records: list[Mapping]) -> dict:
+    """Mean tokens of y+, y-, y_o, the ratio y+ / y_o, and the truncation rate where it was recorded."""
+    means, unit = {}, "tokens"
+    for column in RESPONSE_COLUMNS:
+        counts = [record.get(f"{column}_tokens") for record in records]
+        if any(count is None for count in counts):
+            unit = "words"
+            counts = [len(response_text(record.get(column)).split()) for record in records]
+        means[column] = _mean(counts)
+    finished = [record[f"{c}_finished"] for record in records for c in RESPONSE_COLUMNS if f"{c}_finished" in record]
+    ratio = means[CHOSEN] / means[ORIGINAL] if means.get(ORIGINAL) else None
+    return {
+        "unit": unit,
+        "mean": means,
+        "chosen_to_original": ratio,
+        "truncated": 1.0 - _mean([float(f) for f in finished]) if finished else None,
+    }
+
+
+def degeneracy(records: list[Mapping]) -> dict:
+    """Shares of identical and near-identical (y+, y-) pairs, and distinct-1 / distinct-2 of each side."""
+    from ..generation.filters import normalize
+
+    chosen = [response_text(record[CHOSEN]) for record in records]
+    rejected = [response_text(record[REJECTED]) for record in records]
+    identical = [normalize(a) == normalize(b) for a, b in zip(chosen, rejected)]
+    near = [same or _similarity(a, b) >= NEAR_DUPLICATE for same, a, b in zip(identical, chosen, rejected)]
+    texts = {column: [response_text(record.get(column)) for record in records] for column in RESPONSE_COLUMNS}
+    return {
+        "identical_pairs": _mean([float(x) for x in identical]),
+        "near_identical_pairs": _mean([float(x) for x in near]),
+        "distinct_1": {column: _distinct(values, 1) for column, values in texts.items()},
+        "distinct_2": {column: _distinct(values, 2) for column, values in texts.items()},
+    }
+
+
+def signal_report(records: Iterable[Mapping], features: Mapping[str, Any]) -> dict:
+    """Accuracy, length drift and degeneracy of `records` (canonical SSO records with a `features` column for
+    accuracy); `features` maps feature names to `trl_sso.principles.Feature`."""
+    records = list(records)
+    if not records:
+        raise ValueError(
+            "The dataset holds no record, so there is no signal to measure. Generate or pick another one."
+        )
+    return {
+        "records": len(records),
+        "accuracy": accuracy(records, features),
+        "length": lengths(records),
+        "degeneracy": degeneracy(records),
+    }
