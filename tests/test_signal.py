@@ -252,3 +252,17 @@ def test_generate_writes_the_signal_into_its_summary(tmp_path, tokenizer):
     assert signal["accuracy"]["overall"]["correct"] == 1.0 and signal["accuracy"]["overall"]["pairs"] == 8
     assert signal["length"]["unit"] == "tokens" and signal["length"]["truncated"] == 0.0
     assert {"chosen_finished", "rejected_finished", "original_finished"} <= set(dataset.column_names)
+
+
+def test_dataset_card_has_a_signal_quality_section(tmp_path, tokenizer):
+    from huggingface_hub import DatasetCard
+    from test_generation import make
+
+    make(tmp_path / "v", tokenizer, features=["verifiable"], num_features=1, concision_prob=0.0).run()
+    card = DatasetCard.load(tmp_path / "v" / "out" / "README.md")
+    assert "## Signal quality" in card.text and "**Accuracy on verifiable features**" in card.text
+    assert "| feature | pairs | correct |" in card.text and "**Length drift**: mean tokens of y+" in card.text
+    assert "sso" in card.data.tags
+    make(tmp_path / "q", tokenizer).run()
+    text = (tmp_path / "q" / "out" / "README.md").read_text()
+    assert "No record carries a verifiable feature" in text and "**Degeneracy**" in text
