@@ -266,3 +266,38 @@ def test_dataset_card_has_a_signal_quality_section(tmp_path, tokenizer):
     make(tmp_path / "q", tokenizer).run()
     text = (tmp_path / "q" / "out" / "README.md").read_text()
     assert "No record carries a verifiable feature" in text and "**Degeneracy**" in text
+
+
+@pytest.mark.parametrize("conversational", [True, False], ids=["messages", "text"])
+def test_onpolicy_logps_equal_the_trainers_a(tiny_model_dir, tokenizer, tmp_path, conversational):
+    """`A(x, y+)` and `A(x, y-)` of the inspection equal the trainer's own `A` (completion log-probs of the main
+    pair over its completion tokens), record by record; `A(x, y_o)` is scored the same way."""
+    import torch
+    from conftest import sso_args, sso_rows
+
+    from trl_sso import SSOTrainer
+    from trl_sso.signal.onpolicy import mean_logps, onpolicy_report
+
+    rows = sso_rows(conversational, n=4)
+    from datasets import Dataset
+
+    trainer = SSOTrainer(
+        model=tiny_model_dir,
+        args=sso_args(tmp_path),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    model = trainer.model.eval()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        (chosen, rejected), _ = trainer._forward_pair(model, batch, "main")
+    tokens = batch["completion_mask"].sum(dim=1).chunk(2)
+    values, rate = mean_logps(model, tokenizer, rows, batch_size=3)
+    torch.testing.assert_close(torch.tensor(values["chosen"]), chosen / tokens[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(values["rejected"]), rejected / tokens[1], atol=1e-5, rtol=0)
+    assert rate > 0 and all(v < 0 for v in values["original"])
+    report = onpolicy_report(values)
+    assert report["gap_to_original"]["chosen"] == pytest.approx(
+        sum(a - o for a, o in zip(values["chosen"], values["original"])) / 4
+    )
+    assert 0 < report["mean_prob"]["original"] < 1

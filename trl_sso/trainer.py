@@ -61,6 +61,34 @@ BLOCK_PREFIX = {"main": "", "pos": "pos_", "neg": "neg_"}
 METRIC_PREFIX = {"main": "", "pos": "steer_pos/", "neg": "steer_neg/"}
 
 
+def template_kwargs(example: dict) -> dict:
+    """The chat-template options of a record: its `tools` (a list, or JSON as DPOTrainer reads it) and its
+    `chat_template_kwargs`."""
+    tools = example.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    return {"tools": tools, **(example.get("chat_template_kwargs") or {})}
+
+
+def tokenize_pair(processing_class, prompt, chosen, rejected, kwargs: dict | None = None):
+    """Tokenize `(prompt; chosen, rejected)` as DPOTrainer does: chat template for messages, EOS for text, and the
+    completion starting where the prompt and prompt+completion token sequences diverge. Returns the token ids of the
+    prompt, the chosen and the rejected completion."""
+    kwargs = kwargs or {}
+    if isinstance(prompt, list):
+        prompt_ids = _tokenize(processing_class, prompt, add_generation_prompt=True, **kwargs)
+        full_ids = [_tokenize(processing_class, prompt + c, **kwargs) for c in (chosen, rejected)]
+    else:
+        eos = getattr(processing_class, "tokenizer", processing_class).eos_token
+        prompt_ids = _tokenize(processing_class, prompt)
+        full_ids = [
+            _tokenize(processing_class, prompt + c + ("" if c.endswith(eos) else eos)) for c in (chosen, rejected)
+        ]
+    prompt_ids = prompt_ids["input_ids"]
+    full_ids = [ids["input_ids"] for ids in full_ids]
+    prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
+    return prompt_ids[:prompt_len], full_ids[0][prompt_len:], full_ids[1][prompt_len:]
+
+
 @dataclass
 class DataCollatorForSSO(DataCollatorForPreference):
     """
@@ -282,31 +310,12 @@ class SSOTrainer(DPOTrainer):
     def _tokenize_record(self, example: dict, processing_class, pairs: tuple[str, ...]) -> dict[str, list[int]]:
         """Tokenize the pairs in use of one canonical record into the `PAIR_COLUMNS` columns."""
         texts = sso_data.pair_texts(example, pairs, processing_class)
-        tools = example.get("tools")
-        tools = json.loads(tools) if isinstance(tools, str) else tools  # as DPOTrainer reads a `tools` column
-        template_kwargs = {"tools": tools, **(example.get("chat_template_kwargs") or {})}
+        kwargs = template_kwargs(example)
         output = {}
         for pair in pairs:
-            ids = self._tokenize_pair(processing_class, *texts[pair], template_kwargs)
+            ids = tokenize_pair(processing_class, *texts[pair], kwargs)
             output.update(zip(PAIR_COLUMNS[pair], ids, strict=True))
         return output
-
-    def _tokenize_pair(self, processing_class, prompt, chosen, rejected, template_kwargs):
-        """Tokenize `(prompt; chosen, rejected)` as DPOTrainer does: chat template for messages, EOS for text, and the
-        completion starting where the prompt and prompt+completion token sequences diverge."""
-        if isinstance(prompt, list):
-            prompt_ids = _tokenize(processing_class, prompt, add_generation_prompt=True, **template_kwargs)
-            full_ids = [_tokenize(processing_class, prompt + c, **template_kwargs) for c in (chosen, rejected)]
-        else:
-            eos = self._tokenizer.eos_token
-            prompt_ids = _tokenize(processing_class, prompt)
-            full_ids = [
-                _tokenize(processing_class, prompt + c + ("" if c.endswith(eos) else eos)) for c in (chosen, rejected)
-            ]
-        prompt_ids = prompt_ids["input_ids"]
-        full_ids = [ids["input_ids"] for ids in full_ids]
-        prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
-        return prompt_ids[:prompt_len], full_ids[0][prompt_len:], full_ids[1][prompt_len:]
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:

@@ -1,0 +1,92 @@
+"""On-policyness: `A(x, y)`, the token-mean log-probability of a response under the **plain** prompt and a policy
+(the quantity behind SSO's weight `W`), for y+, y- and y_o. The main pair is tokenized exactly as `SSOTrainer`
+tokenizes it, so the values equal the trainer's `A` for the same records and model.
+
+y_o is the policy's own answer, so `A(x, y+) - A(x, y_o)` and `A(x, y-) - A(x, y_o)` say how far the pair has drifted
+from what the policy would say anyway; `exp(A)` is the paper's "average response probability".
+"""
+
+import time
+from collections.abc import Mapping
+
+from ..data import CHOSEN, ORIGINAL, PROMPT, REJECTED, RESPONSE_COLUMNS
+
+
+def load_policy(name: str):
+    """`(model, tokenizer)` of `name` (a path or Hub id; the packaged SmolLM2's Hub id loads the packaged copy), in
+    evaluation mode, in fp32 on a CPU. A model that does not load is a `ValueError` naming the fix."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..offline import DEFAULT_MODEL_ID, default_model_path
+    from ..runtime import process_state
+
+    path = default_model_path() if name == DEFAULT_MODEL_ID else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        device = process_state().device
+        dtype = torch.float32 if device.type == "cpu" else "auto"
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"The model {name!r} could not be loaded ({first}). Pass a model path or Hub id with `--model`."
+        ) from error
+    return model, tokenizer
+
+
+def mean_logps(model, tokenizer, records: list[Mapping], batch_size: int = 8) -> tuple[dict[str, list[float]], float]:
+    """`A(x, y)` of y+, y- and y_o for each record, as `{column: [value per record]}`, and the records scored per
+    second. Sequences are sorted by length and forwarded in batches of `batch_size`."""
+    import torch
+    from tqdm.auto import tqdm
+    from trl.trainer.utils import selective_log_softmax
+
+    from ..trainer import template_kwargs, tokenize_pair
+
+    sequences = []  # (record index, column, prompt ids, completion ids)
+    for index, record in enumerate(records):
+        kwargs = template_kwargs(record)
+        prompt, chosen, rejected = tokenize_pair(tokenizer, record[PROMPT], record[CHOSEN], record[REJECTED], kwargs)
+        original_prompt, original, _ = tokenize_pair(
+            tokenizer, record[PROMPT], record[ORIGINAL], record[ORIGINAL], kwargs
+        )
+        sequences += [(index, CHOSEN, prompt, chosen), (index, REJECTED, prompt, rejected)]
+        sequences.append((index, ORIGINAL, original_prompt, original))
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][2]) + len(sequences[i][3]))
+    values = {column: [0.0] * len(records) for column in RESPONSE_COLUMNS}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    start = time.perf_counter()
+    for first in tqdm(range(0, len(order), batch_size), desc="Scoring A(x, y)", unit="batch"):
+        batch = [sequences[i] for i in order[first : first + batch_size]]
+        width = max(len(p) + len(c) for _, _, p, c in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        completion = torch.zeros_like(ids)
+        for row, (_, _, prompt, response) in enumerate(batch):
+            ids[row, : len(prompt) + len(response)] = torch.tensor(prompt + response)
+            attention[row, : len(prompt) + len(response)] = 1
+            completion[row, len(prompt) : len(prompt) + len(response)] = 1
+        ids, attention, completion = (t.to(model.device) for t in (ids, attention, completion))
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
+        logps = selective_log_softmax(logits, ids[:, 1:]) * completion[:, 1:]
+        means = logps.sum(dim=1) / completion[:, 1:].sum(dim=1).clamp(min=1)
+        for (index, column, _, _), value in zip(batch, means.tolist()):
+            values[column][index] = value
+    return values, len(records) / max(time.perf_counter() - start, 1e-9)
+
+
+def onpolicy_report(values: Mapping[str, list[float]]) -> dict:
+    """Means of `A(x, y)` and of `exp(A)` for y+, y-, y_o, and the mean gaps of y+ and y- to y_o."""
+    import math
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else None
+
+    gaps = {column: [a - o for a, o in zip(values[column], values[ORIGINAL])] for column in (CHOSEN, REJECTED)}
+    return {
+        "mean_logp": {column: mean(values[column]) for column in RESPONSE_COLUMNS},
+        "mean_prob": {column: mean([math.exp(a) for a in values[column]]) for column in RESPONSE_COLUMNS},
+        "gap_to_original": {column: mean(gaps[column]) for column in gaps},
+    }
