@@ -28,6 +28,8 @@ def test_every_command_has_help(command, capsys):
         "iterate": "--rounds",
         "pipeline": "--policy_num_prompts",
         "push": "--repo_id",
+        "inspect": "--reward_model",
+        "evaluate": "--max_new_tokens",
     }[command]
     assert expected in text
 
@@ -46,7 +48,11 @@ def test_unknown_command_is_exit_code_2(capsys):
     assert exit_info.value.code == 2 and "invalid choice: 'frobnicate'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["push", "--help"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], *([command, "--help"] for command in ("generate", "push", "inspect", "evaluate"))],
+    ids=" ".join,
+)
 def test_light_paths_import_neither_torch_nor_transformers(argv):
     code = (
         "import sys, contextlib, io\n"

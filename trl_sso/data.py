@@ -421,7 +421,16 @@ def load_dataset_split(
                 f"Cannot read {source!r}: use a .json, .jsonl, .csv or .parquet file, a saved dataset folder, or a "
                 "dataset name."
             )
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        if not path.read_bytes().strip():
+            raise ValueError(f"{source!r} is empty: it holds no rows. Point to a file with data.")
+        try:
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as error:  # the builders' parse errors (DatasetGenerationError, ArrowInvalid, ...)
+            cause = error.__cause__ or error
+            raise ValueError(
+                f"{source!r} could not be read as {builder.upper()} ({type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else 'no detail'}). Check its format and encoding."
+            ) from error
     if path.suffix.lower() in FILE_BUILDERS or path.is_absolute() or source.startswith("."):
         raise FileNotFoundError(f"{source!r} does not exist. Check the path.")
     from .retries import with_retries

@@ -42,6 +42,10 @@ DESCRIPTIONS = {
     "policy with DPO.",
     "push": "Publish a generated dataset (as config iteration_<t>), an SSO model, a LoRA/QLoRA adapter or a reward "
     "model to the Hub, with its card. The token comes from `hf auth login` or HF_TOKEN.",
+    "inspect": "The signal report of an SSO dataset: accuracy on verifiable features, on-policyness A(x, y) under a "
+    "policy, length drift, degeneracy and, with a reward model, its verdicts. Writes signal.json and PNG plots.",
+    "evaluate": "Let policies answer held-out prompts with no principle and score the answers on the verifiable "
+    "features (and a reward model): the table says whether a round of SSO moved the policy.",
 }
 
 
@@ -57,6 +61,14 @@ def parser(command: str):
         )
     if command == "push":
         return DataclassParser((PushArguments,), prog=prog, description=description)
+    if command == "inspect":
+        from ..scripts.inspect import InspectArguments
+
+        return DataclassParser((InspectArguments,), prog=prog, description=description)
+    if command == "evaluate":
+        from ..scripts.evaluate import EvaluateArguments
+
+        return DataclassParser((EvaluateArguments,), prog=prog, description=description)
 
     from trl import ModelConfig, ScriptArguments
 
@@ -133,6 +145,26 @@ def push(argv: list[str]) -> int:
     return 0
 
 
+def inspect(argv: list[str]) -> int:
+    from ..scripts.inspect import inspect_dataset
+    from ..signal.report import format_report
+
+    (args,) = parser("inspect").parse_args_and_config(argv)
+    report = inspect_dataset(args)
+    print(format_report(report, f"Signal report of {report['dataset']}"))
+    print(f"Wrote {args.output_dir}/signal.json and the plots.")
+    return 0
+
+
+def evaluate(argv: list[str]) -> int:
+    from ..scripts.evaluate import evaluate_models, format_evaluation
+
+    (args,) = parser("evaluate").parse_args_and_config(argv)
+    print(format_evaluation(evaluate_models(args)))
+    print(f"Wrote {args.output_dir}/evaluation.json and evaluation.png.")
+    return 0
+
+
 def run(command: str, argv: list[str]) -> int:
     """Run `trl-sso COMMAND argv`; bad options and inputs end in one line on stderr and exit code 2."""
     from ..data import SSODataError
@@ -142,7 +174,7 @@ def run(command: str, argv: list[str]) -> int:
     try:
         if command in SCRIPTS:
             return run_script(command, argv)
-        return {"generate": generate, "push": push}[command](argv)
+        return {"generate": generate, "push": push, "inspect": inspect, "evaluate": evaluate}[command](argv)
     except (ValueError, OSError, ImportError, HubError, NoRecordsError, SSODataError) as error:
         # Bad options and inputs: the message says what to fix; a stack trace would only hide it
         print(f"trl-sso {command}: error: {error}", file=sys.stderr)

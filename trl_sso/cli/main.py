@@ -6,6 +6,8 @@
     trl-sso push PATH --repo_id NAMESPACE/NAME
     trl-sso iterate --config recipes/quickstart_cpu.yaml
     trl-sso pipeline --config recipes/v2_generator_llama3_8b.yaml
+    trl-sso inspect sso-data [--model MODEL] [--reward_model RM]
+    trl-sso evaluate --model BEFORE --model AFTER
 
 Every command takes `--config recipe.yaml` and `--help`. This module imports nothing heavy.
 """
@@ -21,6 +23,8 @@ COMMANDS = {
     "iterate": "Online SSO (paper v1): generate with the current policy, train, repeat for T rounds.",
     "pipeline": "The generator pipeline (paper v2): train a generator, write pairs, DPO the policy.",
     "push": "Publish a generated dataset, an SSO model or adapter, or a reward model, with its card.",
+    "inspect": "Signal report of an SSO dataset: accuracy, on-policyness, length drift, degeneracy.",
+    "evaluate": "Score how policies answer held-out prompts without a principle, to compare rounds.",
 }
 
 

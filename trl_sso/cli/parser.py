@@ -111,6 +111,7 @@ class DataclassParser(_Conventions, argparse.ArgumentParser):
             self.add_argument(f.name, nargs="?", default=None, help=f.metadata.get("help"))
             return
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        names += list(f.metadata.get("aliases", ()))
         options = {key: value for key, value in f.metadata.items() if key in ("help", "choices")}
         optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
         if optional:
@@ -123,6 +124,8 @@ class DataclassParser(_Conventions, argparse.ArgumentParser):
             options["required"] = True
         if kind is bool:
             options.update(type=string_to_bool, nargs="?", const=True, metavar="{true,false}")
+        elif typing.get_origin(kind) is list and f.metadata.get("repeatable"):  # `--flag a --flag b` adds up
+            options.update(type=typing.get_args(kind)[0], nargs="+", action="extend", default=None)
         elif typing.get_origin(kind) is list:
             options.update(type=typing.get_args(kind)[0], nargs="+")
         elif typing.get_origin(kind) is typing.Literal:

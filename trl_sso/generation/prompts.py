@@ -6,10 +6,16 @@ import json
 from importlib.resources import files
 
 
-def default_prompts() -> list[dict]:
-    """The packaged prompts, as `{"category", "prompt"}` records."""
-    text = files("trl_sso").joinpath("resources/default_prompts.jsonl").read_text(encoding="utf-8")
+def packaged_prompts(name: str = "default_prompts") -> list[dict]:
+    """A packaged prompt set as `{"category", "prompt"}` records: `default_prompts` (200, for generation) or
+    `eval_prompts` (40 held-out prompts for `trl-sso evaluate`, disjoint from the first)."""
+    text = files("trl_sso").joinpath(f"resources/{name}.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def default_prompts() -> list[dict]:
+    """The packaged generation prompts, as `{"category", "prompt"}` records."""
+    return packaged_prompts("default_prompts")
 
 
 def _as_messages(value, index: int, column: str) -> list[dict] | None:
@@ -25,11 +31,16 @@ def _as_messages(value, index: int, column: str) -> list[dict] | None:
 
 
 def load_prompts(
-    source: str | None = None, column: str = "prompt", split: str = "train", num_prompts: int | None = None
+    source: str | None = None,
+    column: str = "prompt",
+    split: str = "train",
+    num_prompts: int | None = None,
+    packaged: str = "default_prompts",
 ) -> list[list[dict]]:
-    """Load and normalise a prompt set (see the module docstring); blank prompts are skipped."""
+    """Load and normalise a prompt set (see the module docstring; without `source`, the `packaged` set); blank
+    prompts are skipped."""
     if source is None:
-        values = [record["prompt"] for record in default_prompts()]
+        values = [record["prompt"] for record in packaged_prompts(packaged)]
         column = "prompt"
     else:
         from ..data import load_dataset_split

@@ -138,3 +138,60 @@ def signal_report(records: Iterable[Mapping], features: Mapping[str, Any]) -> di
         "length": lengths(records),
         "degeneracy": degeneracy(records),
     }
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_report(report: dict, title: str = "Signal report") -> str:
+    """A one-screen text table of a signal report (`signal_report`, with `onpolicy` and `reward` when present)."""
+    lines = [f"{title} ({report['records']} records)"]
+    overall = report["accuracy"]["overall"]
+    if overall:
+        lines.append(
+            f"accuracy on verifiable features ({overall['pairs']} pairs): correct {_pct(overall['correct'])}, "
+            f"tie {_pct(overall['tie'])}, wrong {_pct(overall['wrong'])}"
+        )
+        lines.append(
+            f"  {'feature':12} {'pairs':>5} {'correct':>8} {'tie':>7} {'wrong':>7} {'y+ good':>8} "
+            f"{'y- not':>7} {'y_o good':>8}"
+        )
+        for name, row in report["accuracy"]["per_feature"].items():
+            lines.append(
+                f"  {name:12} {row['pairs']:5d} {_pct(row['correct']):>8} {_pct(row['tie']):>7} "
+                f"{_pct(row['wrong']):>7} {_pct(row['chosen_follows_good']):>8} "
+                f"{_pct(row['rejected_breaks_good']):>7} {_pct(row['original_follows_good']):>8}"
+            )
+    else:
+        lines.append("accuracy: no record carries a verifiable feature (generate with `--features verifiable`)")
+    onpolicy = report.get("onpolicy")
+    if onpolicy and "mean_logp" in onpolicy:
+        a, gap = onpolicy["mean_logp"], onpolicy["gap_to_original"]
+        lines.append(
+            f"on-policyness under {onpolicy['model']}: A(x, y+) {_num(a[CHOSEN])}, A(x, y-) {_num(a[REJECTED])}, "
+            f"A(x, y_o) {_num(a[ORIGINAL])}; gap to y_o: y+ {_num(gap[CHOSEN])}, y- {_num(gap[REJECTED])}"
+        )
+    elif onpolicy:
+        lines.append(f"on-policyness: not measured ({onpolicy['skipped']})")
+    length = report["length"]
+    mean = length["mean"]
+    lines.append(
+        f"length ({length['unit']}): y+ {_num(mean[CHOSEN], 1)}, y- {_num(mean[REJECTED], 1)}, "
+        f"y_o {_num(mean[ORIGINAL], 1)}; y+ / y_o {_num(length['chosen_to_original'])}; "
+        f"truncated {_pct(length['truncated'])}"
+    )
+    degenerate = report["degeneracy"]
+    lines.append(
+        f"degeneracy: identical pairs {_pct(degenerate['identical_pairs'])}, near-identical "
+        f"{_pct(degenerate['near_identical_pairs'])}; distinct-2 y+ {_num(degenerate['distinct_2'][CHOSEN])}, "
+        f"y- {_num(degenerate['distinct_2'][REJECTED])}, y_o {_num(degenerate['distinct_2'][ORIGINAL])}"
+    )
+    if report.get("reward"):
+        reward = report["reward"]
+        lines.append(f"reward model {reward['model']}: r(y+) > r(y-) in {_pct(reward['chosen_wins'])}")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""`trl-sso evaluate`: how policies answer held-out prompts with **no** principle, scored by the checkers of the
+verifiable features (and a reward model when given). This is how a user sees whether a round of SSO moved the policy:
+compare the model before and after it on the same prompts.
+
+For each model: the share of answers that follow the good side of each verifiable feature (and their mean), the mean
+answer length and truncation rate and, with `--reward_model`, the mean reward and the pairwise win rate against the
+first model. Writes `evaluation.json` and `evaluation.png`."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class EvaluateArguments:
+    """Options of `trl-sso evaluate`."""
+
+    model_name_or_path: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Models to compare (paths or Hub ids), the first being the baseline; repeat the flag or list "
+            "several. Default: the packaged SmolLM2-135M-Instruct.",
+            "aliases": ["--model"],
+            "repeatable": True,
+        },
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation prompts (file, saved dataset or dataset name). Default: the 40 packaged held-out "
+            "prompts, disjoint from the generation prompts."
+        },
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompt set that holds the prompts."})
+    num_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    features: list[str] = field(
+        default_factory=lambda: ["verifiable"],
+        metadata={"help": "Verifiable features to score the answers on (names or the set 'verifiable')."},
+    )
+    features_file: str | None = field(default=None, metadata={"help": "A features file with more checkers."})
+    reward_model: str | None = field(default=None, metadata={"help": "A reward model that also scores the answers."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Maximum new tokens per answer."})
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 answers greedily."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch."})
+    seed: int = field(default=42, metadata={"help": "Seed of sampling (with a temperature above 0)."})
+    output_dir: str = field(default="evaluation", metadata={"help": "Where evaluation.json and the plot go."})
+
+
+def evaluate_models(args: EvaluateArguments) -> dict:
+    """Answer the prompts with each model and score the answers (see the module docstring). Returns the report."""
+    from ..files import write_json_atomic
+    from ..generation.prompts import load_prompts
+    from ..generation.samplers import TransformersSampler
+    from ..offline import DEFAULT_MODEL_ID
+    from ..principles import ALL_FEATURES, expand_feature_names, load_features
+    from ..signal.onpolicy import load_policy
+
+    features = load_features(args.features_file, ALL_FEATURES) if args.features_file else ALL_FEATURES
+    names = expand_feature_names(args.features, features)
+    unverifiable = [name for name in names if features[name].checker is None]
+    if unverifiable:
+        raise ValueError(f"`--features` {unverifiable} have no checker: evaluate scores verifiable features only.")
+    prompts = load_prompts(args.prompts, args.prompt_column, num_prompts=args.num_prompts, packaged="eval_prompts")
+    models, answers = args.model_name_or_path or [DEFAULT_MODEL_ID], {}
+    rows = []
+    for name in models:
+        model, tokenizer = load_policy(name)
+        sampler = TransformersSampler(model, tokenizer, args.batch_size)
+        completions = sampler.sample(prompts, args.temperature, 1.0, args.max_new_tokens, args.seed)
+        answers[name] = [c.text for c in completions]
+        follows = {f: sum(features[f].checker(c.text) for c in completions) / len(completions) for f in names}
+        rows.append(
+            {
+                "model": name,
+                "follows_good": follows,
+                "follows_good_mean": sum(follows.values()) / len(follows),
+                "mean_tokens": sum(c.num_tokens for c in completions) / len(completions),
+                "truncated": sum(not c.finished for c in completions) / len(completions),
+            }
+        )
+        del model, sampler
+    if args.reward_model:
+        from ..signal.rewards import load_reward_model, rewards
+
+        reward_model, reward_tokenizer = load_reward_model(args.reward_model)
+        scores = {name: rewards(reward_model, reward_tokenizer, list(zip(prompts, answers[name]))) for name in models}
+        for row in rows:
+            own, base = scores[row["model"]], scores[models[0]]
+            row["mean_reward"] = sum(own) / len(own)
+            row["win_rate_vs_first"] = sum(a > b for a, b in zip(own, base)) / len(own)
+    report = {"prompts": len(prompts), "features": names, "models": rows}
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output / "evaluation.json", report, indent=2)
+    _plot(report, output / "evaluation.png")
+    return report
+
+
+def format_evaluation(report: dict) -> str:
+    """The evaluation as a one-screen table: one row per model."""
+    names = report["features"]
+    header = f"{'model':40} " + " ".join(f"{n[:9]:>9}" for n in names) + f" {'mean':>6} {'tokens':>7} {'cut':>5}"
+    has_reward = "mean_reward" in report["models"][0]
+    header += f" {'reward':>7} {'win':>6}" if has_reward else ""
+    lines = [f"Held-out evaluation on {report['prompts']} prompts (share of answers following the good side)", header]
+    for row in report["models"]:
+        line = f"{row['model'][-40:]:40} " + " ".join(f"{row['follows_good'][n]:9.2f}" for n in names)
+        line += f" {row['follows_good_mean']:6.2f} {row['mean_tokens']:7.1f} {row['truncated']:5.2f}"
+        if has_reward:
+            line += f" {row['mean_reward']:7.3f} {row['win_rate_vs_first']:6.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _plot(report: dict, path: Path) -> None:
+    from ..signal.plots import _pyplot
+
+    plt = _pyplot()
+    names, rows = report["features"], report["models"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 3, 3.5))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        ax.bar(
+            [j + i * width for j in range(len(names))],
+            [row["follows_good"][n] for n in names],
+            width,
+            label=Path(row["model"]).name or row["model"],
+        )
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
+    ax.set_ylabel("answers following the good side")
+    ax.set_title("Held-out prompts, no principle")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,95 @@
+"""`trl-sso inspect`: the signal report of an SSO dataset (anything `load_sso_dataset` reads): accuracy on verifiable
+features, on-policyness under a policy, length drift, degeneracy and, with a reward model, its pairwise verdicts.
+Writes `signal.json` and PNG plots, and returns the report."""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InspectArguments:
+    """Options of `trl-sso inspect`."""
+
+    dataset: str = field(
+        metadata={"help": "The dataset: a `trl-sso generate` folder, a file, or a Hub dataset id.", "positional": True}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Config of a Hub dataset (e.g. iteration_2)."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to inspect."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Policy that scores A(x, y) (on-policyness). Default: the generator model recorded in the "
+            "dataset, when it loads.",
+            "aliases": ["--model"],
+        },
+    )
+    skip_onpolicy: bool = field(default=False, metadata={"help": "Do not load a policy; skip on-policyness."})
+    reward_model: str | None = field(
+        default=None, metadata={"help": "A sequence-classification reward model that also judges y+ against y-."}
+    )
+    features_file: str | None = field(
+        default=None, metadata={"help": "The features file the data were generated with, if any (for its checkers)."}
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where signal.json and the plots go. Default: DATASET/signal for a local folder, else ./signal."
+        },
+    )
+    num_records: int | None = field(default=None, metadata={"help": "Inspect only the first N records."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass when scoring."})
+
+    def __post_init__(self):
+        if self.num_records is not None and self.num_records < 1:
+            raise ValueError(f"`--num_records` must be at least 1, got {self.num_records}.")
+        if self.output_dir is None:
+            self.output_dir = str(Path(self.dataset) / "signal") if Path(self.dataset).is_dir() else "signal"
+
+
+def inspect_dataset(args: InspectArguments) -> dict:
+    """Compute, write and return the signal report of `args.dataset` (see the module docstring)."""
+    from ..data import ORIGINAL, check_columns, load_sso_dataset, required_columns
+    from ..files import write_json_atomic
+    from ..principles import ALL_FEATURES, load_features
+    from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
+    from ..signal.plots import plot_accuracy, plot_onpolicy
+    from ..signal.report import signal_report
+
+    dataset = load_sso_dataset(args.dataset, args.dataset_config, split=args.dataset_split)
+    check_columns(dataset.column_names, [*required_columns(steer_coef=0.0), ORIGINAL])
+    records = dataset.select(range(min(len(dataset), args.num_records or len(dataset)))).to_list()
+    features = load_features(args.features_file, ALL_FEATURES) if args.features_file else ALL_FEATURES
+    report = signal_report(records, features)
+    report["dataset"] = args.dataset if args.dataset_config is None else f"{args.dataset} ({args.dataset_config})"
+
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    model_name = args.model_name_or_path or records[0].get("generator_model")
+    if args.skip_onpolicy or not model_name:
+        report["onpolicy"] = {"skipped": "no model: pass `--model`" if not model_name else "`--skip_onpolicy`"}
+    else:
+        try:
+            model, tokenizer = load_policy(model_name)
+        except ValueError as error:
+            if args.model_name_or_path:  # asked for explicitly: a bad input
+                raise
+            logger.warning(f"On-policyness skipped: {error}")
+            report["onpolicy"] = {"skipped": f"the recorded generator {model_name!r} did not load; pass `--model`"}
+        else:
+            values, rate = mean_logps(model, tokenizer, records, args.batch_size)
+            report["onpolicy"] = {"model": model_name, **onpolicy_report(values), "records_per_second": rate}
+            print(f"Scored A(x, y) of {len(records)} records at {rate:.2f} records/s.")
+            plot_onpolicy(values, output / "onpolicy.png")
+            del model
+    if args.reward_model:
+        from ..signal.rewards import load_reward_model, reward_report
+
+        reward_model, reward_tokenizer = load_reward_model(args.reward_model)
+        report["reward"] = {"model": args.reward_model, **reward_report(reward_model, reward_tokenizer, records)}
+    plot_accuracy(report, output / "accuracy.png")
+    write_json_atomic(output / "signal.json", report, indent=2)
+    return report

@@ -1,0 +1,90 @@
+"""PNG plots of signal reports (matplotlib, headless): accuracy per verifiable feature, the distributions of
+`A(x, y)`, and the rounds of an online run."""
+
+from pathlib import Path
+
+from ..data import RESPONSE_COLUMNS
+from .report import SIDE
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(report: dict, path: Path) -> Path | None:
+    """Stacked bars of correct / tie / wrong per verifiable feature (and overall); `None` without verifiable data."""
+    accuracy = report["accuracy"]
+    if not accuracy["overall"]:
+        return None
+    plt = _pyplot()
+    rows = {**accuracy["per_feature"], "overall": accuracy["overall"]}
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
+    bottom = [0.0] * len(rows)
+    for outcome, color in (("correct", "#2a9d8f"), ("tie", "#c9c9c9"), ("wrong", "#e76f51")):
+        heights = [row[outcome] for row in rows.values()]
+        ax.bar(list(rows), heights, bottom=bottom, color=color, label=outcome)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_ylabel("share of (record, feature) pairs")
+    ax.set_title("Does y+ follow the good principle better than y-?")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_onpolicy(values: dict[str, list[float]], path: Path) -> Path:
+    """Histograms of `A(x, y)` for y+, y-, y_o under the plain prompt."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for column in RESPONSE_COLUMNS:
+        ax.hist(values[column], bins=20, alpha=0.5, label=SIDE[column])
+    ax.set_xlabel("A(x, y): token-mean log-probability under the plain prompt")
+    ax.set_ylabel("records")
+    ax.set_title("On-policyness (y_o is the policy's own answer)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_rounds(rounds: list[dict], path: Path) -> Path:
+    """Accuracy, the on-policyness gap, length drift, the pair margins and W across online rounds (one panel each)."""
+    plt = _pyplot()
+    x = [r["round"] for r in rounds]
+    panels = {
+        "signal accuracy (correct)": {"": [r.get("accuracy") for r in rounds]},
+        "A(x, y+) - A(x, y_o)": {"": [r.get("onpolicy_gap") for r in rounds]},
+        "mean tokens": {SIDE[c]: [(r.get("mean_tokens") or {}).get(c) for r in rounds] for c in RESPONSE_COLUMNS},
+        "training margins": {
+            name: [(r.get("train") or {}).get(key) for r in rounds]
+            for name, key in (
+                ("main", "rewards/margins"),
+                ("steer +", "steer_pos/rewards/margins"),
+                ("steer -", "steer_neg/rewards/margins"),
+            )
+        },
+        "mean W": {"": [(r.get("train") or {}).get("sso/weight") for r in rounds]},
+        "held-out: good side followed": {"": [r.get("eval_follows_good") for r in rounds]},
+    }
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    for ax, (title, series) in zip(axes.flat, panels.items()):
+        for label, ys in series.items():
+            points = [(a, b) for a, b in zip(x, ys) if b is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label or None)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("round")
+        ax.set_xticks(x)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

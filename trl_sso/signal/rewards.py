@@ -1,0 +1,57 @@
+"""Scores from a sequence-classification reward model (e.g. one trained by `trl-sso reward`): the reward of a
+response to its plain prompt, as TRL's `RewardTrainer` reads a pair (chat template over prompt and response)."""
+
+from collections.abc import Mapping
+
+
+def load_reward_model(name: str):
+    """`(model, tokenizer)` of a reward model (a full model or a PEFT adapter folder); a `ValueError` naming the fix
+    when it does not load."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForSequenceClassification.from_pretrained(name).eval()
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"The reward model {name!r} could not be loaded ({first}). Pass a sequence-classification model "
+            "(e.g. the output folder of `trl-sso reward`) with `--reward_model`."
+        ) from error
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _text(tokenizer, prompt, response) -> str:
+    if isinstance(prompt, str):
+        return prompt + (response if isinstance(response, str) else response[-1]["content"])
+    messages = prompt + (response if isinstance(response, list) else [{"role": "assistant", "content": response}])
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def rewards(model, tokenizer, pairs: list[tuple], batch_size: int = 8) -> list[float]:
+    """The reward of each `(prompt, response)` in `pairs`."""
+    import torch
+
+    scores = []
+    for start in range(0, len(pairs), batch_size):
+        texts = [_text(tokenizer, p, r) for p, r in pairs[start : start + batch_size]]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            scores += model(**inputs).logits[:, 0].float().tolist()
+    return scores
+
+
+def reward_report(model, tokenizer, records: list[Mapping], batch_size: int = 8) -> dict:
+    """The share of records with r(y+) > r(y-), and the mean reward of y+, y- and y_o."""
+    from ..data import CHOSEN, ORIGINAL, PROMPT, REJECTED
+
+    columns = [c for c in (CHOSEN, REJECTED, ORIGINAL) if c in records[0]]
+    scores = {c: rewards(model, tokenizer, [(r[PROMPT], r[c]) for r in records], batch_size) for c in columns}
+    wins = [a > b for a, b in zip(scores[CHOSEN], scores[REJECTED])]
+    return {
+        "chosen_wins": sum(wins) / len(wins),
+        "mean_reward": {c: sum(v) / len(v) for c, v in scores.items()},
+    }
