@@ -19,41 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def options(model_dir, output_dir, *extra):
-    return [
-        "--model_name_or_path",
-        model_dir,
-        "--output_dir",
-        str(output_dir),
-        "--rounds",
-        "2",
-        "--num_prompts",
-        "4",
-        "--batch_size",
-        "2",
-        "--max_new_tokens",
-        "8",
-        "--drop_revealing",
-        "false",
-        "--max_steps",
-        "3",
-        "--per_device_train_batch_size",
-        "2",
-        "--save_steps",
-        "1",
-        "--learning_rate",
-        "1e-3",
-        "--gradient_checkpointing",
-        "false",
-        "--report_to",
-        "none",
-        "--max_length",
-        "256",
-        "--dataloader_pin_memory",
-        "false",
-        "--logging_steps",
-        "1",
-        *extra,
-    ]
+    fixed = (
+        "--rounds 2 --num_prompts 4 --batch_size 2 --max_new_tokens 8 --drop_revealing false --max_steps 3 "
+        "--per_device_train_batch_size 2 --save_steps 1 --learning_rate 1e-3 --gradient_checkpointing false "
+        "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1 --eval_num_prompts 4 "
+        "--eval_max_new_tokens 8"
+    )
+    return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), *fixed.split(), *extra]
 
 
 def parse(command, argv):
@@ -98,6 +70,13 @@ def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_di
     assert generated[0]["generator_model"] == f"{tiny_model_dir} (SSO round 1 policy)"
     assert set(report["mean_tokens"]) == {"chosen", "rejected", "original"} and "train_loss" in report["train"]
     assert (tmp_path / "run" / "round_2" / "data" / "README.md").exists()  # the dataset card, locally
+    # The signal of each round under its policy, the policy's held-out evaluation, and the rounds across the run
+    assert set(report["signal"]) == {"accuracy", "onpolicy", "length"} and report["signal"]["onpolicy"]["mean_logp"]
+    assert 0.0 <= report["evaluation"]["follows_good_mean"] <= 1.0
+    rounds = json.loads((tmp_path / "run" / "rounds.json").read_text())
+    assert [r["round"] for r in rounds["rounds"]] == [1, 2] and rounds["final_evaluation"]["follows_good"]
+    assert (tmp_path / "run" / "rounds.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "run" / "round_2" / "train" / "rounds.png").exists()  # published with the round's model
 
 
 def test_iterate_with_lora_merges_the_adapter_into_the_next_policy(tiny_model_dir, tmp_path):

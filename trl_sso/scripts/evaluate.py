@@ -49,7 +49,6 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     """Answer the prompts with each model and score the answers (see the module docstring). Returns the report."""
     from ..files import write_json_atomic
     from ..generation.prompts import load_prompts
-    from ..generation.samplers import TransformersSampler
     from ..offline import DEFAULT_MODEL_ID
     from ..principles import ALL_FEATURES, expand_feature_names, load_features
     from ..signal.onpolicy import load_policy
@@ -64,20 +63,18 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     rows = []
     for name in models:
         model, tokenizer = load_policy(name)
-        sampler = TransformersSampler(model, tokenizer, args.batch_size)
-        completions = sampler.sample(prompts, args.temperature, 1.0, args.max_new_tokens, args.seed)
-        answers[name] = [c.text for c in completions]
-        follows = {f: sum(features[f].checker(c.text) for c in completions) / len(completions) for f in names}
-        rows.append(
-            {
-                "model": name,
-                "follows_good": follows,
-                "follows_good_mean": sum(follows.values()) / len(follows),
-                "mean_tokens": sum(c.num_tokens for c in completions) / len(completions),
-                "truncated": sum(not c.finished for c in completions) / len(completions),
-            }
+        row, answers[name] = score_answers(
+            model,
+            tokenizer,
+            prompts,
+            {n: features[n] for n in names},
+            args.max_new_tokens,
+            args.temperature,
+            args.batch_size,
+            args.seed,
         )
-        del model, sampler
+        rows.append({"model": name, **row})
+        del model
     if args.reward_model:
         from ..signal.rewards import load_reward_model, rewards
 
@@ -93,6 +90,24 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     write_json_atomic(output / "evaluation.json", report, indent=2)
     _plot(report, output / "evaluation.png")
     return report
+
+
+def score_answers(model, tokenizer, prompts, features, max_new_tokens=128, temperature=0.0, batch_size=8, seed=42):
+    """Let `model` answer `prompts` (no principle) and score the answers with the checkers of `features` (name ->
+    `Feature`). Returns the scores (share following each good side, their mean, mean tokens, truncation rate) and the
+    answers."""
+    from ..generation.samplers import TransformersSampler
+
+    sampler = TransformersSampler(model, tokenizer, batch_size)
+    completions = sampler.sample(prompts, temperature, 1.0, max_new_tokens, seed)
+    follows = {name: sum(f.checker(c.text) for c in completions) / len(completions) for name, f in features.items()}
+    row = {
+        "follows_good": follows,
+        "follows_good_mean": sum(follows.values()) / len(follows),
+        "mean_tokens": sum(c.num_tokens for c in completions) / len(completions),
+        "truncated": sum(not c.finished for c in completions) / len(completions),
+    }
+    return row, [c.text for c in completions]
 
 
 def format_evaluation(report: dict) -> str:

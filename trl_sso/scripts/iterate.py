@@ -2,18 +2,61 @@
 with `SSOTrainer` against itself as the frozen reference, and make the result the round-(t+1) policy (with PEFT, the
 adapter merged into its base).
 
-Each round writes `round_<t>/data` (the dataset), `round_<t>/train` (the trained model or adapter with its card),
-`round_<t>/policy` (the next policy) and `round_<t>/report.json`, written last: a rerun skips the rounds that have a
-report, and within a round generation resumes at the next batch and training at its last checkpoint. With Hub ids, each
-round's data is published as config `iteration_<t>` and its model as branch `iteration_<t>`, as the round finishes.
+Each round writes `round_<t>/data` (the dataset, its summary with the signal report, its card), `round_<t>/train` (the
+trained model or adapter with its card), `round_<t>/policy` (the next policy), `round_<t>/signal.json` (with
+`--round_signal`: on-policyness of the data under the round's policy and that policy's held-out evaluation) and
+`round_<t>/report.json`, written last: a rerun skips the rounds that have a report, and within a round generation
+resumes at the next batch and training at its last checkpoint. `rounds.json` and `rounds.png` follow the signal
+across rounds (the final policy's evaluation included). With Hub ids, each round's data is published as config
+`iteration_<t>` and its model as branch `iteration_<t>`, with the round's signal files, as the round finishes.
 """
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 
 logger = logging.getLogger(__name__)
+
+
+def round_row(report: dict) -> dict:
+    """One round of `rounds.json`: the signal of its data, its training metrics and its policy's evaluation."""
+    signal = report.get("signal") or {}
+    accuracy = signal.get("accuracy") or {}
+    onpolicy = signal.get("onpolicy") or {}
+    return {
+        "round": report["round"],
+        "accuracy": accuracy.get("correct"),
+        "accuracy_ties": accuracy.get("tie"),
+        "onpolicy_gap": (onpolicy.get("gap_to_original") or {}).get("chosen"),
+        "mean_tokens": report["mean_tokens"],
+        "train": report["train"],
+        "eval_follows_good": (report.get("evaluation") or {}).get("follows_good_mean"),
+    }
+
+
+def format_rounds(rounds: dict) -> str:
+    """`rounds.json` as a table: one line per round, then the final policy."""
+
+    def cell(value, pattern="{:.2f}"):
+        return "n/a" if value is None else pattern.format(value)
+
+    lines = [
+        f"{'round':>5} {'accuracy':>8} {'ties':>5} {'A gap y+':>8} {'tokens y+/y-/y_o':>17} {'margin':>7} "
+        f"{'W':>5} {'held-out good':>13}"
+    ]
+    for row in rounds["rounds"]:
+        tokens = "/".join(f"{row['mean_tokens'][k]:.0f}" for k in ("chosen", "rejected", "original"))
+        lines.append(
+            f"{row['round']:>5} {cell(row['accuracy']):>8} {cell(row['accuracy_ties']):>5} "
+            f"{cell(row['onpolicy_gap']):>8} {tokens:>17} {cell(row['train'].get('rewards/margins')):>7} "
+            f"{cell(row['train'].get('sso/weight')):>5} {cell(row['eval_follows_good']):>13}"
+        )
+    final = rounds.get("final_evaluation")
+    if final:
+        lines.append(f"final policy: held-out answers follow the good side {final['follows_good_mean']:.2f}")
+    return "\n".join(lines)
 
 
 def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -> list[dict]:
@@ -22,7 +65,8 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
     from ..files import write_json_atomic
     from ..hub import push_dataset, push_folder
     from ..runtime import process_state
-    from .stages import generate_stage, save_next_policy, starting_policy, train_stage
+    from ..signal.plots import plot_rounds
+    from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage
 
     state = process_state()
     root = Path(training_args.output_dir)
@@ -35,6 +79,7 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
             reports.append(json.loads(report_path.read_text()))
             policy = str(round_dir / "policy")
             continue
+        state.print(f"Round {t}/{pipe_args.rounds}: generating with {policy}.")
         name = start_name + (f" (SSO round {t - 1} policy)" if t > 1 else "")
         dataset, summary = generate_stage(
             gen_options,
@@ -46,10 +91,39 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
             iteration=t,
             seed=training_args.seed + t - 1,
         )
+        state.print(f"Round {t}/{pipe_args.rounds}: training on {summary['num_records']} records.")
         metrics = train_stage(policy, dataset, training_args, model_args, round_dir / "train", callbacks)
         if state.is_main_process:
             if not (round_dir / "policy").exists():
                 save_next_policy(policy, round_dir / "train", round_dir / "policy")
+            report = {
+                "round": t,
+                "policy": policy,
+                "num_prompts": summary["num_prompts"],
+                "num_records": summary["num_records"],
+                "dropped": summary["dropped"],
+                "mean_tokens": summary["mean_tokens"],
+                "train": metrics,
+            }
+            if pipe_args.round_signal:
+                measured = signal_stage(policy, dataset.to_list(), gen_options, pipe_args, round_dir / "signal.json")
+                report["signal"] = {
+                    "accuracy": summary["signal"]["accuracy"]["overall"],
+                    "onpolicy": measured.get("onpolicy"),
+                    "length": summary["signal"]["length"],
+                }
+                report["evaluation"] = measured["evaluation"]
+                reports_so_far = [*reports, report]
+                final = None
+                if t == pipe_args.rounds:
+                    final = signal_stage(
+                        str(round_dir / "policy"), None, gen_options, pipe_args, root / "final_signal.json"
+                    )["evaluation"]
+                rounds = {"rounds": [round_row(r) for r in reports_so_far], "final_evaluation": final}
+                write_json_atomic(root / "rounds.json", rounds, indent=2)
+                plot_rounds(rounds["rounds"], root / "rounds.png")
+                for file in ("rounds.json", "rounds.png"):
+                    shutil.copy(root / file, round_dir / "train" / file)  # published with the round's model
             if pipe_args.hub_dataset_id:
                 push_dataset(round_dir / "data", pipe_args.hub_dataset_id, config_name=f"iteration_{t}")
             if training_args.push_to_hub and training_args.hub_model_id:
@@ -60,15 +134,6 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
                     private=bool(training_args.hub_private_repo),
                     commit_message=f"SSO round {t}",
                 )
-            report = {
-                "round": t,
-                "policy": policy,
-                "num_prompts": summary["num_prompts"],
-                "num_records": summary["num_records"],
-                "dropped": summary["dropped"],
-                "mean_tokens": summary["mean_tokens"],
-                "train": metrics,
-            }
             write_json_atomic(report_path, report, indent=2)
             lengths = "/".join(f"{summary['mean_tokens'][k]:.1f}" for k in RESPONSE_COLUMNS)
             logger.warning(
@@ -79,4 +144,6 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
         state.wait_for_everyone()
         reports.append(json.loads(report_path.read_text()))
         policy = str(round_dir / "policy")
+    if (root / "rounds.json").exists():
+        state.print(format_rounds(json.loads((root / "rounds.json").read_text())))
     return reports

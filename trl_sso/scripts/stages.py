@@ -25,10 +25,25 @@ class PipelineArguments:
     hub_dataset_id: str | None = dataclasses.field(
         default=None, metadata={"help": "Publish each round's dataset to this repo, as config iteration_<t>."}
     )
+    round_signal: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "`iterate`: measure each round's signal under its policy (on-policyness) and evaluate the "
+            "policy on held-out prompts, into report.json, rounds.json and rounds.png."
+        },
+    )
+    eval_num_prompts: int = dataclasses.field(
+        default=40, metadata={"help": "Held-out prompts each round's policy answers (at most the 40 packaged)."}
+    )
+    eval_max_new_tokens: int = dataclasses.field(
+        default=128, metadata={"help": "Maximum new tokens of the held-out answers."}
+    )
 
     def __post_init__(self):
         if self.rounds < 1:
             raise ValueError(f"`rounds` must be at least 1, got {self.rounds}.")
+        if self.eval_num_prompts < 1:
+            raise ValueError(f"`eval_num_prompts` must be at least 1, got {self.eval_num_prompts}.")
 
 
 def starting_policy(model_args) -> tuple[str, str]:
@@ -102,3 +117,40 @@ def save_next_policy(base_path: str, trained_dir: Path, target: Path) -> None:
         AutoTokenizer.from_pretrained(str(trained_dir)).save_pretrained(folder)
 
     save_folder_atomic(target, save)
+
+
+def evaluation_features(options: GenerationOptions) -> dict:
+    """The verifiable features a policy is evaluated on: those the data were generated with, else all of them."""
+    from ..principles import ALL_FEATURES, VERIFIABLE, expand_feature_names, load_features
+
+    features = load_features(options.features_file, ALL_FEATURES) if options.features_file else ALL_FEATURES
+    names = expand_feature_names(options.features, features) if options.features else []
+    names = [name for name in names if features[name].checker is not None] or list(VERIFIABLE)
+    return {name: features[name] for name in names}
+
+
+def signal_stage(policy: str, records: list | None, options: GenerationOptions, pipe_args, path: Path) -> dict:
+    """Under `policy`: on-policyness of `records` (the data it generated; `None` for the final policy) and its
+    evaluation on held-out prompts. Written to `path` (JSON) and reused by a rerun."""
+    import json
+
+    from ..files import write_json_atomic
+    from ..generation.prompts import load_prompts
+    from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
+    from .evaluate import score_answers
+
+    if path.exists():
+        return json.loads(path.read_text())
+    model, tokenizer = load_policy(policy)
+    result = {}
+    if records:
+        values, rate = mean_logps(model, tokenizer, records)
+        result["onpolicy"] = {**onpolicy_report(values), "records_per_second": rate}
+    prompts = load_prompts(num_prompts=pipe_args.eval_num_prompts, packaged="eval_prompts")
+    result["evaluation"], _ = score_answers(
+        model, tokenizer, prompts, evaluation_features(options), pipe_args.eval_max_new_tokens
+    )
+    del model
+    gc.collect()
+    write_json_atomic(path, result, indent=2)
+    return result
