@@ -4,6 +4,7 @@ reward-model verdicts, and one-line errors for bad input."""
 import json
 
 import pytest
+from test_hub import hub  # noqa: F401  (the local Hub fixture)
 
 from trl_sso.cli.main import main
 
@@ -118,3 +119,17 @@ def test_evaluation_prompts_are_held_out():
     train = {r["prompt"] for r in packaged_prompts("default_prompts")}
     held_out = [r["prompt"] for r in packaged_prompts("eval_prompts")]
     assert len(held_out) == 40 and not set(held_out) & train
+
+
+def test_published_dataset_card_carries_the_signal_and_its_plot(hub, verifiable_data):  # noqa: F811
+    from huggingface_hub import DatasetCard, HfApi, hf_hub_download
+
+    from trl_sso.hub import push
+
+    assert (verifiable_data / "accuracy.png").exists()  # drawn by the generator beside the data
+    push(verifiable_data, "tester/sso-signal")
+    files = HfApi().list_repo_files("tester/sso-signal", repo_type="dataset")
+    assert "signal/iteration_1/accuracy.png" in files
+    card = DatasetCard.load(hf_hub_download("tester/sso-signal", "README.md", repo_type="dataset"))
+    assert "## Signal quality" in card.text and "](signal/iteration_1/accuracy.png)" in card.text
+    assert "sso" in card.data.tags and card.data.configs

@@ -203,9 +203,12 @@ def size_category(n: int) -> str:
     return next((label for limit, label in _SIZE_CATEGORIES if n < limit), "n>1M")
 
 
-def sso_dataset_card(dataset, summary: dict | None, repo_id: str, config_name: str, existing: dict):
+def sso_dataset_card(
+    dataset, summary: dict | None, repo_id: str, config_name: str, existing: dict, image: str | None = None
+):
     """The card of a pushed SSO dataset. `existing` is the repo's current card metadata: its `configs` and
-    `dataset_info` (written by `push_to_hub`) are kept, so every pushed round stays loadable."""
+    `dataset_info` (written by `push_to_hub`) are kept, so every pushed round stays loadable. `image` is the path of
+    the accuracy plot, relative to the card."""
     import json
 
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -233,6 +236,7 @@ def sso_dataset_card(dataset, summary: dict | None, repo_id: str, config_name: s
         extra_columns=[c for c in dataset.column_names if c not in SSO_COLUMNS],
         example=text if len(text) < 4000 else text[:4000] + "\n...",
         summary=summary,
+        image=image,
         sso_citation=SSO_CITATION,
     )
 

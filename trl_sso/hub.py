@@ -105,12 +105,27 @@ def push_dataset(path, repo_id, *, config_name=None, private=False, revision=Non
         f"Pushing dataset {repo_id} ({config_name})",
     )
 
+    image, plot = None, Path(path) / "accuracy.png"  # the accuracy plot `trl-sso generate` draws beside the data
+    if plot.is_file():
+        image = f"signal/{config_name}/accuracy.png"
+        _retry(
+            lambda: api.upload_file(
+                path_or_fileobj=str(plot),
+                path_in_repo=image,
+                repo_id=repo_id,
+                repo_type="dataset",
+                revision=revision,
+                commit_message=f"Signal plot of {config_name}",
+            ),
+            f"Uploading the signal plot of {repo_id}",
+        )
+
     def update_card():
         from huggingface_hub import DatasetCard, hf_hub_download
 
         readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision, token=token)
         existing = DatasetCard.load(readme)
-        card = sso_dataset_card(dataset, summary, repo_id, config_name, existing.data.to_dict())
+        card = sso_dataset_card(dataset, summary, repo_id, config_name, existing.data.to_dict(), image)
         card.push_to_hub(
             repo_id,
             repo_type="dataset",

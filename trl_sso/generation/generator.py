@@ -34,7 +34,7 @@ from .sources import PrincipleSource
 
 logger = logging.getLogger(__name__)
 
-BATCH_DIR, DATASET_DIR, SUMMARY_FILE = "batches", "dataset", "summary.json"
+BATCH_DIR, DATASET_DIR, SUMMARY_FILE, ACCURACY_PLOT = "batches", "dataset", "summary.json", "accuracy.png"
 
 
 class NoRecordsError(RuntimeError):
@@ -304,8 +304,12 @@ class SSOGenerator:
         }
         write_json_atomic(self.output_dir / SUMMARY_FILE, summary, indent=2)
         from ..cards import sso_dataset_card
+        from ..signal.plots import plot_accuracy
 
-        card = sso_dataset_card(dataset, summary, self.output_dir.name, f"iteration_{self.args.iteration}", {})
+        plot = plot_accuracy(summary["signal"], self.output_dir / ACCURACY_PLOT)
+        card = sso_dataset_card(
+            dataset, summary, self.output_dir.name, f"iteration_{self.args.iteration}", {}, plot and ACCURACY_PLOT
+        )
         card.save(str(self.output_dir / "README.md"))  # the card travels with the data; a push renders it anew
         return dataset, summary
 
