@@ -69,25 +69,9 @@ def run_method(name: str, cli: argparse.Namespace, root: Path, prompts: Path) ->
 
 
 def table(results: dict) -> str:
-    def cell(value, pattern="{:.2f}"):
-        return "  n/a" if value is None else pattern.format(value)
+    from trl_sso.scripts.iterate import format_rounds
 
-    lines = [
-        f"{'method':6} {'round':>5} {'correct':>7} {'ties':>5} {'A gap y+':>8} {'tokens y+':>9} {'tokens y-':>9} "
-        f"{'held-out good':>13}"
-    ]
-    for name, rounds in results.items():
-        for row in rounds["rounds"]:
-            lines.append(
-                f"{name:6} {row['round']:>5} {cell(row['accuracy']):>7} {cell(row['accuracy_ties']):>5} "
-                f"{cell(row['onpolicy_gap']):>8} {row['mean_tokens']['chosen']:9.1f} "
-                f"{row['mean_tokens']['rejected']:9.1f} {cell(row['eval_follows_good']):>13}"
-            )
-        final = rounds["final_evaluation"]
-        lines.append(
-            f"{name:6} {'final':>5} {'':>7} {'':>5} {'':>8} {'':>9} {'':>9} {cell(final['follows_good_mean']):>13}"
-        )
-    return "\n".join(lines)
+    return "\n\n".join(f"{name}\n{format_rounds(rounds)}" for name, rounds in results.items())
 
 
 def plot(results: dict, path: Path) -> None:

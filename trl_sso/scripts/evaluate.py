@@ -52,6 +52,7 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     from ..offline import DEFAULT_MODEL_ID
     from ..principles import ALL_FEATURES, expand_feature_names, load_features
     from ..signal.onpolicy import load_policy
+    from ..signal.plots import plot_evaluation
 
     features = load_features(args.features_file, ALL_FEATURES) if args.features_file else ALL_FEATURES
     names = expand_feature_names(args.features, features)
@@ -88,7 +89,7 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output / "evaluation.json", report, indent=2)
-    _plot(report, output / "evaluation.png")
+    plot_evaluation(report, output / "evaluation.png")
     return report
 
 
@@ -124,26 +125,3 @@ def format_evaluation(report: dict) -> str:
             line += f" {row['mean_reward']:7.3f} {row['win_rate_vs_first']:6.2f}"
         lines.append(line)
     return "\n".join(lines)
-
-
-def _plot(report: dict, path: Path) -> None:
-    from ..signal.plots import _pyplot
-
-    plt = _pyplot()
-    names, rows = report["features"], report["models"]
-    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 3, 3.5))
-    width = 0.8 / len(rows)
-    for i, row in enumerate(rows):
-        ax.bar(
-            [j + i * width for j in range(len(names))],
-            [row["follows_good"][n] for n in names],
-            width,
-            label=Path(row["model"]).name or row["model"],
-        )
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
-    ax.set_ylabel("answers following the good side")
-    ax.set_title("Held-out prompts, no principle")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

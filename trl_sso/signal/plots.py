@@ -1,5 +1,5 @@
 """PNG plots of signal reports (matplotlib, headless): accuracy per verifiable feature, the distributions of
-`A(x, y)`, and the rounds of an online run."""
+`A(x, y)`, the rounds of an online run, and the held-out evaluation of policies."""
 
 from pathlib import Path
 
@@ -84,6 +84,29 @@ def plot_rounds(rounds: list[dict], path: Path) -> Path:
         ax.set_xticks(x)
         if len(series) > 1:
             ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_evaluation(report: dict, path: Path) -> Path:
+    """Grouped bars: per verifiable feature, the share of each model's held-out answers that follow the good side."""
+    plt = _pyplot()
+    names, rows = report["features"], report["models"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 3, 3.5))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        ax.bar(
+            [j + i * width for j in range(len(names))],
+            [row["follows_good"][n] for n in names],
+            width,
+            label=Path(row["model"]).name or row["model"],
+        )
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
+    ax.set_ylabel("answers following the good side")
+    ax.set_title("Held-out prompts, no principle")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
