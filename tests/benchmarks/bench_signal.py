@@ -11,7 +11,7 @@ tie shares; the on-policyness gap A(x, y+) - A(x, y_o) under the round's policy;
 the held-out evaluation of the round's policy (the share of answers following the good sides, no principle given),
 then of the final policies. Prints the table and writes `bench_signal.json` and `bench_signal.png`.
 
-    python tests/benchmarks/bench_signal.py                     # 3 rounds, 24 prompts a round (2 cores)
+    python tests/benchmarks/bench_signal.py                     # 3 rounds, 16 prompts a round (about 40 minutes, 2 cores)
     python tests/benchmarks/bench_signal.py --rounds 1 --num_prompts 4 --max_steps 2   # a smoke run
 
 The prompts are the first packaged generation prompts with "Answer briefly." appended, so that responses end before
@@ -105,11 +105,11 @@ def plot(results: dict, path: Path) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num_prompts", type=int, default=24)
-    parser.add_argument("--max_new_tokens", type=int, default=160)
-    parser.add_argument("--max_steps", type=int, default=12)
-    parser.add_argument("--eval_prompts", type=int, default=16)
-    parser.add_argument("--eval_max_new_tokens", type=int, default=96)
+    parser.add_argument("--num_prompts", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--max_steps", type=int, default=8)
+    parser.add_argument("--eval_prompts", type=int, default=12)
+    parser.add_argument("--eval_max_new_tokens", type=int, default=64)
     parser.add_argument("--output_dir", default="outputs/bench_signal")
     cli = parser.parse_args()
     root = Path(cli.output_dir)
