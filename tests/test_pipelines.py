@@ -114,7 +114,7 @@ def test_pipeline_end_to_end(tiny_model_dir, tmp_path):
 
 def test_both_rounds_published_and_loaded_back(hub, tiny_model_dir, tmp_path):  # noqa: F811
     import datasets
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, hf_hub_download
     from transformers import AutoModelForCausalLM
 
     assert (
@@ -139,6 +139,10 @@ def test_both_rounds_published_and_loaded_back(hub, tiny_model_dir, tmp_path):  
         AutoModelForCausalLM.from_pretrained("tester/sso-online", revision=f"iteration_{t}")
     branches = {b.name for b in HfApi().list_repo_refs("tester/sso-online").branches}
     assert {"iteration_1", "iteration_2"} <= branches
+    # Each round's model is published with the signal across rounds, and the data card with its signal section
+    assert {"rounds.json", "rounds.png"} <= set(HfApi().list_repo_files("tester/sso-online", revision="iteration_2"))
+    card = hf_hub_download("tester/sso-rounds", "README.md", repo_type="dataset")
+    assert "## Signal quality" in open(card).read()
 
 
 def test_two_process_iterate(tiny_model_dir, tmp_path):

@@ -11,7 +11,7 @@ tie shares; the on-policyness gap A(x, y+) - A(x, y_o) under the round's policy;
 the held-out evaluation of the round's policy (the share of answers following the good sides, no principle given),
 then of the final policies. Prints the table and writes `bench_signal.json` and `bench_signal.png`.
 
-    python tests/benchmarks/bench_signal.py                     # 3 rounds, 16 prompts a round (about 40 minutes, 2 cores)
+    python tests/benchmarks/bench_signal.py       # 3 rounds, 16 prompts a round (about 30 minutes, 2 cores)
     python tests/benchmarks/bench_signal.py --rounds 1 --num_prompts 4 --max_steps 2   # a smoke run
 
 The prompts are the first packaged generation prompts with "Answer briefly." appended, so that responses end before
