@@ -61,6 +61,8 @@ def run_method(name: str, cli: argparse.Namespace, root: Path, prompts: Path) ->
         "--sso_weight_alpha", "0.66", "--max_length", "640", "--gradient_checkpointing", "false",
         "--logging_steps", "1", "--save_steps", "4", "--report_to", "none", *METHODS[name],
     ]  # fmt: skip
+    if cli.model_name_or_path:
+        argv += ["--model_name_or_path", cli.model_name_or_path]
     start = time.perf_counter()
     iterate(*parser("iterate").parse_args_and_config(args=argv))
     rounds = json.loads((out / "rounds.json").read_text())
@@ -80,22 +82,24 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    held_out = "held-out answers following the good side\n(policy at the start of each round, then the final one)"
     panels = {
         "signal accuracy (y+ beats y-)": lambda r: r["accuracy"],
         "A(x, y+) - A(x, y_o)": lambda r: r["onpolicy_gap"],
         "mean tokens of y+": lambda r: r["mean_tokens"]["chosen"],
-        "held-out answers following the good side": lambda r: r["eval_follows_good"],
+        held_out: lambda r: r["eval_follows_good"],
     }
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
     for ax, (title, value) in zip(axes, panels.items()):
         for name, rounds in results.items():
             xs = [r["round"] for r in rounds["rounds"]]
             ys = [value(r) for r in rounds["rounds"]]
-            if title.startswith("held-out"):
+            if title == held_out:
                 xs, ys = xs + [xs[-1] + 1], ys + [rounds["final_evaluation"]["follows_good_mean"]]
             ax.plot(xs, ys, marker="o", label=name)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("round (held-out: policy at the start of the round; last point: final)")
+        ax.set_xlabel("round")
+        ax.set_xticks(range(1, len(next(iter(results.values()))["rounds"]) + 2))
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -111,6 +115,7 @@ def main():
     parser.add_argument("--eval_prompts", type=int, default=12)
     parser.add_argument("--eval_max_new_tokens", type=int, default=64)
     parser.add_argument("--output_dir", default="outputs/bench_signal")
+    parser.add_argument("--model_name_or_path", help="Starting policy (default: the packaged SmolLM2-135M-Instruct).")
     cli = parser.parse_args()
     root = Path(cli.output_dir)
     root.mkdir(parents=True, exist_ok=True)
