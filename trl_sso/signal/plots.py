@@ -16,6 +16,12 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_accuracy(report: dict, path: Path) -> Path | None:
     """Stacked bars of correct / tie / wrong per verifiable feature (and overall); `None` without verifiable data."""
     accuracy = report["accuracy"]
@@ -32,9 +38,7 @@ def plot_accuracy(report: dict, path: Path) -> Path | None:
     ax.set_ylabel("share of (record, feature) pairs")
     ax.set_title("Does y+ follow the good principle better than y-?")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -48,9 +52,7 @@ def plot_onpolicy(values: dict[str, list[float]], path: Path) -> Path:
     ax.set_ylabel("records")
     ax.set_title("On-policyness (y_o is the policy's own answer)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -84,9 +86,7 @@ def plot_rounds(rounds: list[dict], path: Path) -> Path:
         ax.set_xticks(x)
         if len(series) > 1:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -107,7 +107,5 @@ def plot_evaluation(report: dict, path: Path) -> Path:
     ax.set_ylabel("answers following the good side")
     ax.set_title("Held-out prompts, no principle")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
