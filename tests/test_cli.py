@@ -30,6 +30,7 @@ def test_every_command_has_help(command, capsys):
         "push": "--repo_id",
         "inspect": "--reward_model",
         "evaluate": "--max_new_tokens",
+        "env": "bug report",
     }[command]
     assert expected in text
 
@@ -181,3 +182,27 @@ def test_push_takes_its_path_from_a_config_file(tmp_path):
     config.write_text("path: outputs/round_1\nrepo_id: me/data\nprivate: true\n")
     (args,) = parser("push").parse_args_and_config(["--config", str(config)])
     assert (args.path, args.repo_id, args.private) == ("outputs/round_1", "me/data", True)
+
+
+def test_version_and_env(capsys):
+    from trl_sso import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"trl-sso {__version__}"
+    assert main(["env"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for package in (
+        "trl-sso",
+        "trl",
+        "transformers",
+        "datasets",
+        "huggingface_hub",
+        "peft",
+        "accelerate",
+        "bitsandbytes",
+        "torch",
+        "vllm",
+    ):
+        assert any(line.startswith(f"- {package} version: ") for line in lines), package
+    assert any(line.startswith("- Accelerator: ") for line in lines)

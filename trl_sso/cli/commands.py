@@ -46,6 +46,8 @@ DESCRIPTIONS = {
     "policy, length drift, degeneracy and, with a reward model, its verdicts. Writes signal.json and PNG plots.",
     "evaluate": "Let policies answer held-out prompts with no principle and score the answers on the verifiable "
     "features (and a reward model): the table says whether a round of SSO moved the policy.",
+    "env": "Print the versions of trl-sso and the libraries it runs on, and the accelerator: paste them into a bug "
+    "report.",
 }
 
 
@@ -61,6 +63,8 @@ def parser(command: str):
         )
     if command == "push":
         return DataclassParser((PushArguments,), prog=prog, description=description)
+    if command == "env":
+        return DataclassParser((), prog=prog, description=description)
     if command == "inspect":
         from ..scripts.inspect import InspectArguments
 
@@ -165,6 +169,15 @@ def evaluate(argv: list[str]) -> int:
     return 0
 
 
+def env(argv: list[str]) -> int:
+    from ..scripts.env import environment
+
+    parser("env").parse_args_and_config(argv)
+    print("Copy-paste the following information when reporting an issue:\n")
+    print("\n".join(f"- {key}: {value}" for key, value in environment().items()))
+    return 0
+
+
 def run(command: str, argv: list[str]) -> int:
     """Run `trl-sso COMMAND argv`; bad options and inputs end in one line on stderr and exit code 2."""
     from ..data import SSODataError
@@ -174,7 +187,8 @@ def run(command: str, argv: list[str]) -> int:
     try:
         if command in SCRIPTS:
             return run_script(command, argv)
-        return {"generate": generate, "push": push, "inspect": inspect, "evaluate": evaluate}[command](argv)
+        handlers = {"generate": generate, "push": push, "inspect": inspect, "evaluate": evaluate, "env": env}
+        return handlers[command](argv)
     except (ValueError, OSError, ImportError, HubError, NoRecordsError, SSODataError) as error:
         # Bad options and inputs: the message says what to fix; a stack trace would only hide it
         print(f"trl-sso {command}: error: {error}", file=sys.stderr)

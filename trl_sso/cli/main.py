@@ -25,16 +25,20 @@ COMMANDS = {
     "push": "Publish a generated dataset, an SSO model or adapter, or a reward model, with its card.",
     "inspect": "Signal report of an SSO dataset: accuracy, on-policyness, length drift, degeneracy.",
     "evaluate": "Score how policies answer held-out prompts without a principle, to compare rounds.",
+    "env": "Print the versions of trl-sso and its libraries, and the accelerator, for a bug report.",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: the command name, and its own options passed on untouched."""
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="trl-sso",
         description="Self-Steering Optimization (SSO) for TRL.",
         epilog="Run `trl-sso COMMAND --help` for the options of a command.",
     )
+    parser.add_argument("-V", "--version", action="version", version=f"trl-sso {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         commands.add_parser(name, help=help_text, add_help=False)
