@@ -99,6 +99,10 @@ def test_dataset_rounds_as_configs_both_loadable(hub, generated):
     assert load_sso_dataset("tester/sso-data", "iteration_1").to_list() == first.to_list()
     push(generated[0], "tester/sso-data")
     assert datasets.load_dataset("tester/sso-data", "iteration_1", split="train").to_list() == first.to_list()
+    # The latest round is the default config, whichever round was pushed last
+    assert datasets.load_dataset("tester/sso-data", split="train").to_list() == second.to_list()
+    card = DatasetCard.load("tester/sso-data", repo_type="dataset")
+    assert [c["config_name"] for c in card.data.configs if c.get("default")] == ["iteration_2"]
 
 
 def test_reference_format_datasets_are_pulled_into_the_schema(hub):

@@ -2,6 +2,7 @@
 the artifacts carry (the trainer's config and state), never typed by hand and never holding secrets."""
 
 import os
+import re
 import textwrap
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -203,6 +204,12 @@ def size_category(n: int) -> str:
     return next((label for limit, label in _SIZE_CATEGORIES if n < limit), "n>1M")
 
 
+def latest_config(config_names: list[str], pushed: str) -> str:
+    """The config a dataset repo loads by default: the highest `iteration_<t>`, else the one just pushed."""
+    rounds = [(int(name.rsplit("_", 1)[1]), name) for name in config_names if re.fullmatch(r"iteration_\d+", name)]
+    return max(rounds)[1] if rounds else pushed
+
+
 def sso_dataset_card(
     dataset, summary: dict | None, repo_id: str, config_name: str, existing: dict, image: str | None = None
 ):
@@ -223,6 +230,15 @@ def sso_dataset_card(
         pretty_name=metadata.get("pretty_name") or f"SSO preferences: {repo_id.split('/')[-1]}",
     )
     config_names = [c["config_name"] for c in metadata.get("configs") or []] or [config_name]
+    if metadata.get("configs"):  # the latest round loads by default: `load_dataset(repo)` needs no config name
+        default = latest_config(config_names, config_name)
+        metadata["configs"] = [
+            {
+                **{k: v for k, v in c.items() if k != "default"},
+                **({"default": True} if c["config_name"] == default else {}),
+            }
+            for c in metadata["configs"]
+        ]
     example = {k: v for k, v in dataset[0].items() if k in SSO_COLUMNS}
     text = json.dumps(example, ensure_ascii=False, indent=2)
     return DatasetCard.from_template(
