@@ -34,6 +34,19 @@ def test_save_folder_atomic_replaces_only_complete_folders(tmp_path):
     assert (target / "part-2").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
 
 
+def test_leftovers_of_a_killed_save_are_cleared_before_the_next_one(tmp_path):
+    (tmp_path / ".dataset.abc123.tmp").mkdir()  # a staging folder left by a process killed mid-save
+    (tmp_path / ".dataset.abc123.tmp" / "part-1").write_text("stale")
+    (tmp_path / ".summary.json.x1.tmp").write_text("{")  # a half-written JSON file
+    (tmp_path / ".other.abc.tmp").mkdir()  # another target's: left alone
+    save_folder_atomic(tmp_path / "dataset", lambda folder: (folder / "part-1").write_text("new"))
+    write_json_atomic(tmp_path / "summary.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc.tmp", "dataset", "summary.json"]
+    (tmp_path / ".dataset.def456.tmp").mkdir()
+    save_folder_atomic(tmp_path / "dataset", lambda folder: None, replace=False)  # concurrent writers: not touched
+    assert (tmp_path / ".dataset.def456.tmp").is_dir()
+
+
 def test_write_json_atomic(tmp_path):
     path = tmp_path / "sub" / "summary.json"
     write_json_atomic(path, {"a": 1})

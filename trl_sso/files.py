@@ -3,6 +3,7 @@
 Every file or folder that a later run reads back to decide what is already done goes through these two functions.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -11,10 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _clear_stale(target: Path) -> None:
+    """Remove what a crashed earlier write of `target` left beside it (`.<name>.*.tmp`). Only for targets with one
+    writer at a time: another process's write in progress would go too."""
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: str | Path, payload, indent: int | None = None) -> None:
-    """Write `payload` as JSON to `path` through a temporary file beside it, flushed to disk, then renamed."""
+    """Write `payload` as JSON to `path` through a temporary file beside it, flushed to disk, then renamed. (One
+    writer per path: leftovers of a crashed earlier write are removed first.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
@@ -30,11 +43,14 @@ def write_json_atomic(path: str | Path, payload, indent: int | None = None) -> N
 def save_folder_atomic(target: str | Path, save: Callable[[Path], None], *, replace: bool = True) -> None:
     """Call `save(folder)` on a new temporary folder beside `target`, then move it to `target`.
 
-    `target` is complete or absent at every moment. With `replace=False` an existing `target` is kept (another process
-    finished first) and the new copy is discarded.
+    `target` is complete or absent at every moment. With `replace=True` (one writer) the staging folders of a crashed
+    earlier save are removed first. With `replace=False` (several processes may save the same thing) an existing
+    `target` is kept and the new copy is discarded.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if replace:
+        _clear_stale(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         save(staging)

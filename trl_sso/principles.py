@@ -238,6 +238,11 @@ def load_features(path: str | Path, base: Mapping[str, Feature] = LIBRARY) -> di
     return features
 
 
+def known_features(features_file: str | Path | None = None) -> dict[str, Feature]:
+    """Every packaged feature (qualitative and verifiable), with those of `features_file` added or replacing them."""
+    return load_features(features_file, ALL_FEATURES) if features_file else dict(ALL_FEATURES)
+
+
 def expand_feature_names(names: Sequence[str], features: Mapping[str, Feature]) -> list[str]:
     """`names` with each set name (`FEATURE_SETS`) replaced by its features, duplicates dropped, all checked."""
     expanded = []

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..data import RESPONSE_COLUMNS, build_steered_prompt, make_record
 from ..files import save_folder_atomic, write_json_atomic
 from ..offline import DEFAULT_MODEL_ID
-from ..principles import ALL_FEATURES, expand_feature_names, load_features
+from ..principles import expand_feature_names, known_features
 from ..runtime import process_state
 from ..signal.report import signal_report
 from .arguments import GenerateArguments
@@ -70,7 +70,7 @@ class SSOGenerator:
 
     def __init__(self, args: GenerateArguments, sampler=None, tokenizer=None, principle_sampler=None):
         self.args, self.state = args, process_state()
-        self.features = load_features(args.features_file, ALL_FEATURES) if args.features_file else dict(ALL_FEATURES)
+        self.features = known_features(args.features_file)
         candidates = expand_feature_names(args.features, self.features) if args.features else None
         self.prompts = load_prompts(args.prompts, args.prompt_column, args.prompt_split, args.num_prompts)
         if sampler is None:

@@ -50,11 +50,11 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     from ..files import write_json_atomic
     from ..generation.prompts import load_prompts
     from ..offline import DEFAULT_MODEL_ID
-    from ..principles import ALL_FEATURES, expand_feature_names, load_features
+    from ..principles import expand_feature_names, known_features
     from ..signal.onpolicy import load_policy
     from ..signal.plots import plot_evaluation
 
-    features = load_features(args.features_file, ALL_FEATURES) if args.features_file else ALL_FEATURES
+    features = known_features(args.features_file)
     names = expand_feature_names(args.features, features)
     unverifiable = [name for name in names if features[name].checker is None]
     if unverifiable:

@@ -3,11 +3,7 @@
 This module stays light (no torch, no transformers at import) so that `trl-sso generate --help` answers at once.
 """
 
-import logging
 from dataclasses import dataclass, field
-
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

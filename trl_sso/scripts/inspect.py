@@ -54,7 +54,7 @@ def inspect_dataset(args: InspectArguments) -> dict:
     """Compute, write and return the signal report of `args.dataset` (see the module docstring)."""
     from ..data import ORIGINAL, check_columns, load_sso_dataset, required_columns
     from ..files import write_json_atomic
-    from ..principles import ALL_FEATURES, load_features
+    from ..principles import known_features
     from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
     from ..signal.plots import plot_accuracy, plot_onpolicy
     from ..signal.report import signal_report
@@ -62,7 +62,7 @@ def inspect_dataset(args: InspectArguments) -> dict:
     dataset = load_sso_dataset(args.dataset, args.dataset_config, split=args.dataset_split)
     check_columns(dataset.column_names, [*required_columns(steer_coef=0.0), ORIGINAL])
     records = dataset.select(range(min(len(dataset), args.num_records or len(dataset)))).to_list()
-    features = load_features(args.features_file, ALL_FEATURES) if args.features_file else ALL_FEATURES
+    features = known_features(args.features_file)
     report = signal_report(records, features)
     report["dataset"] = args.dataset if args.dataset_config is None else f"{args.dataset} ({args.dataset_config})"
 

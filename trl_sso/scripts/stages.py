@@ -121,9 +121,9 @@ def save_next_policy(base_path: str, trained_dir: Path, target: Path) -> None:
 
 def evaluation_features(options: GenerationOptions) -> dict:
     """The verifiable features a policy is evaluated on: those the data were generated with, else all of them."""
-    from ..principles import ALL_FEATURES, VERIFIABLE, expand_feature_names, load_features
+    from ..principles import VERIFIABLE, expand_feature_names, known_features
 
-    features = load_features(options.features_file, ALL_FEATURES) if options.features_file else ALL_FEATURES
+    features = known_features(options.features_file)
     names = expand_feature_names(options.features, features) if options.features else []
     names = [name for name in names if features[name].checker is not None] or list(VERIFIABLE)
     return {name: features[name] for name in names}
