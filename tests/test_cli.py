@@ -96,7 +96,9 @@ def test_generate_end_to_end_from_a_config_file(tmp_path, tiny_model_dir, capsys
     assert main(["generate", "--config", str(config)]) == 0
     assert "SSO records from 2 prompts" in capsys.readouterr().out
     summary = json.loads((tmp_path / "data" / "summary.json").read_text())
-    assert summary["settings"]["model_name_or_path"] == tiny_model_dir
+    # Reports name local models and files by their last part only (a local path says nothing to a reader)
+    assert summary["settings"]["model_name_or_path"] == os.path.basename(tiny_model_dir)
+    assert summary["generator_model"] == os.path.basename(tiny_model_dir)
 
 
 def test_kebab_case_and_boolean_forms():

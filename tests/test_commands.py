@@ -4,6 +4,8 @@ two-process run."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import accelerate_launch, run_processes
@@ -135,3 +137,22 @@ def test_two_process_train(tiny_model_dir, data_folder, tmp_path):
     # 8 records, 1 per device, 2 processes: 4 steps (one process would take 8)
     assert state(out)["global_step"] == 4
     assert os.path.isdir(os.path.join(out, "checkpoint-4")) and os.path.exists(os.path.join(out, "model.safetensors"))
+
+
+def test_trl_dpo_trains_on_a_generate_folder(tiny_model_dir, data_folder, tmp_path):
+    """A `trl-sso generate` folder reads like a Hub dataset: plain `load_dataset(folder)` (its card lists the config,
+    the default) and TRL's own `trl dpo --dataset_name folder`, run as TRL ships it."""
+    from datasets import load_dataset
+
+    assert load_dataset(data_folder)["train"].num_rows == 8
+    assert load_dataset(data_folder, "iteration_1", split="train").num_rows == 8
+    out = tmp_path / "trl-dpo"
+    options = (
+        "--max_steps 1 --per_device_train_batch_size 2 --report_to none --max_length 128 --save_strategy no "
+        "--bf16 false --dataloader_pin_memory false"
+    )
+    command = [sys.executable, "-c", "from trl.cli import main; main()", "dpo", "--model_name_or_path", tiny_model_dir]
+    command += ["--dataset_name", data_folder, "--output_dir", str(out), *options.split()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Training completed" in result.stdout and (out / "model.safetensors").is_file()

@@ -58,9 +58,9 @@ def test_dataset_schema_provenance_and_summary(tmp_path, tokenizer):
     assert row["generator_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and row["seed"] == 3
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert on_disk["num_records"] == 10 and sum(on_disk["feature_counts"].values()) >= 20
-    from datasets import load_from_disk
+    from datasets import load_dataset
 
-    assert load_from_disk(str(tmp_path / "out" / "dataset")).to_list() == dataset.to_list()
+    assert load_dataset(str(tmp_path / "out"), split="train").to_list() == dataset.to_list()
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, tokenizer):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from conftest import accelerate_launch, run_processes, sso_args
-from datasets import load_from_disk
+from datasets import load_dataset
 
 from trl_sso.generation import GenerateArguments, SSOGenerator
 from trl_sso.generation.samplers import TransformersSampler
@@ -65,8 +65,8 @@ def test_two_processes_equal_one(tiny_model_dir, tmp_path):
     launch = [*accelerate_launch(), "-m", "trl_sso.cli.main"]
     double = run_processes([*launch, *options, "--output_dir", str(tmp_path / "two")], 600)
     assert "Wrote" in double.stdout and double.stdout.count("Wrote") == 1  # merged and reported once
-    one = load_from_disk(str(tmp_path / "one" / "dataset")).to_list()
-    two = load_from_disk(str(tmp_path / "two" / "dataset")).to_list()
+    one = load_dataset(str(tmp_path / "one"), split="train").to_list()
+    two = load_dataset(str(tmp_path / "two"), split="train").to_list()
     assert one == two and len(one) > 0
 
 
@@ -81,7 +81,7 @@ def test_cli_end_to_end_with_the_packaged_model(tmp_path, tiny_model_dir, tokeni
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SSO records from 4 prompts" in result.stdout
-    dataset = load_from_disk(str(out / "dataset"))
+    dataset = load_dataset(str(out), split="train")
     assert len(dataset) >= 1 and dataset[0]["generator_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
     from trl_sso import SSOTrainer

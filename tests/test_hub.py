@@ -86,7 +86,7 @@ def test_dataset_rounds_as_configs_both_loadable(hub, generated):
         push(folder, "tester/sso-data")
     first = datasets.load_dataset("tester/sso-data", "iteration_1", split="train")
     second = datasets.load_dataset("tester/sso-data", "iteration_2", split="train")
-    assert first.to_list() == datasets.load_from_disk(str(generated[0] / "dataset")).to_list()
+    assert first.to_list() == datasets.load_dataset(str(generated[0]), split="train").to_list()
     assert second[0]["iteration"] == 2 and len(first) == len(second) == 6
     card = DatasetCard.load("tester/sso-data", repo_type="dataset")
     assert {c["config_name"] for c in card.data.configs} == {"iteration_1", "iteration_2"}

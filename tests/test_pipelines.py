@@ -47,7 +47,7 @@ def weights(folder):
 
 
 def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_dir, tmp_path):
-    from datasets import load_from_disk
+    from datasets import load_dataset
 
     from trl_sso.scripts.iterate import iterate
 
@@ -60,13 +60,13 @@ def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_di
     assert [r["num_records"] for r in resumed] == [r["num_records"] for r in reference]
     for t in (1, 2):
         a, b = (root / f"round_{t}" for root in (tmp_path / "ref", tmp_path / "run"))
-        rows = [load_from_disk(str(x / "data" / "dataset")).to_list() for x in (a, b)]
+        rows = [load_dataset(str(x / "data"), split="train").to_list() for x in (a, b)]
         assert rows[0] == rows[1]
         for (name, x), y in zip(weights(a / "policy").items(), weights(b / "policy").values()):
             torch.testing.assert_close(x, y, msg=name)
     report = json.loads((tmp_path / "run" / "round_2" / "report.json").read_text())
     assert report["round"] == 2 and report["policy"].endswith(os.path.join("round_1", "policy"))
-    generated = load_from_disk(str(tmp_path / "run" / "round_2" / "data" / "dataset"))
+    generated = load_dataset(str(tmp_path / "run" / "round_2" / "data"), split="train")
     assert generated[0]["generator_model"] == f"{tiny_model_dir} (SSO round 1 policy)"
     assert set(report["mean_tokens"]) == {"chosen", "rejected", "original"} and "train_loss" in report["train"]
     assert (tmp_path / "run" / "round_2" / "data" / "README.md").exists()  # the dataset card, locally

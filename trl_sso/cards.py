@@ -55,9 +55,14 @@ _CARD_SETTINGS = (
 
 def hub_id(name: str | None) -> str | None:
     """`name` when it is a Hub repo id (`name` or `namespace/name`), `None` for a local path or anything else: a local
-    path says nothing to readers of a card or a report. The one rule trl-sso uses to tell them apart."""
+    path says nothing to readers of a card or a report. The one rule trl-sso uses to tell them apart. The packaged
+    default model's cache folder is `HuggingFaceTB/SmolLM2-135M-Instruct`, the Hub model it was published as."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    from .offline import DEFAULT_MODEL_ID, packaged_model_folder
+
+    if name and os.path.isdir(name) and Path(name).resolve() == packaged_model_folder().resolve():
+        return DEFAULT_MODEL_ID  # the packaged SmolLM2, converted into trl-sso's cache: the Hub model it came from
     if not name or name.startswith((".", "/", "~")) or os.path.exists(name):
         return None
     try:
@@ -65,6 +70,12 @@ def hub_id(name: str | None) -> str | None:
     except HFValidationError:
         return None
     return name
+
+
+def public_name(name: str) -> str:
+    """How a model or file is named where others read it (cards, reports, summaries, dataset rows): its Hub id, else
+    only the last part of its local path."""
+    return hub_id(name) or Path(name).name
 
 
 def template_path(name: str) -> Path:

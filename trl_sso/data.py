@@ -390,6 +390,10 @@ def to_canonical(dataset: Any, conversational: bool = True) -> Any:
 # Loading from wherever a user points
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# Where `trl-sso generate` writes its records inside the output folder: the Hub's file layout, so that the folder loads
+# with `datasets.load_dataset(folder)` (its README lists the config) and trains with `trl dpo --dataset_name folder`.
+GENERATED_DATA_DIR = "data"
+GENERATED_DATA_FILE = "train-00000-of-00001.parquet"
 
 
 def load_dataset_split(
@@ -405,8 +409,13 @@ def load_dataset_split(
     import datasets
 
     path = Path(source)
+    if (path / GENERATED_DATA_DIR / GENERATED_DATA_FILE).is_file():  # the output folder of `trl-sso generate`
+        if split != "train":
+            raise ValueError(f"{source!r} is a `trl-sso generate` folder: it has one split, 'train', not {split!r}.")
+        data_file = str(path / GENERATED_DATA_DIR / GENERATED_DATA_FILE)
+        return datasets.load_dataset("parquet", data_files=data_file, split="train")
     if path.is_dir() and (path / "dataset").is_dir():
-        path = path / "dataset"  # the output folder of `trl-sso generate`
+        path = path / "dataset"  # a `trl-sso generate` folder of trl-sso 0.1.0 (Arrow, `save_to_disk`)
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):

@@ -12,7 +12,12 @@ harmless. Tokens are passed to huggingface_hub only: never printed, logged, or w
 import json
 from pathlib import Path
 
-from .data import load_sso_dataset  # noqa: F401  (pulling, documented here before 0.2; its home is `trl_sso.data`)
+from .data import (
+    GENERATED_DATA_DIR,
+    GENERATED_DATA_FILE,
+    load_dataset_split,
+    load_sso_dataset,  # noqa: F401  (pulling, documented here before 0.2; its home is `trl_sso.data`)
+)
 from .retries import HubError, with_retries
 
 
@@ -38,7 +43,9 @@ def detect_artifact(path: str | Path) -> str:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{str(path)!r} is not a folder. Pass a generated dataset, model or adapter folder.")
-    if (path / "dataset").is_dir() or (path / "dataset_info.json").exists() or (path / "state.json").exists():
+    if (path / GENERATED_DATA_DIR / GENERATED_DATA_FILE).is_file() or (path / "dataset").is_dir():
+        return "dataset"  # a `trl-sso generate` folder (this layout or 0.1.0's)
+    if (path / "dataset_info.json").exists() or (path / "state.json").exists():
         return "dataset"
     if (path / "adapter_config.json").exists():
         return "adapter"
@@ -48,17 +55,17 @@ def detect_artifact(path: str | Path) -> str:
             return "reward_model"
         return "model"
     raise ValueError(
-        f"{str(path)!r} holds neither a generated dataset (dataset/ and summary.json), a saved dataset, a model "
+        f"{str(path)!r} holds neither a generated dataset (data/ and summary.json), a saved dataset, a model "
         "(config.json) nor an adapter (adapter_config.json)."
     )
 
 
-def _dataset_folder(path: Path) -> tuple[Path, dict | None]:
-    summary = path / "summary.json"
-    if (path / "dataset").is_dir():
-        return path / "dataset", json.loads(summary.read_text()) if summary.exists() else None
-    parent_summary = path.parent / "summary.json"
-    return path, json.loads(parent_summary.read_text()) if parent_summary.exists() else None
+def _summary(path: Path) -> dict | None:
+    """The generation summary of a dataset folder: beside the data, or one level up for a 0.1.0 `dataset/` folder."""
+    for candidate in (path / "summary.json", path.parent / "summary.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -86,12 +93,10 @@ def _ensure_repo(api, repo_id: str, repo_type: str, private: bool, revision: str
 def push_dataset(path, repo_id, *, config_name=None, private=False, revision=None, commit_message=None, token=None):
     """Push a generated (or saved) SSO dataset as config `config_name` (default `iteration_<t>` from its summary, else
     `default`) and write its dataset card, keeping the `configs` of earlier pushes. Returns the repo URL."""
-    import datasets
-
     from .cards import sso_dataset_card
 
-    folder, summary = _dataset_folder(Path(path))
-    dataset = datasets.load_from_disk(str(folder))
+    summary = _summary(Path(path))
+    dataset = load_dataset_split(str(path))
     if config_name is None:
         iteration = (summary or {}).get("settings", {}).get("iteration")
         config_name = f"iteration_{iteration}" if iteration else "default"

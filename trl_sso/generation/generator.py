@@ -3,7 +3,8 @@
 For each batch of queries: principles (`sources`) -> `x+` / `x-` through `trl_sso.data.build_steered_prompt`, the rule
 the trainer uses too -> y+, y-, y_o sampled from the policy (`samplers`) -> filters (`filters`) -> the batch's kept
 records and drop counts are written to `output_dir/batches/` in one atomic file. Then the batches are merged in
-prompt order into `output_dir/dataset` (Arrow, `datasets.load_from_disk`) with `output_dir/summary.json`.
+prompt order into `output_dir/data/train-00000-of-00001.parquet`, with `output_dir/summary.json` and a dataset card
+(`README.md`) that lists the config: the folder loads with `datasets.load_dataset(output_dir)`, like a Hub repo.
 
 Resumable: a rerun of the same command skips the batches already on disk, and since every batch is seeded by its own
 index, the final dataset equals that of an uninterrupted run. Distributed: under `accelerate launch` each process
@@ -19,7 +20,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..data import RESPONSE_COLUMNS, build_steered_prompt, make_record
+from ..cards import public_name
+from ..data import (
+    GENERATED_DATA_DIR,
+    GENERATED_DATA_FILE,
+    RESPONSE_COLUMNS,
+    build_steered_prompt,
+    load_dataset_split,
+    make_record,
+)
 from ..files import save_folder_atomic, write_json_atomic
 from ..offline import DEFAULT_MODEL_ID
 from ..principles import expand_feature_names, known_features
@@ -34,7 +43,7 @@ from .sources import PrincipleSource
 
 logger = logging.getLogger(__name__)
 
-BATCH_DIR, DATASET_DIR, SUMMARY_FILE, ACCURACY_PLOT = "batches", "dataset", "summary.json", "accuracy.png"
+BATCH_DIR, SUMMARY_FILE, ACCURACY_PLOT = "batches", "summary.json", "accuracy.png"
 
 
 class NoRecordsError(RuntimeError):
@@ -45,6 +54,17 @@ def _settings(args: GenerateArguments) -> dict:
     """The settings that make the data: every option but the output folder. A rerun with other values must not reuse
     earlier batches."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name != "output_dir"}
+
+
+def _public_settings(args: GenerateArguments) -> dict:
+    """The settings as the summary and the card show them: local paths reduced to their last part (`public_name`)."""
+    from ..cards import public_name
+
+    settings = _settings(args)
+    for name in ("model_name_or_path", "prompts", "features_file", "principle_model"):
+        if settings.get(name):
+            settings[name] = public_name(settings[name])
+    return settings
 
 
 def _settings_key(args: GenerateArguments) -> str:
@@ -115,6 +135,9 @@ class SSOGenerator:
         )
         self.output_dir = Path(args.output_dir)
         self.batches = self._plan_batches()
+        self.generator_name = args.model_name or (
+            public_name(args.model_name_or_path) if args.model_name_or_path else DEFAULT_MODEL_ID
+        )
 
     def _plan_batches(self) -> list[list[int]]:
         """Prompt indices in batches of `batch_size`, grouped by prompt length so that each batch carries little
@@ -182,7 +205,7 @@ class SSOGenerator:
                     principle_source=pr.source,
                     principle_fallback=pr.fallback,
                     prompt_index=index,
-                    generator_model=args.model_name or args.model_name_or_path or DEFAULT_MODEL_ID,
+                    generator_model=self.generator_name,
                     seed=args.seed,
                     iteration=args.iteration,
                     chosen_tokens=chosen[k].num_tokens,
@@ -247,9 +270,7 @@ class SSOGenerator:
         result = self._merge(key) if self.state.is_main_process else None
         self.state.wait_for_everyone()  # every process may go on to use the merged dataset
         if result is None:
-            import datasets
-
-            dataset = datasets.load_from_disk(str(self.output_dir / DATASET_DIR))
+            dataset = load_dataset_split(str(self.output_dir))
             result = dataset, json.loads((self.output_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
         return result
 
@@ -288,7 +309,9 @@ class SSOGenerator:
                 "filters or use a stronger model."
             )
         dataset = datasets.Dataset.from_list(records)
-        save_folder_atomic(self.output_dir / DATASET_DIR, lambda folder: dataset.save_to_disk(str(folder)))
+        save_folder_atomic(
+            self.output_dir / GENERATED_DATA_DIR, lambda folder: dataset.to_parquet(str(folder / GENERATED_DATA_FILE))
+        )
         n = len(records)
         summary = {
             "num_prompts": sum(r["prompts"] for r in results),
@@ -299,7 +322,7 @@ class SSOGenerator:
             "generated_tokens": sum(r["generated_tokens"] for r in results),
             "mean_tokens": {side: sum(r[f"{side}_tokens"] for r in records) / n for side in RESPONSE_COLUMNS},
             "generator_model": records[0]["generator_model"],
-            "settings": _settings(self.args),
+            "settings": _public_settings(self.args),
             "signal": signal_report(records, self.features),
         }
         write_json_atomic(self.output_dir / SUMMARY_FILE, summary, indent=2)
@@ -307,10 +330,12 @@ class SSOGenerator:
         from ..signal.plots import plot_accuracy
 
         plot = plot_accuracy(summary["signal"], self.output_dir / ACCURACY_PLOT)
-        card = sso_dataset_card(
-            dataset, summary, self.output_dir.name, f"iteration_{self.args.iteration}", {}, plot and ACCURACY_PLOT
-        )
-        card.save(str(self.output_dir / "README.md"))  # the card travels with the data; a push renders it anew
+        # The card travels with the data and lists its config, as on the Hub (a push renders it anew for the repo)
+        config = f"iteration_{self.args.iteration}"
+        files = [{"split": "train", "path": f"{GENERATED_DATA_DIR}/train-*"}]
+        local = {"configs": [{"config_name": config, "data_files": files}]}
+        card = sso_dataset_card(dataset, summary, self.args.output_dir, config, local, plot and ACCURACY_PLOT)
+        card.save(str(self.output_dir / "README.md"))
         return dataset, summary
 
 
