@@ -76,7 +76,7 @@ def test_generate_reads_a_yaml_config_and_flags_override_it(tmp_path):
         "model_name_or_path: some/model\nnum_prompts: 5\nmax_new_tokens: 3\nfeatures: [Accuracy, Safety]\n"
         "drop_revealing: false\nenv:\n  TRL_SSO_TEST_VARIABLE: set\n"
     )
-    gen, publish = parser("generate").parse_args_and_config(["--config", str(config), "--num-prompts", "7"])
+    gen, publish, _ = parser("generate").parse_args_and_config(["--config", str(config), "--num-prompts", "7"])
     assert isinstance(gen, GenerateArguments) and gen.model_name_or_path == "some/model"
     assert (gen.num_prompts, gen.max_new_tokens, gen.features, gen.drop_revealing) == (
         7,
@@ -103,12 +103,12 @@ def test_generate_end_to_end_from_a_config_file(tmp_path, tiny_model_dir, capsys
 
 def test_kebab_case_and_boolean_forms():
     parse = parser("generate").parse_args_and_config
-    (a, _), (b, _) = (
+    (a, _, _), (b, _, _) = (
         parse(["--max_new_tokens", "9", "--drop_revealing", "false"]),
         parse(["--max-new-tokens", "9", "--no-drop-revealing"]),
     )
     assert a == b and a.max_new_tokens == 9 and a.drop_revealing is False
-    (c, _) = parse(["--drop_truncated"])
+    (c, _, _) = parse(["--drop_truncated"])
     assert c.drop_truncated is True
 
 
@@ -167,22 +167,22 @@ def test_unknown_key_in_a_config_file(tmp_path, capsys):
 
 def test_renamed_generate_flags_still_work_with_a_warning(tmp_path):
     with pytest.warns(FutureWarning, match="`--model` is deprecated.*use `--model_name_or_path`"):
-        gen, _ = parser("generate").parse_args_and_config(["--model", "a/b"])
+        gen, _, _ = parser("generate").parse_args_and_config(["--model", "a/b"])
     assert gen.model_name_or_path == "a/b"
     with pytest.warns(FutureWarning, match="--hub_private"):
-        _, publish = parser("generate").parse_args_and_config(["--hub_private=true", "--hub_dataset_id", "me/d"])
+        _, publish, _ = parser("generate").parse_args_and_config(["--hub_private=true", "--hub_dataset_id", "me/d"])
     assert publish.hub_private_repo is True
     config = tmp_path / "old.yaml"
     config.write_text("model: c/d\n")
     with pytest.warns(FutureWarning, match="`model:` is deprecated"):
-        gen, _ = parser("generate").parse_args_and_config(["--config", str(config)])
+        gen, _, _ = parser("generate").parse_args_and_config(["--config", str(config)])
     assert gen.model_name_or_path == "c/d"
 
 
 def test_push_takes_its_path_from_a_config_file(tmp_path):
     config = tmp_path / "push.yaml"
     config.write_text("path: outputs/round_1\nrepo_id: me/data\nprivate: true\n")
-    (args,) = parser("push").parse_args_and_config(["--config", str(config)])
+    (args, _) = parser("push").parse_args_and_config(["--config", str(config)])
     assert (args.path, args.repo_id, args.private) == ("outputs/round_1", "me/data", True)
 
 

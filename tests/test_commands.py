@@ -121,7 +121,7 @@ def test_impossible_combinations_are_clear_errors(tiny_model_dir, data_folder, t
     assert main([*base, "--use_peft", "--load_in_4bit"]) == 2
     assert "pip install trl-sso[qlora]" in capsys.readouterr().err
     assert main(["train", "--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path / "y")]) == 2
-    assert "`--dataset_name` is required" in capsys.readouterr().err
+    assert "or a `--datasets` mixture is required" in capsys.readouterr().err
 
 
 def test_two_process_train(tiny_model_dir, data_folder, tmp_path):
@@ -140,12 +140,18 @@ def test_two_process_train(tiny_model_dir, data_folder, tmp_path):
 
 
 def test_trl_dpo_trains_on_a_generate_folder(tiny_model_dir, data_folder, tmp_path):
-    """A `trl-sso generate` folder reads like a Hub dataset: plain `load_dataset(folder)` (its card lists the config,
-    the default) and TRL's own `trl dpo --dataset_name folder`, run as TRL ships it."""
+    """A `trl-sso generate` folder reads like a Hub dataset: plain `load_dataset(folder)`, also a second folder of the
+    same name (no shared cache), and TRL's own `trl dpo --dataset_name folder`, run as TRL ships it."""
+    import shutil
+
     from datasets import load_dataset
 
     assert load_dataset(data_folder)["train"].num_rows == 8
-    assert load_dataset(data_folder, "iteration_1", split="train").num_rows == 8
+    other = tmp_path / "elsewhere" / os.path.basename(data_folder)
+    shutil.copytree(data_folder, other)
+    table = other / "data" / "train-00000-of-00001.parquet"
+    load_dataset(str(other), split="train").select(range(3)).to_parquet(str(table))
+    assert load_dataset(str(other), split="train").num_rows == 3
     out = tmp_path / "trl-dpo"
     options = (
         "--max_steps 1 --per_device_train_batch_size 2 --report_to none --max_length 128 --save_strategy no "
@@ -156,3 +162,30 @@ def test_trl_dpo_trains_on_a_generate_folder(tiny_model_dir, data_folder, tmp_pa
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Training completed" in result.stdout and (out / "model.safetensors").is_file()
+
+
+def test_train_takes_trl_dataset_options(tiny_model_dir, data_folder, tmp_path, capsys):
+    """TRL's dataset options of `trl dpo`: a `--datasets` mixture with `--test_split_size`, `--dataset_streaming`
+    (and its need for `--max_steps`), `--ignore_bias_buffers`; flags that do not apply are one-line errors."""
+    from trl_sso.cli.commands import parse
+    from trl_sso.scripts.train import train_sso
+
+    config = tmp_path / "mixture.yaml"
+    config.write_text(f"datasets:\n  - path: {data_folder}\n  - path: {data_folder}\ntest_split_size: 0.25\n")
+    out = tmp_path / "mixture"
+    extra = f"--config {config} --max_steps 1 --eval_strategy steps --eval_steps 1 --save_strategy no"
+    base = argv("train", tiny_model_dir, data_folder, out, extra)[1:]
+    del base[2:4]  # no `--dataset_name`: the mixture names the data
+    trainer = train_sso(*parse("train", [*base, "--ignore_bias_buffers"]))
+    assert len(trainer.train_dataset) + len(trainer.eval_dataset) == 16  # 8 + 8, a quarter held out
+    assert isinstance(trainer.model._ddp_params_and_buffers_to_ignore, list)
+    assert any("eval_loss" in entry for entry in trainer.state.log_history)
+
+    streamed = argv("train", tiny_model_dir, data_folder, tmp_path / "s", "--dataset_streaming --save_strategy no")
+    assert main([*streamed, "--max_steps", "1"]) == 0
+    assert json.loads((tmp_path / "s" / "train_results.json").read_text())["train_loss"] > 0
+    capsys.readouterr()
+    assert main(streamed) == 2
+    assert "`--dataset_streaming` needs `--max_steps`" in capsys.readouterr().err
+    assert main([*argv("train", tiny_model_dir, data_folder, tmp_path / "x", "--max_steps 1"), "--streaming"]) == 2
+    assert "apply to a `--datasets` mixture" in capsys.readouterr().err

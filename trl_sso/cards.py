@@ -78,6 +78,58 @@ def public_name(name: str) -> str:
     return hub_id(name) or Path(name).name
 
 
+PACKAGED_MODEL_LICENSE = "apache-2.0"  # SmolLM2's license, for the offline default model
+
+
+def _license_fields(metadata: dict) -> dict[str, str]:
+    """`license` (with `license_name` and `license_link` for `other`) from card metadata; `{}` when it is missing or an
+    incomplete `other`, which the Hub's card specification does not accept."""
+    license_id = metadata.get("license")
+    if not license_id or isinstance(license_id, list):
+        return {}
+    if license_id == "other":
+        if not (metadata.get("license_name") and metadata.get("license_link")):
+            return {}
+        return {k: metadata[k] for k in ("license", "license_name", "license_link")}
+    return {"license": license_id}
+
+
+def model_license(name_or_path: str | None) -> dict[str, str]:
+    """The license of a model, for the cards of what is derived from it (a trained model, an adapter, a generated
+    dataset): from its card (a local folder's README.md, else its Hub card when the Hub can be reached);
+    `apache-2.0` for the packaged SmolLM2 (`None` names it). `{}` when it is not known: cards then name no
+    license rather than a wrong or incomplete one."""
+    from huggingface_hub import ModelCard
+
+    from .offline import DEFAULT_MODEL_ID
+
+    if name_or_path is None or hub_id(name_or_path) == DEFAULT_MODEL_ID:
+        return {"license": PACKAGED_MODEL_LICENSE}
+    readme = Path(name_or_path) / "README.md"
+    try:
+        if readme.is_file():
+            return _license_fields(ModelCard.load(readme).data.to_dict())
+        if hub_id(name_or_path):
+            return _license_fields(ModelCard.load(name_or_path).data.to_dict())
+    except Exception:  # no card, no network, offline mode: the license is simply not known
+        return {}
+    return {}
+
+
+def tracker_links() -> dict[str, str]:
+    """The experiment-tracker pages of the run in progress, which TRL's cards link too: `wandb`, `trackio`,
+    `comet` (only those with a run)."""
+    from transformers import is_wandb_available
+    from trl.trainer.utils import get_comet_experiment_url, get_trackio_space_url
+
+    links = {"trackio": get_trackio_space_url(), "comet": get_comet_experiment_url()}
+    if is_wandb_available():
+        import wandb
+
+        links["wandb"] = wandb.run.url if wandb.run is not None else None
+    return {name: url for name, url in links.items() if url}
+
+
 def template_path(name: str) -> Path:
     """Path of a card template: inside the installed package, or in the source tree's `cards/` folder."""
     for folder in (Path(__file__).parent / "cards", Path(__file__).parent.parent / "cards"):
@@ -113,26 +165,39 @@ def sso_model_card(
     is_adapter: bool,
     results: dict[str, float] | None = None,
     quantization: dict[str, Any] | None = None,
+    revision: str | None = None,
+    lineage: dict[str, Any] | None = None,
+    license: dict[str, str] | None = None,
+    links: dict[str, str] | None = None,
 ):
     """The model card of an SSO-trained model or adapter (`library_name: peft` for adapters), with the final training
-    metrics and, for QLoRA, the quantization of the base model."""
+    metrics and, for QLoRA, the quantization of the base model. `revision` is the branch the card's snippets load;
+    `lineage` describes an online round of `trl-sso iterate` (see `round_lineage`). `dataset_name` is one Hub id or
+    a list of them; `license` is `model_license` of the base; `links` are the run's tracker pages
+    (`tracker_links`)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     settings = [(name, getattr(args, name)) for name in _CARD_SETTINGS if hasattr(args, name)]
+    datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
+    links = links or {}
+    if "trackio" in links:  # TRL's cards tag the Trackio run this way
+        tags = [tag for tag in tags if not tag.startswith("trackio:")] + [f"trackio:{links['trackio']}"]
     card_data = ModelCardData(
         base_model=base_model,
-        datasets=dataset_name,
+        datasets=datasets or None,
         library_name="peft" if is_adapter else "transformers",
         model_name=model_name,
         tags=tags,
         pipeline_tag="text-generation",
+        **(license or {}),
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path("sso_model_card.md")),
         model_name=model_name,
         base_model=base_model,
-        dataset_name=dataset_name,
+        datasets=datasets,
+        links=links,
         repo_id=hub_model_id or model_name,
         is_adapter=is_adapter,
         objective=args.sso_objective,
@@ -144,7 +209,27 @@ def sso_model_card(
         quantization=sorted((quantization or {}).items()),
         sso_citation=SSO_CITATION,
         trl_citation=TRL_CITATION,
+        revision=revision,
+        lineage=lineage,
     )
+
+
+def round_lineage(t: int, rounds: int, start_model: str, adapter: bool, base_branch: bool) -> dict[str, Any]:
+    """What the card of online round `t` (of `rounds`) says about the repo's branches: each round's policy on
+    `iteration_<t>` (and `main` for the latest), with PEFT each round's adapter on `iteration_<t>-adapter` whose base
+    is the previous round's policy; `base` holds the starting model when it is not on the Hub otherwise."""
+    start = "the starting model (branch `base`)" if base_branch else f"`{start_model}`"
+    branches = [
+        ("main", "the policy of the latest finished round"),
+        ("iteration_<t>", "the policy after round t" + (", its LoRA adapter merged into its base" if adapter else "")),
+    ]
+    if adapter:
+        branches.append(
+            ("iteration_<t>-adapter", f"round t's LoRA adapter, on `iteration_<t-1>` (round 1: on {start})")
+        )
+    if base_branch:
+        branches.append(("base", "the starting model, a local checkpoint published so that round 1's adapter loads"))
+    return {"round": t, "rounds": rounds, "start": start, "branches": branches}
 
 
 # Logged values kept on the model card: the main training metrics (loss, rewards, the SSO terms)
@@ -192,16 +277,19 @@ def trainer_model_card(trainer: Any, output_dir: str, model_name=None, dataset_n
     from trl.trainer.utils import get_config_model_id
 
     tags = {tags} if isinstance(tags, str) else set(tags or ())
+    base = get_config_model_id(trainer.model.config)
     return sso_model_card(
         args=trainer.args,
         model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
-        base_model=hub_id(get_config_model_id(trainer.model.config)),
+        base_model=hub_id(base),
         dataset_name=dataset_name,
-        hub_model_id=trainer.hub_model_id,
+        hub_model_id=trainer.hub_model_id or output_dir,  # the local card's snippets load the folder itself
         tags=sorted(tags | set(trainer._tag_names)),
         is_adapter=is_peft_model(trainer.model),
         results=final_metrics(trainer.state.log_history),
         quantization=quantization_summary(trainer.model.config),
+        license=model_license(base),
+        links=tracker_links(),
     )
 
 
@@ -209,6 +297,26 @@ def trainer_model_card(trainer: Any, output_dir: str, model_name=None, dataset_n
 # Dataset card
 
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+
+
+def data_provenance(generator: str | None, prompts: str | None) -> dict[str, Any]:
+    """Card metadata a generated dataset inherits: the license of the model that wrote it (`model_license`), and from
+    its prompts their language and, for a Hub dataset, `source_datasets`. The packaged prompts are English; the
+    language of other prompts is taken from their Hub card, else left out."""
+    from huggingface_hub import DatasetCard
+
+    provenance: dict[str, Any] = dict(model_license(generator))
+    if prompts is None:
+        provenance["language"] = ["en"]
+    elif hub_id(prompts):
+        provenance["source_datasets"] = [prompts]
+        try:
+            language = DatasetCard.load(prompts).data.to_dict().get("language")
+        except Exception:  # no card, no network, offline mode: the language is not known
+            language = None
+        if language:
+            provenance["language"] = [language] if isinstance(language, str) else list(language)
+    return provenance
 
 
 def size_category(n: int) -> str:
@@ -222,24 +330,37 @@ def latest_config(config_names: list[str], pushed: str) -> str:
 
 
 def sso_dataset_card(
-    dataset, summary: dict | None, repo_id: str, config_name: str, existing: dict, image: str | None = None
+    dataset,
+    summary: dict | None,
+    repo_id: str,
+    config_name: str,
+    existing: dict,
+    image: str | None = None,
+    local: bool = False,
 ):
     """The card of a pushed SSO dataset. `existing` is the repo's current card metadata: its `configs` and
     `dataset_info` (written by `push_to_hub`) are kept, so every pushed round stays loadable. `image` is the path of
-    the accuracy plot, relative to the card."""
+    the accuracy plot, relative to the card. With `local`, the card of a `trl-sso generate` folder, `repo_id` being
+    the folder: its snippets load the folder itself."""
     import json
 
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    metadata = dict(existing)
+    metadata = {k: v for k, v in existing.items() if k not in ("license", "license_name", "license_link")}
     tags = sorted(set(metadata.get("tags") or []) | {"trl", "sso", "synthetic", "preference"})
+    provenance = (summary or {}).get("provenance") or {}
     metadata.update(
-        license=metadata.get("license") or "other",
+        _license_fields(provenance) or _license_fields(existing),  # the generator's license, else the repo's own
+        annotations_creators=["machine-generated"],
         task_categories=metadata.get("task_categories") or ["text-generation"],
         tags=tags,
         size_categories=[size_category(len(dataset))],
         pretty_name=metadata.get("pretty_name") or f"SSO preferences: {repo_id.split('/')[-1]}",
     )
+    for key in ("language", "source_datasets"):
+        values = sorted(set(metadata.get(key) or []) | set(provenance.get(key) or []))
+        if values:
+            metadata[key] = values
     config_names = [c["config_name"] for c in metadata.get("configs") or []] or [config_name]
     if metadata.get("configs"):  # the latest round loads by default: `load_dataset(repo)` needs no config name
         default = latest_config(config_names, config_name)
@@ -264,6 +385,7 @@ def sso_dataset_card(
         example=text if len(text) < 4000 else text[:4000] + "\n...",
         summary=summary,
         image=image,
+        local=local,
         sso_citation=SSO_CITATION,
     )
 
@@ -279,32 +401,50 @@ def _read_json(path: Path) -> dict:
 
 
 def reward_model_card(path: Path, repo_id: str):
-    """The card of a reward model folder, with the pairwise accuracy recorded next to it (`eval_results.json` or
-    `all_results.json`, as `eval_accuracy`)."""
-    from huggingface_hub import ModelCard, ModelCardData
+    """The card of a reward model folder (a full model, or a LoRA adapter on its base: `library_name: peft`), with
+    the pairwise accuracy recorded next to it (`eval_results.json` or `all_results.json`, as `eval_accuracy`) as a
+    `model-index` evaluation result, which the Hub shows."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     config = _read_json(path / "config.json")
+    adapter = _read_json(path / "adapter_config.json")
     results = {**_read_json(path / "all_results.json"), **_read_json(path / "eval_results.json")}
     sso = _read_json(path / "sso_reward.json")  # written by `trl-sso reward`: base model and dataset ids
-    base_model = hub_id(sso.get("base_model") or config.get("_name_or_path"))
+    base = adapter.get("base_model_name_or_path") or sso.get("base_model") or config.get("_name_or_path")
+    base_model, dataset_name, name = hub_id(base), sso.get("dataset_name"), repo_id.split("/")[-1]
+    accuracy = results.get("eval_accuracy")
+    evaluation = None
+    if accuracy is not None:
+        evaluation = [
+            EvalResult(
+                task_type="text-classification",
+                task_name="Preference pair accuracy",
+                dataset_type=dataset_name or "synthetic",
+                dataset_name=f"{dataset_name or 'SSO pairs'} (held-out pairs)",
+                dataset_split="held-out",
+                metric_type="accuracy",
+                metric_name="Pairwise accuracy",
+                metric_value=accuracy,
+            )
+        ]
     card_data = ModelCardData(
         base_model=base_model,
-        datasets=sso.get("dataset_name"),
-        library_name="transformers",
+        datasets=[dataset_name] if dataset_name else None,
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="text-classification",
         tags=["trl", "sso", "reward-model"],
-        model_name=repo_id.split("/")[-1],
+        model_name=name,
+        eval_results=evaluation,
+        **model_license(base),
     )
-    accuracy = results.get("eval_accuracy")
-    if accuracy is not None:
-        card_data.metrics = ["accuracy"]
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path("reward_model_card.md")),
-        model_name=repo_id.split("/")[-1],
+        model_name=name,
         base_model=base_model,
-        dataset_name=sso.get("dataset_name"),
+        dataset_name=dataset_name,
         repo_id=repo_id,
+        is_adapter=bool(adapter),
         accuracy=accuracy,
         eval_size=results.get("eval_samples"),
         versions=framework_versions(),
@@ -321,20 +461,19 @@ def folder_card(path: Path, kind: str, repo_id: str):
         return reward_model_card(path, repo_id)
     readme = path / "README.md"
     if readme.exists() and "sso" in (ModelCard.load(readme).data.tags or []):
-        card = ModelCard.load(readme)
-        local_name = card.data.model_name
-        if local_name and local_name != repo_id:
-            card.content = card.content.replace(f'"{local_name}"', f'"{repo_id}"')
+        card = ModelCard.load(readme)  # the local card's snippets load the folder: point them at the repo
+        card.content = re.sub(r'(from_pretrained\(|model=)"[^"]*"', lambda m: f'{m.group(1)}"{repo_id}"', card.content)
         return card
     adapter = _read_json(path / "adapter_config.json")
     config = _read_json(path / "config.json")
-    base_model = hub_id(adapter.get("base_model_name_or_path") or config.get("_name_or_path"))
+    base = adapter.get("base_model_name_or_path") or config.get("_name_or_path")
     data = ModelCardData(
-        base_model=base_model,
+        base_model=hub_id(base),
         library_name="peft" if kind == "adapter" else "transformers",
         tags=["trl", "sso"],
         pipeline_tag="text-generation",
         model_name=repo_id.split("/")[-1],
+        **model_license(base),
     )
     what = "A PEFT adapter" if kind == "adapter" else "A model"
     return ModelCard(

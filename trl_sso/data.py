@@ -378,7 +378,7 @@ def convert_reference_dataset(dataset: Any, conversational: bool = True, num_pro
 def to_canonical(dataset: Any, conversational: bool = True) -> Any:
     """`dataset` unchanged when it has the SSO columns or is plain preference data; converted when it is in one of
     the public reference formats (see `from_reference_record`)."""
-    columns = set(dataset.column_names)
+    columns = set(dataset.column_names or [])  # a streamed dataset may not know its columns before reading
     if set(SSO_COLUMNS) <= columns or not {"p_system", "n_system"} <= columns:
         return dataset
     if not ({"instruction", "raw"} <= columns or {PROMPT, CHOSEN, "raw"} <= columns):
@@ -402,11 +402,25 @@ def load_dataset_split(
     split: str = "train",
     revision: str | None = None,
     token: str | None = None,
+    streaming: bool = False,
 ) -> Any:
     """One split of the dataset at `source`, as it is stored: a folder written by `trl-sso generate`, a saved dataset
     folder (`save_to_disk`), a local JSON/JSONL/CSV/Parquet file, or a Hub dataset id (with `config_name` and
-    `revision`; transient Hub failures are retried)."""
+    `revision`; transient Hub failures are retried). With `streaming`, an `IterableDataset` read as it goes."""
     import datasets
+
+    if streaming:
+        dataset = load_dataset_split(source, config_name, split, revision, token) if Path(source).exists() else None
+        if dataset is not None:  # local data is read as a whole; streaming it is iterating it
+            return dataset.to_iterable_dataset()
+        from .retries import with_retries
+
+        return with_retries(
+            lambda: datasets.load_dataset(
+                source, config_name, split=split, revision=revision, token=token, streaming=True
+            ),
+            f"Loading dataset {source}",
+        )
 
     path = Path(source)
     if (path / GENERATED_DATA_DIR / GENERATED_DATA_FILE).is_file():  # the output folder of `trl-sso generate`
@@ -457,9 +471,11 @@ def load_sso_dataset(
     revision: str | None = None,
     conversational: bool = True,
     token: str | None = None,
+    streaming: bool = False,
 ) -> Any:
     """Load an SSO dataset from wherever `source` points (see `load_dataset_split`) in the canonical schema: datasets
-    written or published by trl-sso as they are, datasets in the public reference formats converted.
+    written or published by trl-sso as they are, datasets in the public reference formats converted. With
+    `streaming`, an `IterableDataset`.
 
     Example:
     ```python
@@ -469,4 +485,5 @@ def load_sso_dataset(
     local = load_sso_dataset("outputs/quickstart/round_1/data")  # a `trl-sso generate` folder
     ```
     """
-    return to_canonical(load_dataset_split(source, config_name, split, revision, token), conversational)
+    dataset = load_dataset_split(source, config_name, split, revision, token, streaming)
+    return to_canonical(dataset, conversational)

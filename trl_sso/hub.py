@@ -48,7 +48,8 @@ def detect_artifact(path: str | Path) -> str:
     if (path / "dataset_info.json").exists() or (path / "state.json").exists():
         return "dataset"
     if (path / "adapter_config.json").exists():
-        return "adapter"
+        task = json.loads((path / "adapter_config.json").read_text()).get("task_type")
+        return "reward_model" if task == "SEQ_CLS" else "adapter"
     if (path / "config.json").exists():
         config = json.loads((path / "config.json").read_text())
         if any(arch.endswith("ForSequenceClassification") for arch in config.get("architectures") or []):
@@ -66,6 +67,22 @@ def _summary(path: Path) -> dict | None:
         if candidate.is_file():
             return json.loads(candidate.read_text())
     return None
+
+
+def point_adapter_at(folder: str | Path, base_model: str | None, revision: str | None = None) -> None:
+    """Make the adapter saved in `folder` name `base_model` (a Hub id) at `revision` as its base, so that
+    `AutoPeftModelFor*.from_pretrained` loads it from the Hub alone. PEFT records the path the base was loaded from,
+    which for a local folder (the packaged model's cache, an earlier round's policy) means nothing elsewhere. Does
+    nothing when `folder` holds no adapter or `base_model` is `None`."""
+    from .files import write_json_atomic
+
+    path = Path(folder) / "adapter_config.json"
+    if base_model is None or not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base_model
+    config["revision"] = None if revision in (None, "main") else revision
+    write_json_atomic(path, config, indent=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -143,14 +160,14 @@ def push_dataset(path, repo_id, *, config_name=None, private=False, revision=Non
     return f"{api.endpoint}/datasets/{repo_id}"
 
 
-def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commit_message=None, token=None):
-    """Push a model, adapter or reward-model folder with its card (the SSO card SSOTrainer wrote, or one rendered from
-    the folder's metadata). Returns the repo URL."""
+def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commit_message=None, token=None, card=None):
+    """Push a model, adapter or reward-model folder with its card: `card`, else the SSO card SSOTrainer wrote, else
+    one rendered from the folder's metadata. Returns the repo URL."""
     from .cards import folder_card
 
     path = Path(path)
     kind = kind or detect_artifact(path)
-    card = folder_card(path, kind, repo_id)
+    card = card or folder_card(path, kind, repo_id)
     api = _api(token)
     _ensure_repo(api, repo_id, "model", private, revision)
     ignore = ["training_args.bin", "checkpoint-*", "checkpoint-*/*", "runs/*", "*.lock", ".*"]

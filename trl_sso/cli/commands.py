@@ -7,6 +7,7 @@ so `trl-sso generate --help` and `trl-sso push --help` answer at once.
 import dataclasses
 import sys
 
+from ..logs import LoggingArguments, configure_logging
 from .parser import DataclassParser, trl_parser
 
 
@@ -59,27 +60,30 @@ def parser(command: str):
         from ..scripts.generate import PublishArguments
 
         return DataclassParser(
-            (GenerateArguments, PublishArguments), renamed=GENERATE_RENAMED, prog=prog, description=description
+            (GenerateArguments, PublishArguments, LoggingArguments),
+            renamed=GENERATE_RENAMED,
+            prog=prog,
+            description=description,
         )
     if command == "push":
-        return DataclassParser((PushArguments,), prog=prog, description=description)
+        return DataclassParser((PushArguments, LoggingArguments), prog=prog, description=description)
     if command == "env":
         return DataclassParser((), prog=prog, description=description)
     if command == "inspect":
         from ..scripts.inspect import InspectArguments
 
-        return DataclassParser((InspectArguments,), prog=prog, description=description)
+        return DataclassParser((InspectArguments, LoggingArguments), prog=prog, description=description)
     if command == "evaluate":
         from ..scripts.evaluate import EvaluateArguments
 
-        return DataclassParser((EvaluateArguments,), prog=prog, description=description)
+        return DataclassParser((EvaluateArguments, LoggingArguments), prog=prog, description=description)
 
-    from trl import ModelConfig, ScriptArguments
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
 
     from ..config import SSOConfig
 
     if command == "train":
-        types = (ScriptArguments, SSOConfig, ModelConfig)
+        types = (ScriptArguments, SSOConfig, ModelConfig, DatasetMixtureConfig)
     elif command == "reward":
         from ..scripts.reward import RewardScriptArguments, SSORewardConfig
 
@@ -92,11 +96,19 @@ def parser(command: str):
     return trl_parser(types, prog=prog, description=description)
 
 
+def parse(command: str, argv: list[str]) -> tuple:
+    """The parsed options of `trl-sso COMMAND argv`, with trl-sso's logging configured from them (`--log_level`)."""
+    parsed = parser(command).parse_args_and_config(args=argv)
+    levels = [(p.log_level, getattr(p, "log_level_replica", None)) for p in parsed if hasattr(p, "log_level")]
+    configure_logging(*(levels[0] if levels else (None, None)))
+    return tuple(p for p in parsed if not isinstance(p, LoggingArguments))
+
+
 def generate(argv: list[str]) -> int:
     from ..data import RESPONSE_COLUMNS
     from ..scripts.generate import generate_dataset
 
-    gen_args, publish_args = parser("generate").parse_args_and_config(argv)
+    gen_args, publish_args = parse("generate", argv)
     _, summary, url = generate_dataset(gen_args, publish_args)
     from ..runtime import process_state
 
@@ -129,14 +141,17 @@ def run_script(command: str, argv: list[str]) -> int:
 
     module, function = SCRIPTS[command]
     script = getattr(import_module(f"trl_sso.scripts.{module}"), function)
-    script(*parser(command).parse_args_and_config(args=argv))
+    script(*parse(command, argv))
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()  # as `trainer.end()` ends TRL's scripts (the trackers end with training)
     return 0
 
 
 def push(argv: list[str]) -> int:
     from ..hub import push as publish
 
-    (args,) = parser("push").parse_args_and_config(argv)
+    (args,) = parse("push", argv)
     url = publish(
         args.path,
         args.repo_id,
@@ -153,7 +168,7 @@ def inspect(argv: list[str]) -> int:
     from ..scripts.inspect import inspect_dataset
     from ..signal.report import format_report
 
-    (args,) = parser("inspect").parse_args_and_config(argv)
+    (args,) = parse("inspect", argv)
     report = inspect_dataset(args)
     print(format_report(report, f"Signal report of {report['dataset']}"))
     print(f"Wrote {args.output_dir}/signal.json and the plots.")
@@ -163,7 +178,7 @@ def inspect(argv: list[str]) -> int:
 def evaluate(argv: list[str]) -> int:
     from ..scripts.evaluate import evaluate_models, format_evaluation
 
-    (args,) = parser("evaluate").parse_args_and_config(argv)
+    (args,) = parse("evaluate", argv)
     print(format_evaluation(evaluate_models(args)))
     print(f"Wrote {args.output_dir}/evaluation.json and evaluation.png.")
     return 0
@@ -172,7 +187,7 @@ def evaluate(argv: list[str]) -> int:
 def env(argv: list[str]) -> int:
     from ..scripts.env import environment
 
-    parser("env").parse_args_and_config(argv)
+    parse("env", argv)
     print("Copy-paste the following information when reporting an issue:\n")
     print("\n".join(f"- {key}: {value}" for key, value in environment().items()))
     return 0

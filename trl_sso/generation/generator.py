@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..cards import public_name
+from ..cards import data_provenance, public_name
 from ..data import (
     GENERATED_DATA_DIR,
     GENERATED_DATA_FILE,
@@ -249,7 +249,7 @@ class SSOGenerator:
         mine = [b for b in range(len(self.batches)) if b % self.state.num_processes == self.state.process_index]
         todo = [b for b in mine if not self._batch_done(b, key)]
         if len(todo) < len(mine) and self.state.is_main_process:
-            logger.warning(f"Resuming: {len(mine) - len(todo)} of {len(mine)} batches are already in {batch_dir}.")
+            logger.info(f"Resuming: {len(mine) - len(todo)} of {len(mine)} batches are already in {batch_dir}.")
         start, prompts_done, tokens = time.perf_counter(), 0, 0
         bar = tqdm(
             total=sum(len(self.batches[b]) for b in todo),
@@ -324,17 +324,17 @@ class SSOGenerator:
             "generator_model": records[0]["generator_model"],
             "settings": _public_settings(self.args),
             "signal": signal_report(records, self.features),
+            "provenance": data_provenance(self.args.model_name_or_path, self.args.prompts),
         }
         write_json_atomic(self.output_dir / SUMMARY_FILE, summary, indent=2)
         from ..cards import sso_dataset_card
         from ..signal.plots import plot_accuracy
 
         plot = plot_accuracy(summary["signal"], self.output_dir / ACCURACY_PLOT)
-        # The card travels with the data and lists its config, as on the Hub (a push renders it anew for the repo)
+        # The card travels with the data (a push renders it anew for the repo). It lists no `configs`: datasets 5.2
+        # caches local folders with listed configs by folder name, so two runs' `data` folders would share a cache
         config = f"iteration_{self.args.iteration}"
-        files = [{"split": "train", "path": f"{GENERATED_DATA_DIR}/train-*"}]
-        local = {"configs": [{"config_name": config, "data_files": files}]}
-        card = sso_dataset_card(dataset, summary, self.args.output_dir, config, local, plot and ACCURACY_PLOT)
+        card = sso_dataset_card(dataset, summary, self.args.output_dir, config, {}, plot and ACCURACY_PLOT, local=True)
         card.save(str(self.output_dir / "README.md"))
         return dataset, summary
 

@@ -63,13 +63,32 @@ def build_trainer(trainer_class, model_name: str, model_args, training_args, **k
         raise
 
 
-def train_and_save(trainer_class, model_name: str, model_args, training_args, **kwargs):
-    """Build the trainer (`build_trainer`), train it, resuming from `--resume_from_checkpoint` or the last checkpoint
-    of the output folder, and save the model (or adapter). Returns `(trainer, train_output)`."""
+def ignore_bias_buffers(trainer) -> None:
+    """`--ignore_bias_buffers`, as TRL's scripts apply it: DDP skips the boolean buffers (attention masks) when it
+    synchronises buffers, which fails for them on some models."""
+    import torch
+
+    trainer.model._ddp_params_and_buffers_to_ignore = [
+        name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool
+    ]
+
+
+def train_and_save(trainer_class, model_name: str, model_args, training_args, before_train=None, **kwargs):
+    """Build the trainer (`build_trainer`), call `before_train(trainer)` if given, train, resuming from
+    `--resume_from_checkpoint` or the last checkpoint of the output folder, and save the model (or adapter; its base
+    named by Hub id when it has one, see `trl_sso.hub.point_adapter_at`). Returns `(trainer, train_output)`."""
     trainer = build_trainer(trainer_class, model_name, model_args, training_args, **kwargs)
+    if before_train is not None:
+        before_train(trainer)
     resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
     if resume:
         trainer.accelerator.print(f"Resuming from {resume}.")
     output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
+    if trainer.accelerator.is_main_process:  # an adapter names its base by Hub id, never by a local folder
+        from ..cards import hub_id
+        from ..hub import point_adapter_at
+
+        point_adapter_at(training_args.output_dir, hub_id(model_name), model_args.model_revision)
+    trainer.accelerator.wait_for_everyone()
     return trainer, output

@@ -7,8 +7,13 @@ trained model or adapter with its card), `round_<t>/policy` (the next policy), `
 `--round_signal`: on-policyness of the data under the round's policy and that policy's held-out evaluation) and
 `round_<t>/report.json`, written last: a rerun skips the rounds that have a report, and within a round generation
 resumes at the next batch and training at its last checkpoint. `rounds.json` and `rounds.png` follow the signal
-across rounds (the final policy's evaluation included). With Hub ids, each round's data is published as config
-`iteration_<t>` and its model as branch `iteration_<t>`, with the round's signal files, as the round finishes.
+across rounds (the final policy's evaluation included).
+
+Publishing (`--hub_dataset_id`, `--push_to_hub --hub_model_id`), as each round finishes: its data as config
+`iteration_<t>` (the latest is the default); its policy, a full model, on branch `iteration_<t>` and on `main`; with
+PEFT its adapter on `iteration_<t>-adapter`, whose base is the previous round's policy (`iteration_<t-1>`, or the
+starting model for round 1: its Hub id, or branch `base` where a local starting model is published). Every published
+model and adapter thus loads from the Hub alone (see `round_lineage` for the card's branch table).
 """
 
 import json
@@ -59,18 +64,88 @@ def format_rounds(rounds: dict) -> str:
     return "\n".join(lines)
 
 
+def publish_round(
+    t: int, round_dir: Path, start: tuple[str, str], metrics: dict, pipe_args, training_args, model_args
+) -> dict:
+    """Publish round `t` as the module docstring says; returns where each artifact went (for the report)."""
+    from types import SimpleNamespace
+
+    from trl import get_quantization_config
+
+    from ..cards import hub_id, quantization_summary, round_lineage, sso_model_card
+    from ..hub import point_adapter_at, push_dataset, push_folder
+
+    published = {}
+    if pipe_args.hub_dataset_id:
+        push_dataset(round_dir / "data", pipe_args.hub_dataset_id, config_name=f"iteration_{t}")
+        published["dataset"] = {"repo_id": pipe_args.hub_dataset_id, "config_name": f"iteration_{t}"}
+    if not (training_args.push_to_hub and training_args.hub_model_id):
+        return published
+    repo, private = training_args.hub_model_id, bool(training_args.hub_private_repo)
+    start_path, start_name = start
+    start_id = hub_id(start_path)
+    adapter = (round_dir / "train" / "adapter_config.json").is_file()
+    base_branch = adapter and start_id is None
+    lineage = round_lineage(t, pipe_args.rounds, start_name, adapter, base_branch)
+
+    def card(revision, is_adapter, quantization=None):
+        return sso_model_card(
+            args=training_args,
+            model_name=repo.split("/")[-1],
+            base_model=start_id,
+            dataset_name=pipe_args.hub_dataset_id,
+            hub_model_id=repo,
+            tags=["trl", "sso", "online-sso"],
+            is_adapter=is_adapter,
+            results=metrics,
+            quantization=quantization,
+            revision=revision,
+            lineage=lineage,
+        )
+
+    if adapter:
+        if t > 1:
+            point_adapter_at(round_dir / "train", repo, f"iteration_{t - 1}")
+        elif base_branch:  # a local starting model: published so that round 1's adapter has a base on the Hub
+            push_folder(start_path, repo, kind="model", revision="base", private=private, commit_message="Base")
+            point_adapter_at(round_dir / "train", repo, "base")
+        quantization = quantization_summary(SimpleNamespace(quantization_config=get_quantization_config(model_args)))
+        branch = f"iteration_{t}-adapter"
+        push_folder(
+            round_dir / "train",
+            repo,
+            revision=branch,
+            private=private,
+            commit_message=f"SSO round {t}: adapter",
+            card=card(branch, True, quantization),
+        )
+        published["adapter"] = {"repo_id": repo, "revision": branch}
+    for branch in (f"iteration_{t}", None):  # the round's branch, and main: the latest policy
+        push_folder(
+            round_dir / "policy",
+            repo,
+            kind="model",
+            revision=branch,
+            private=private,
+            commit_message=f"SSO round {t}: policy",
+            card=card(branch, False),
+        )
+    published["model"] = {"repo_id": repo, "revision": f"iteration_{t}"}
+    return published
+
+
 def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -> list[dict]:
     """Run the online rounds; returns the per-round reports."""
     from ..data import RESPONSE_COLUMNS
     from ..files import write_json_atomic
-    from ..hub import push_dataset, push_folder
     from ..runtime import process_state
     from ..signal.plots import plot_rounds
     from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage
 
     state = process_state()
     root = Path(training_args.output_dir)
-    policy, start_name = starting_policy(model_args)
+    start = starting_policy(model_args)
+    policy, start_name = start
     reports = []
     for t in range(1, pipe_args.rounds + 1):
         round_dir = root / f"round_{t}"
@@ -79,8 +154,8 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
             reports.append(json.loads(report_path.read_text()))
             policy = str(round_dir / "policy")
             continue
-        state.print(f"Round {t}/{pipe_args.rounds}: generating with {policy}.")
         name = start_name + (f" (SSO round {t - 1} policy)" if t > 1 else "")
+        logger.info(f"Round {t}/{pipe_args.rounds}: generating with {name}.")
         dataset, summary = generate_stage(
             gen_options,
             model_args,
@@ -91,14 +166,16 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
             iteration=t,
             seed=training_args.seed + t - 1,
         )
-        state.print(f"Round {t}/{pipe_args.rounds}: training on {summary['num_records']} records.")
-        metrics = train_stage(policy, dataset, training_args, model_args, round_dir / "train", callbacks)
+        logger.info(f"Round {t}/{pipe_args.rounds}: training on {summary['num_records']} records.")
+        metrics = train_stage(
+            policy, dataset, training_args, model_args, round_dir / "train", callbacks, generation=summary
+        )
         if state.is_main_process:
             if not (round_dir / "policy").exists():
                 save_next_policy(policy, round_dir / "train", round_dir / "policy")
             report = {
                 "round": t,
-                "policy": policy,
+                "policy": name,
                 "num_prompts": summary["num_prompts"],
                 "num_records": summary["num_records"],
                 "dropped": summary["dropped"],
@@ -123,21 +200,12 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
                 write_json_atomic(root / "rounds.json", rounds, indent=2)
                 plot_rounds(rounds["rounds"], root / "rounds.png")
                 for file in ("rounds.json", "rounds.png"):
-                    shutil.copy(root / file, round_dir / "train" / file)  # published with the round's model
-            if pipe_args.hub_dataset_id:
-                push_dataset(round_dir / "data", pipe_args.hub_dataset_id, config_name=f"iteration_{t}")
-            if training_args.push_to_hub and training_args.hub_model_id:
-                push_folder(
-                    round_dir / "train",
-                    training_args.hub_model_id,
-                    revision=f"iteration_{t}",
-                    private=bool(training_args.hub_private_repo),
-                    commit_message=f"SSO round {t}",
-                )
+                    shutil.copy(root / file, round_dir / "policy" / file)  # published with the round's policy
+            report["published"] = publish_round(t, round_dir, start, metrics, pipe_args, training_args, model_args)
             write_json_atomic(report_path, report, indent=2)
             lengths = "/".join(f"{summary['mean_tokens'][k]:.1f}" for k in RESPONSE_COLUMNS)
-            logger.warning(
-                f"Round {t}/{pipe_args.rounds}: {summary['num_records']} records from {summary['num_prompts']} "
+            logger.info(
+                f"Round {t}/{pipe_args.rounds} done: {summary['num_records']} records from {summary['num_prompts']} "
                 f"prompts, dropped {sum(summary['dropped'].values())}, mean tokens chosen/rejected/original "
                 f"{lengths}, train loss {metrics.get('train_loss', float('nan')):.4f}."
             )

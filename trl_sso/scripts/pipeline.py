@@ -4,18 +4,27 @@ them with plain DPO (SSOTrainer with steering and weight off, which is exactly D
 
 Stages write `generator_data`, `generator_train`, `generator`, `policy_data`, `policy_train` and, last, `report.json`:
 a rerun skips what finished, resumes generation at the next batch and training at its last checkpoint.
+
+Publishing: the two datasets as configs `generator_training` and `generator_pairs` of `--hub_dataset_id`; the policy
+to `--hub_model_id` and the generator to `<hub_model_id>-generator`. With PEFT both are adapters on the starting
+model: its Hub id, or branch `base` of `--hub_model_id` where a local starting model is published.
 """
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
+
+
+logger = logging.getLogger(__name__)
 
 
 def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) -> dict:
     """Run the generator pipeline; returns its report."""
+    from ..cards import hub_id
     from ..data import MAIN_PAIR_COLUMNS
     from ..files import write_json_atomic
-    from ..hub import push_dataset, push_folder
+    from ..hub import point_adapter_at, push_dataset, push_folder
     from ..runtime import process_state
     from .stages import generate_stage, save_next_policy, starting_policy, train_stage
 
@@ -27,6 +36,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
     policy, name = starting_policy(model_args)
 
     # 1. SSO data sampled from the policy, to train the generator on
+    logger.info(f"Stage 1/4: generating SSO data with {name}, to train the generator on.")
     seed_data, seed_summary = generate_stage(
         gen_options,
         model_args,
@@ -39,6 +49,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
     )
     # 2. the generator: the policy trained with the generator objective
     sft_coef = training_args.sso_sft_coef if training_args.sso_objective == "generator" else 0.1
+    logger.info(f"Stage 2/4: training the generator on {seed_summary['num_records']} records.")
     generator_metrics = train_stage(
         policy,
         seed_data,
@@ -46,6 +57,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
         model_args,
         root / "generator_train",
         callbacks,
+        generation=seed_summary,
         sso_objective="generator",
         sso_sft_coef=sft_coef,
     )
@@ -54,6 +66,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
     state.wait_for_everyone()
     # 3. pairs written by the generator for all queries
     num_prompts = pipe_args.policy_num_prompts or gen_options.num_prompts
+    logger.info(f"Stage 3/4: the generator writes pairs for {num_prompts} queries.")
     pairs, pair_summary = generate_stage(
         dataclasses.replace(gen_options, num_prompts=num_prompts),
         model_args,
@@ -65,6 +78,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
         seed=training_args.seed + 1,
     )
     # 4. the original policy trained with plain DPO on (x; y+ > y-)
+    logger.info(f"Stage 4/4: training {name} with DPO on {pair_summary['num_records']} generated pairs.")
     policy_metrics = train_stage(
         policy,
         pairs.select_columns(list(MAIN_PAIR_COLUMNS)),
@@ -72,6 +86,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
         model_args,
         root / "policy_train",
         callbacks,
+        generation=pair_summary,
         sso_objective="policy",
         sso_steer_coef=0.0,
         sso_use_weight=False,
@@ -90,9 +105,16 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
             push_dataset(root / "generator_data", pipe_args.hub_dataset_id, config_name="generator_training")
             push_dataset(root / "policy_data", pipe_args.hub_dataset_id, config_name="generator_pairs")
         if training_args.push_to_hub and training_args.hub_model_id:
-            private = bool(training_args.hub_private_repo)
-            push_folder(root / "policy_train", training_args.hub_model_id, private=private)
-            push_folder(root / "generator_train", f"{training_args.hub_model_id}-generator", private=private)
+            repo, private = training_args.hub_model_id, bool(training_args.hub_private_repo)
+            trained = (root / "policy_train", root / "generator_train")
+            if hub_id(policy) is None and (root / "policy_train" / "adapter_config.json").is_file():
+                # a local starting model: published so that both adapters have a base on the Hub
+                push_folder(policy, repo, kind="model", revision="base", private=private, commit_message="Base")
+                for folder in trained:
+                    point_adapter_at(folder, repo, "base")
+            push_folder(trained[0], repo, private=private)
+            push_folder(trained[1], f"{repo}-generator", private=private)
         write_json_atomic(report_path, report, indent=2)
+        logger.info(f"Pipeline done: report in {report_path}.")
     state.wait_for_everyone()
     return report

@@ -65,11 +65,16 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
     from ..cards import hub_id, reward_model_card
     from ..data import check_columns, load_sso_dataset, required_columns
     from ..hub import push_folder
-    from .common import train_and_save
+    from .common import ignore_bias_buffers, train_and_save
 
     if not script_args.dataset_name:
         raise ValueError(
             "`--dataset_name` is required: a `trl-sso generate` folder, a dataset file or a Hub dataset id."
+        )
+    if script_args.dataset_streaming:
+        raise ValueError(
+            "`--dataset_streaming` does not apply to `trl-sso reward`, which holds out part of the pairs for its "
+            "accuracy: drop it (the pairs of an SSO dataset fit in memory)."
         )
     if model_args.use_peft and model_args.lora_task_type == "CAUSAL_LM":
         model_args.lora_task_type = "SEQ_CLS"  # a reward model is a sequence classifier
@@ -92,6 +97,7 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
         model_args.model_name_or_path,
         model_args,
         training_args,
+        before_train=ignore_bias_buffers if script_args.ignore_bias_buffers else None,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
@@ -114,4 +120,5 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
             url = push_folder(output_dir, repo_id, kind="reward_model", private=bool(training_args.hub_private_repo))
             trainer.accelerator.print(f"Published the reward model to {url}")
     trainer.accelerator.wait_for_everyone()
+    trainer.end()
     return trainer, metrics

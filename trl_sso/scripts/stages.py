@@ -47,12 +47,13 @@ class PipelineArguments:
 
 
 def starting_policy(model_args) -> tuple[str, str]:
-    """`(path, name)` of the starting policy: the model given, or the packaged default; the name (its Hub id or
-    path, never a cache folder) is what provenance and cards show."""
+    """`(path, name)` of the starting policy: the model given, or the packaged default; the name (its Hub id, else
+    the last part of its path: `trl_sso.cards.public_name`) is what provenance, reports and cards show."""
+    from ..cards import public_name
     from ..offline import DEFAULT_MODEL_ID, default_model_path
 
     if model_args.model_name_or_path:
-        return model_args.model_name_or_path, model_args.model_name_or_path
+        return model_args.model_name_or_path, public_name(model_args.model_name_or_path)
     return default_model_path(), DEFAULT_MODEL_ID
 
 
@@ -75,9 +76,27 @@ def generate_stage(options: GenerationOptions, model_args, training_args, *, mod
     return dataset, summary
 
 
-def train_stage(model_path, dataset, training_args, model_args, output_dir, callbacks=None, **overrides):
+def generation_metrics(summary: dict) -> dict[str, float]:
+    """The generation summary of the data a stage trains on, as metrics for the `--report_to` trackers."""
+    metrics = {
+        "generation/prompts": summary["num_prompts"],
+        "generation/records": summary["num_records"],
+        "generation/dropped": sum(summary["dropped"].values()),
+        "generation/principle_fallbacks": summary["principle_fallbacks"],
+        **{f"generation/mean_tokens_{side}": value for side, value in summary["mean_tokens"].items()},
+    }
+    overall = ((summary.get("signal") or {}).get("accuracy") or {}).get("overall")
+    if overall:
+        metrics.update({"generation/accuracy": overall["correct"], "generation/accuracy_ties": overall["tie"]})
+    return metrics
+
+
+def train_stage(
+    model_path, dataset, training_args, model_args, output_dir, callbacks=None, generation=None, **overrides
+):
     """Train with SSOTrainer into `output_dir` (resuming from its last checkpoint); returns the final metrics. The
-    stage publishes nothing itself; `overrides` set `SSOConfig` fields for this stage only."""
+    stage publishes nothing itself; `generation` (the summary of the data) is logged to the `--report_to` trackers
+    first; `overrides` set `SSOConfig` fields for this stage only."""
     from ..cards import final_metrics
     from ..trainer import SSOTrainer
     from .common import train_and_save
@@ -91,7 +110,15 @@ def train_stage(model_path, dataset, training_args, model_args, output_dir, call
     )
     for name, value in overrides.items():
         setattr(args, name, value)
-    trainer, _ = train_and_save(SSOTrainer, model_path, model_args, args, train_dataset=dataset, callbacks=callbacks)
+    trainer, _ = train_and_save(
+        SSOTrainer,
+        model_path,
+        model_args,
+        args,
+        before_train=generation and (lambda trainer: trainer.log(generation_metrics(generation))),
+        train_dataset=dataset,
+        callbacks=callbacks,
+    )
     metrics = final_metrics(trainer.state.log_history)
     del trainer
     gc.collect()
@@ -115,8 +142,23 @@ def save_next_policy(base_path: str, trained_dir: Path, target: Path) -> None:
             model = AutoModelForCausalLM.from_pretrained(str(trained_dir), dtype="auto")
         model.save_pretrained(folder)
         AutoTokenizer.from_pretrained(str(trained_dir)).save_pretrained(folder)
+        (folder / "README.md").write_text(policy_card(base_path))
 
     save_folder_atomic(target, save)
+
+
+def policy_card(base_path: str) -> str:
+    """The small card of a saved next policy: it inherits its base's license (`trl_sso.cards.model_license`), which
+    the data it generates in the next round inherits in turn."""
+    from huggingface_hub import ModelCardData
+
+    from ..cards import hub_id, model_license
+
+    data = ModelCardData(base_model=hub_id(base_path), tags=["trl", "sso"], **model_license(base_path))
+    return (
+        f"---\n{data.to_yaml()}\n---\n\nA policy after a round of Self-Steering Optimization, saved by trl-sso as a "
+        "full checkpoint (with PEFT, the adapter merged into its base).\n"
+    )
 
 
 def evaluation_features(options: GenerationOptions) -> dict:
