@@ -208,3 +208,25 @@ def test_version_and_env(capsys):
     ):
         assert any(line.startswith(f"- {package} version: ") for line in lines), package
     assert any(line.startswith("- Accelerator: ") for line in lines)
+
+
+def test_log_level_sets_trl_sso_loggers(monkeypatch):
+    import logging
+
+    from trl_sso.logs import configure_logging
+
+    logger = logging.getLogger("trl_sso")
+    configure_logging()  # the command's default: progress lines at INFO on the main process
+    assert logger.level == logging.INFO
+    configure_logging("warning")
+    configure_logging("error")
+    assert logger.level == logging.ERROR and sum(getattr(h, "trl_sso", False) for h in logger.handlers) == 1
+    configure_logging("passive")  # TRL's default `--log_level`: ours then stays at INFO
+    assert logger.level == logging.INFO
+    monkeypatch.setenv("RANK", "1")  # other processes: WARNING unless `--log_level_replica` says otherwise
+    configure_logging("info", None)
+    assert logger.level == logging.WARNING
+    configure_logging("info", "debug")
+    assert logger.level == logging.DEBUG
+    (_, _, logging_args) = parser("generate").parse_args_and_config(["--log_level", "warning"])
+    assert logging_args.log_level == "warning"

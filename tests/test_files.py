@@ -63,3 +63,54 @@ def test_hub_id_rule(tmp_path, monkeypatch):
     assert hub_id("gpt2") == "gpt2"
     for local in ("local-model", "org/model", str(tmp_path), "./x", "../x", "~/models/x", "a/b/c", "", None):
         assert hub_id(local) is None, local
+
+
+def test_packaged_model_and_adapters_are_named_by_hub_id(tmp_path, monkeypatch):
+    """The packaged SmolLM2's cache folder is shown as the Hub model it came from, and an adapter saved from a local
+    folder is pointed at its base's Hub id (with the revision), so that it loads from the Hub alone."""
+    from trl_sso.cards import model_license, public_name
+    from trl_sso.hub import point_adapter_at
+
+    monkeypatch.setenv("TRL_SSO_CACHE", str(tmp_path / "cache"))
+    packaged = tmp_path / "cache" / "SmolLM2-135M-Instruct"
+    packaged.mkdir(parents=True)
+    assert hub_id(str(packaged)) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert model_license(str(packaged)) == model_license(None) == {"license": "apache-2.0"}
+    assert public_name(str(tmp_path / "runs" / "policy")) == "policy"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(packaged), "r": 4}))
+    point_adapter_at(adapter, hub_id(str(packaged)))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config == {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "r": 4, "revision": None}
+    point_adapter_at(adapter, "me/sso-online", "iteration_1")
+    assert json.loads((adapter / "adapter_config.json").read_text())["revision"] == "iteration_1"
+    point_adapter_at(tmp_path / "runs", "me/x")  # no adapter there: nothing to do
+
+
+def test_licenses_are_complete_or_left_out(tmp_path):
+    from trl_sso.cards import model_license
+
+    cases = {
+        "license: mit": {"license": "mit"},
+        "license: other": {},  # an `other` license with no name and link is not a license the Hub accepts
+        "license: other\nlicense_name: acme\nlicense_link: https://example.com/l": {
+            "license": "other",
+            "license_name": "acme",
+            "license_link": "https://example.com/l",
+        },
+        "tags: [x]": {},
+    }
+    for index, (metadata, expected) in enumerate(cases.items()):
+        folder = tmp_path / f"model{index}"
+        folder.mkdir()
+        (folder / "README.md").write_text(f"---\n{metadata}\n---\n\nA model.\n")
+        assert model_license(str(folder)) == expected, metadata
+    assert model_license(str(tmp_path / "no-card")) == {}
+
+
+def test_public_names_tell_local_models_apart():
+    from trl_sso.cards import public_names
+
+    assert public_names(["/runs/a/round_1/policy", "/runs/a/round_2/policy"]) == ["round_1/policy", "round_2/policy"]
+    assert public_names(["/x/model", "gpt2", "/x/model"]) == ["model", "gpt2", "model"]

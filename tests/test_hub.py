@@ -3,6 +3,7 @@ back with the unmodified huggingface_hub, datasets, transformers and peft; cards
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -271,3 +272,54 @@ def test_push_cli(hub, generated, tmp_path):
         timeout=300,
     )
     assert failed.returncode == 2 and "Traceback" not in failed.stderr and "HTTP 404" in failed.stderr
+
+
+def test_dataset_card_metadata_from_hub_prompts(hub, tmp_path, tokenizer):
+    """Prompts from a Hub dataset: the card names it as `source_datasets` and takes its language; the license comes
+    from the generator (the packaged SmolLM2 here: apache-2.0); the card parses with huggingface_hub."""
+    import datasets
+    from huggingface_hub import DatasetCard, HfApi
+    from test_generation import Echo
+
+    from trl_sso.generation import GenerateArguments, SSOGenerator
+
+    datasets.Dataset.from_list([{"prompt": f"Question {i}?"} for i in range(4)]).push_to_hub("tester/questions")
+    HfApi().upload_file(
+        path_or_fileobj=b"---\nlanguage: fr\nlicense: cc-by-4.0\n---\n\nQuestions.\n",
+        path_in_repo="README.md",
+        repo_id="tester/questions",
+        repo_type="dataset",
+    )
+    args = GenerateArguments(output_dir=str(tmp_path / "fr"), prompts="tester/questions", num_prompts=4, batch_size=2)
+    SSOGenerator(args, sampler=Echo(), tokenizer=tokenizer).run()
+    push(tmp_path / "fr", "tester/sso-fr")
+    metadata = DatasetCard.load("tester/sso-fr").data.to_dict()
+    assert metadata["source_datasets"] == ["tester/questions"] and metadata["language"] == ["fr"]
+    assert metadata["license"] == "apache-2.0" and metadata["annotations_creators"] == ["machine-generated"]
+    assert metadata["size_categories"] == ["n<1K"] and "license_name" not in metadata
+    local = (tmp_path / "fr" / "README.md").read_text()  # the folder's own card: its snippet loads the folder
+    assert f'load_dataset("{tmp_path / "fr"}", split="train")' in local
+
+
+def test_push_names_the_packaged_base_by_hub_id(hub, tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """An adapter saved on the packaged model's cache folder is published naming
+    `HuggingFaceTB/SmolLM2-135M-Instruct`, the local file untouched; an adapter on a base with no Hub id is published
+    with a warning saying how to make it loadable."""
+    from huggingface_hub import hf_hub_download
+    from peft import LoraConfig, get_peft_model
+
+    monkeypatch.setenv("TRL_SSO_CACHE", str(tmp_path / "cache"))
+    packaged = tmp_path / "cache" / "SmolLM2-135M-Instruct"
+    shutil.copytree(tiny_model_dir, packaged)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(load_tiny_model(str(packaged)), lora)
+    model.save_pretrained(tmp_path / "adapter")
+    local = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert local["base_model_name_or_path"] == str(packaged)
+    push(tmp_path / "adapter", "tester/on-smollm2")
+    published = json.loads(open(hf_hub_download("tester/on-smollm2", "adapter_config.json")).read())
+    assert published["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text()) == local  # nothing local changes
+    monkeypatch.setenv("TRL_SSO_CACHE", str(tmp_path / "elsewhere"))  # now the base is just a local folder
+    push(tmp_path / "adapter", "tester/on-local")
+    assert "will not load from the Hub alone" in caplog.text

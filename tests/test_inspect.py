@@ -2,6 +2,7 @@
 reward-model verdicts, and one-line errors for bad input."""
 
 import json
+import os
 
 import pytest
 from test_hub import hub  # noqa: F401  (the local Hub fixture)
@@ -104,7 +105,7 @@ def test_evaluate_compares_models(tiny_model_dir, tiny_reward_model, tmp_path, c
     printed = capsys.readouterr().out
     assert "Held-out evaluation on 4 prompts" in printed
     report = json.loads((out / "evaluation.json").read_text())
-    assert [row["model"] for row in report["models"]] == [tiny_model_dir] * 2
+    assert [row["model"] for row in report["models"]] == [os.path.basename(tiny_model_dir)] * 2  # no local path
     first, second = report["models"]
     assert first["follows_good"] == second["follows_good"]  # greedy answers: the same model answers the same
     assert first["win_rate_vs_first"] == 0.0 and set(first["follows_good"]) == set(report["features"])

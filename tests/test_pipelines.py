@@ -116,7 +116,7 @@ def test_pipeline_end_to_end(tiny_model_dir, tmp_path):
     assert pipeline(*parse("pipeline", argv)) == report  # finished: a rerun does nothing
 
 
-def test_both_rounds_published_and_loaded_back(hub, tiny_model_dir, tmp_path):  # noqa: F811
+def test_both_rounds_published_and_loaded_back(hub, tiny_model_dir, tmp_path, capfd):  # noqa: F811
     import datasets
     from huggingface_hub import HfApi, hf_hub_download
     from transformers import AutoModelForCausalLM
@@ -138,6 +138,8 @@ def test_both_rounds_published_and_loaded_back(hub, tiny_model_dir, tmp_path):  
         )
         == 0
     )
+    progress = capfd.readouterr().err  # a progress line per round, at INFO, from the command's logging
+    assert "[trl-sso] Round 1/2: generating with" in progress and "[trl-sso] Round 2/2 done:" in progress
     for t in (1, 2):
         assert len(datasets.load_dataset("tester/sso-rounds", f"iteration_{t}", split="train")) >= 1
         AutoModelForCausalLM.from_pretrained("tester/sso-online", revision=f"iteration_{t}")

@@ -72,10 +72,19 @@ def hub_id(name: str | None) -> str | None:
     return name
 
 
-def public_name(name: str) -> str:
+def public_name(name: str, parts: int = 1) -> str:
     """How a model or file is named where others read it (cards, reports, summaries, dataset rows): its Hub id, else
-    only the last part of its local path."""
-    return hub_id(name) or Path(name).name
+    only the last `parts` parts of its local path."""
+    return hub_id(name) or "/".join(Path(name).parts[-parts:])
+
+
+def public_names(names: list[str]) -> list[str]:
+    """`public_name` of each of `names`, with as many path parts as it takes to tell them apart."""
+    for parts in range(1, max((len(Path(name).parts) for name in names), default=1) + 1):
+        shown = [public_name(name, parts) for name in names]
+        if len(set(shown)) == len(set(names)):
+            return shown
+    return shown
 
 
 PACKAGED_MODEL_LICENSE = "apache-2.0"  # SmolLM2's license, for the offline default model

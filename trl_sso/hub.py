@@ -10,6 +10,7 @@ harmless. Tokens are passed to huggingface_hub only: never printed, logged, or w
 """
 
 import json
+import logging
 from pathlib import Path
 
 from .data import (
@@ -21,6 +22,7 @@ from .data import (
 from .retries import HubError, with_retries
 
 
+logger = logging.getLogger(__name__)
 HubPushError = HubError  # the name publishing errors had before 0.2
 
 PUSH_ADVICE = (
@@ -83,6 +85,28 @@ def point_adapter_at(folder: str | Path, base_model: str | None, revision: str |
     config["base_model_name_or_path"] = base_model
     config["revision"] = None if revision in (None, "main") else revision
     write_json_atomic(path, config, indent=2)
+
+
+def _published_adapter_config(path: Path) -> dict | None:
+    """The adapter config to publish in place of `path`'s when its base is a local folder with a Hub id (the packaged
+    model's cache); `None` when it needs no change. A base with no Hub id at all gets a warning: the adapter will not
+    load from the Hub alone until its base is published and named (`point_adapter_at`)."""
+    from .cards import hub_id
+
+    file = path / "adapter_config.json"
+    if not file.is_file():
+        return None
+    config = json.loads(file.read_text())
+    base = config.get("base_model_name_or_path")
+    if not base or hub_id(base) == base:
+        return None
+    if hub_id(base) is None:
+        logger.warning(
+            f"The adapter in {path} names a local base model ({Path(base).name}): it will not load from the Hub "
+            "alone. Publish the base model and name it with `trl_sso.hub.point_adapter_at`, then push again."
+        )
+        return None
+    return {**config, "base_model_name_or_path": hub_id(base)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,6 +192,7 @@ def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commi
     path = Path(path)
     kind = kind or detect_artifact(path)
     card = card or folder_card(path, kind, repo_id)
+    adapter_config = _published_adapter_config(path)
     api = _api(token)
     _ensure_repo(api, repo_id, "model", private, revision)
     ignore = ["training_args.bin", "checkpoint-*", "checkpoint-*/*", "runs/*", "*.lock", ".*"]
@@ -180,6 +205,14 @@ def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commi
             ignore_patterns=ignore + ["README.md"],
             commit_message=commit_message or f"Upload SSO {kind.replace('_', ' ')}",
         )
+        if adapter_config is not None:  # the base named by Hub id in the repo; the local file stays as it is
+            api.upload_file(
+                path_or_fileobj=json.dumps(adapter_config, indent=2).encode(),
+                path_in_repo="adapter_config.json",
+                repo_id=repo_id,
+                revision=revision,
+                commit_message="Name the adapter's base by its Hub id",
+            )
         if card is not None:
             card.push_to_hub(repo_id, token=token, revision=revision, commit_message="Update model card")
 

@@ -47,6 +47,7 @@ class EvaluateArguments:
 
 def evaluate_models(args: EvaluateArguments) -> dict:
     """Answer the prompts with each model and score the answers (see the module docstring). Returns the report."""
+    from ..cards import public_names
     from ..files import write_json_atomic
     from ..generation.prompts import load_prompts
     from ..offline import DEFAULT_MODEL_ID
@@ -85,6 +86,8 @@ def evaluate_models(args: EvaluateArguments) -> dict:
             own, base = scores[row["model"]], scores[models[0]]
             row["mean_reward"] = sum(own) / len(own)
             row["win_rate_vs_first"] = sum(a > b for a, b in zip(own, base)) / len(own)
+    for row, shown in zip(rows, public_names(models), strict=True):  # the report names no local path
+        row["model"] = shown
     report = {"prompts": len(prompts), "features": names, "models": rows}
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)

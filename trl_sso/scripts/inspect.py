@@ -52,6 +52,7 @@ class InspectArguments:
 
 def inspect_dataset(args: InspectArguments) -> dict:
     """Compute, write and return the signal report of `args.dataset` (see the module docstring)."""
+    from ..cards import public_name
     from ..data import ORIGINAL, check_columns, load_sso_dataset, required_columns
     from ..files import write_json_atomic
     from ..principles import known_features
@@ -64,7 +65,8 @@ def inspect_dataset(args: InspectArguments) -> dict:
     records = dataset.select(range(min(len(dataset), args.num_records or len(dataset)))).to_list()
     features = known_features(args.features_file)
     report = signal_report(records, features)
-    report["dataset"] = args.dataset if args.dataset_config is None else f"{args.dataset} ({args.dataset_config})"
+    shown = public_name(args.dataset)  # reports name no local path
+    report["dataset"] = shown if args.dataset_config is None else f"{shown} ({args.dataset_config})"
 
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -81,7 +83,11 @@ def inspect_dataset(args: InspectArguments) -> dict:
             report["onpolicy"] = {"skipped": f"the recorded generator {model_name!r} did not load; pass `--model`"}
         else:
             values, rate = mean_logps(model, tokenizer, records, args.batch_size)
-            report["onpolicy"] = {"model": model_name, **onpolicy_report(values), "records_per_second": rate}
+            report["onpolicy"] = {
+                "model": public_name(model_name),
+                **onpolicy_report(values),
+                "records_per_second": rate,
+            }
             print(f"Scored A(x, y) of {len(records)} records at {rate:.2f} records/s.")
             plot_onpolicy(values, output / "onpolicy.png")
             del model
@@ -89,7 +95,8 @@ def inspect_dataset(args: InspectArguments) -> dict:
         from ..signal.rewards import load_reward_model, reward_report
 
         reward_model, reward_tokenizer = load_reward_model(args.reward_model)
-        report["reward"] = {"model": args.reward_model, **reward_report(reward_model, reward_tokenizer, records)}
+        verdicts = reward_report(reward_model, reward_tokenizer, records)
+        report["reward"] = {"model": public_name(args.reward_model), **verdicts}
     plot_accuracy(report, output / "accuracy.png")
     write_json_atomic(output / "signal.json", report, indent=2)
     return report

@@ -72,7 +72,7 @@ def publish_round(
 
     from trl import get_quantization_config
 
-    from ..cards import hub_id, quantization_summary, round_lineage, sso_model_card
+    from ..cards import hub_id, model_license, quantization_summary, round_lineage, sso_model_card, tracker_links
     from ..hub import point_adapter_at, push_dataset, push_folder
 
     published = {}
@@ -101,6 +101,8 @@ def publish_round(
             quantization=quantization,
             revision=revision,
             lineage=lineage,
+            license=model_license(start_path),
+            links=tracker_links(),
         )
 
     if adapter:
