@@ -47,6 +47,12 @@ def data_folder(tmp_path, tokenizer):
     return str(tmp_path / "sso-data")
 
 
+def python_blocks(card: str) -> list[str]:
+    """The Python code blocks of a card, in order."""
+    text = open(card).read()
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
 def state(folder):
     return json.loads(open(os.path.join(folder, "trainer_state.json")).read())
 
@@ -65,6 +71,11 @@ def test_train_full_then_resume(tiny_model_dir, data_folder, tmp_path, capsys):
     for name in ("model.safetensors", "tokenizer.json", "train_results.json", "README.md"):
         assert os.path.exists(os.path.join(out, name)), name
     assert "- sso" in open(os.path.join(out, "README.md")).read()
+    # The local cards' snippets run as written: the model card's quick start, the dataset card's loading
+    exec(python_blocks(os.path.join(out, "README.md"))[0], {})
+    namespace = {}
+    exec(python_blocks(os.path.join(data_folder, "README.md"))[0], namespace)
+    assert len(namespace["dataset"]) == 8
 
 
 def test_train_qlora(tiny_model_dir, data_folder, tmp_path):

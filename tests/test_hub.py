@@ -323,3 +323,29 @@ def test_push_names_the_packaged_base_by_hub_id(hub, tiny_model_dir, tmp_path, m
     monkeypatch.setenv("TRL_SSO_CACHE", str(tmp_path / "elsewhere"))  # now the base is just a local folder
     push(tmp_path / "adapter", "tester/on-local")
     assert "will not load from the Hub alone" in caplog.text
+
+
+def test_model_card_metadata_lists_links_and_license(tmp_path):
+    """The SSO model card as the Hub's specification wants it, parsed back by huggingface_hub: `datasets` a list,
+    the base's license, the tracker links TRL's card carries (Trackio also as TRL's `trackio:` tag)."""
+    from huggingface_hub import ModelCard
+
+    from trl_sso.cards import sso_model_card
+
+    links = {"wandb": "https://wandb.ai/me/sso/runs/abc", "trackio": "https://me-trackio.hf.space?project=p"}
+    card = sso_model_card(
+        sso_args(tmp_path / "x"),
+        "sso-model",
+        "org/base",
+        ["me/data-a", "me/data-b"],
+        "me/sso-model",
+        ["trl", "sso"],
+        is_adapter=False,
+        license={"license": "other", "license_name": "acme", "license_link": "https://example.com/l"},
+        links=links,
+    )
+    parsed = ModelCard(str(card))
+    assert parsed.data.datasets == ["me/data-a", "me/data-b"] and parsed.data.license == "other"
+    assert parsed.data.license_name == "acme" and f"trackio:{links['trackio']}" in parsed.data.tags
+    assert f"[Weights & Biases]({links['wandb']})" in parsed.text and "[Trackio](" in parsed.text
+    assert "[me/data-a](https://huggingface.co/datasets/me/data-a), [me/data-b]" in parsed.text

@@ -40,6 +40,16 @@ class KillInRound2(TrainerCallback):
             raise KeyboardInterrupt  # like a kill in the middle of round 2's training
 
 
+class Recorder(TrainerCallback):
+    """Keeps what the trainer sends to the trackers."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
 def weights(folder):
     from safetensors.torch import load_file
 
@@ -87,7 +97,11 @@ def test_iterate_with_lora_merges_the_adapter_into_the_next_policy(tiny_model_di
         tiny_model_dir, tmp_path / "lora", "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"
     )
     argv[argv.index("--rounds") + 1] = "1"
-    iterate(*parse("iterate", argv))
+    logged = Recorder()
+    iterate(*parse("iterate", argv), callbacks=[logged])
+    # The round's generation summary reaches the trackers (`--report_to`) before its training
+    first = logged.logs[0]
+    assert first["generation/records"] >= 1 and {"generation/dropped", "generation/mean_tokens_chosen"} <= set(first)
     round_dir = tmp_path / "lora" / "round_1"
     assert (round_dir / "train" / "adapter_config.json").exists()
     assert "library_name: peft" in (round_dir / "train" / "README.md").read_text()
@@ -96,11 +110,16 @@ def test_iterate_with_lora_merges_the_adapter_into_the_next_policy(tiny_model_di
     assert any(not torch.equal(merged[k], base[k]) for k in merged if "q_proj" in k)
 
 
-def test_pipeline_end_to_end(tiny_model_dir, tmp_path):
+def test_pipeline_end_to_end(tiny_model_dir, tmp_path, caplog):
+    import logging
+
     from trl_sso.scripts.pipeline import pipeline
 
+    caplog.set_level(logging.INFO, logger="trl_sso")
     argv = options(tiny_model_dir, tmp_path / "v2", "--policy_num_prompts", "6")
     report = pipeline(*parse("pipeline", argv))
+    stages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Stage ")]
+    assert [line.split(":")[0] for line in stages] == [f"Stage {i}/4" for i in range(1, 5)]  # a line per stage
     root = tmp_path / "v2"
     for folder in ("generator_data", "generator_train", "generator", "policy_data", "policy_train"):
         assert (root / folder).is_dir(), folder

@@ -7,6 +7,7 @@ trl-sso configures nothing: its messages follow the application's own logging se
 import dataclasses
 import logging
 import os
+import sys
 
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -22,6 +23,18 @@ class LoggingArguments:
     )
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to the `sys.stderr` of the moment (which a caller may have replaced since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(level: str | None = None, replica_level: str | None = None) -> None:
     """Send the `trl_sso` loggers to stderr at `level` on the main process (default INFO) and `replica_level` on the
     others (default WARNING). TRL's levels `passive` (leave as is: here, the default) and `detail` (DEBUG) are
@@ -32,7 +45,7 @@ def configure_logging(level: str | None = None, replica_level: str | None = None
     logger = logging.getLogger("trl_sso")
     logger.setLevel(LEVELS[chosen])
     if not any(getattr(handler, "trl_sso", False) for handler in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.trl_sso = True
         handler.setFormatter(logging.Formatter("[trl-sso] %(message)s"))
         logger.addHandler(handler)
