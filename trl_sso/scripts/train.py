@@ -55,9 +55,10 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
     """Train a policy (or a data generator) with SSO; returns the trainer. Resumes from the last checkpoint in
     `output_dir` when there is one, saves the model or adapter with its tokenizer, metrics and SSO card, publishes
     with `--push_to_hub`, and ends the trainer (trackers, process group) as TRL's scripts do."""
+    from accelerate.utils import is_peft_model
     from trl import DatasetMixtureConfig
 
-    from ..cards import hub_id
+    from ..cards import hub_id, public_name
     from ..trainer import SSOTrainer
     from .common import ignore_bias_buffers, train_and_save
 
@@ -78,6 +79,12 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
     if dataset_name:
         trainer.create_model_card(dataset_name=dataset_name)
     if training_args.push_to_hub:
+        if is_peft_model(trainer.model) and hub_id(model_args.model_name_or_path) is None:
+            logger.warning(
+                f"The adapter's base model is a local folder ({public_name(model_args.model_name_or_path)}): the "
+                "published adapter loads only where that folder exists. Publish the base model and train from its "
+                "Hub id to make it loadable from the Hub alone."
+            )
         trainer.push_to_hub(dataset_name=dataset_name)
     trainer.end()
     return trainer
