@@ -56,17 +56,25 @@ def weights(folder):
     return load_file(os.path.join(folder, "model.safetensors"))
 
 
-def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_dir, tmp_path):
+def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_dir, tmp_path, caplog, capsys):
+    import logging
+
     from datasets import load_dataset
 
     from trl_sso.scripts.iterate import iterate
 
+    caplog.set_level(logging.INFO, logger="trl_sso")
     reference = iterate(*parse("iterate", options(tiny_model_dir, tmp_path / "ref")))
     with pytest.raises(KeyboardInterrupt):
         iterate(*parse("iterate", options(tiny_model_dir, tmp_path / "run")), callbacks=[KillInRound2()])
     assert (tmp_path / "run" / "round_1" / "report.json").exists()
     assert not (tmp_path / "run" / "round_2" / "report.json").exists()
+    capsys.readouterr()
+    caplog.clear()
     resumed = iterate(*parse("iterate", options(tiny_model_dir, tmp_path / "run")))
+    # The resume says so: the finished round is skipped, round 2's training resumes from its checkpoint
+    assert any("Round 1/2: finished in an earlier run" in r.getMessage() for r in caplog.records)
+    assert f"Resuming from {tmp_path / 'run' / 'round_2' / 'train' / 'checkpoint-1'}" in capsys.readouterr().out
     assert [r["num_records"] for r in resumed] == [r["num_records"] for r in reference]
     for t in (1, 2):
         a, b = (root / f"round_{t}" for root in (tmp_path / "ref", tmp_path / "run"))

@@ -279,11 +279,38 @@ def validate_record(record: Mapping[str, Any], index: int, columns: Iterable[str
             )
 
 
+def check_one_format(dataset: Any) -> None:
+    """Refuse a dataset whose rows mix the standard format (plain strings) and the conversational format (message
+    lists) in a column, naming the first row of each kind. TRL's trainers apply the chat template to the second only,
+    so the two kinds of rows would train on sequences built differently; turning strings into messages is not exact
+    either (it adds the template), so nothing is converted. Only a column that the loader typed `Json` (mixed values,
+    as the JSON loader of datasets 5 does) can mix; other datasets pass at no cost."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        return
+    for column in TEXT_COLUMNS:
+        if column not in dataset.column_names or not isinstance(dataset.features[column], datasets.Json):
+            continue
+        first: dict[type, int] = {}
+        for index, value in enumerate(dataset[column]):
+            if isinstance(value, (str, list)):
+                first.setdefault(type(value), index)
+            if len(first) == 2:
+                raise SSODataError(
+                    f"Column '{column}' mixes formats: row {first[str]} holds a plain string (standard format) and "
+                    f"row {first[list]} a message list (conversational format). Use one format in every row: message "
+                    "lists for chat models, or plain strings."
+                )
+
+
 def validate_dataset(dataset: Iterable[Mapping[str, Any]], columns: Iterable[str] = SSO_COLUMNS) -> None:
-    """Check every record of `dataset` (a `datasets.Dataset` or any iterable of dicts) against the canonical schema."""
+    """Check every record of `dataset` (a `datasets.Dataset` or any iterable of dicts) against the canonical schema,
+    and that its rows use one format (`check_one_format`)."""
     columns = tuple(columns)
     if hasattr(dataset, "column_names") and dataset.column_names is not None:
         check_columns(dataset.column_names, columns)
+    check_one_format(dataset)
     for index, record in enumerate(dataset):
         if index == 0 and not hasattr(dataset, "column_names"):
             check_columns(record.keys(), columns)
@@ -396,6 +423,47 @@ GENERATED_DATA_DIR = "data"
 GENERATED_DATA_FILE = "train-00000-of-00001.parquet"
 
 
+def _check_text_file(path: Path, builder: str) -> None:
+    """Before a file goes to its builder: it has content and, for text (JSON, JSON Lines, CSV), is UTF-8, so that the
+    error names the file and the line at fault."""
+    if builder == "parquet":
+        if path.stat().st_size == 0:
+            raise ValueError(f"{str(path)!r} is empty: it holds no rows. Point to a file with data.")
+        return
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError(f"{str(path)!r} is empty: it holds no rows. Point to a file with data.")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{str(path)!r} is not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}). Save it as UTF-8."
+        ) from None
+
+
+def _find_bad_json_line(path: Path) -> None:
+    """After the JSON builder failed on `path`: raise a `ValueError` naming the first line of a JSON Lines file that
+    does not parse (a single JSON document that parses passes)."""
+    import json
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        json.loads(text)
+        return
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{str(path)!r}, line {number}, is not valid JSON ({error.msg}): a JSON Lines file holds one JSON "
+                    "object per line."
+                ) from None
+
+
 def load_dataset_split(
     source: str,
     config_name: str | None = None,
@@ -444,18 +512,32 @@ def load_dataset_split(
                 f"Cannot read {source!r}: use a .json, .jsonl, .csv or .parquet file, a saved dataset folder, or a "
                 "dataset name."
             )
-        if not path.read_bytes().strip():
-            raise ValueError(f"{source!r} is empty: it holds no rows. Point to a file with data.")
+        _check_text_file(path, builder)
+        verbosity = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a parse error is ours to report, in one line
         try:
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as error:  # the builders' parse errors (DatasetGenerationError, ArrowInvalid, ...)
             cause = error.__cause__ or error
+            if "corresponds to no data" in str(cause):
+                raise ValueError(f"{source!r} holds no rows (a header at most). Point to a file with data.") from error
+            if builder == "json":
+                _find_bad_json_line(path)
             raise ValueError(
                 f"{source!r} could not be read as {builder.upper()} ({type(cause).__name__}: "
                 f"{str(cause).splitlines()[0] if str(cause) else 'no detail'}). Check its format and encoding."
             ) from error
-    if path.suffix.lower() in FILE_BUILDERS or path.is_absolute() or source.startswith("."):
-        raise FileNotFoundError(f"{source!r} does not exist. Check the path.")
+        finally:
+            datasets.logging.set_verbosity(verbosity)
+        if len(dataset) == 0:
+            raise ValueError(f"{source!r} holds no rows (a header at most). Point to a file with data.")
+        return dataset
+    from .cards import hub_id
+
+    if path.suffix.lower() in FILE_BUILDERS or hub_id(source) is None:
+        raise FileNotFoundError(
+            f"{source!r} does not exist: no such file or folder, and not a Hub dataset id. Check the path."
+        )
     from .retries import with_retries
 
     return with_retries(

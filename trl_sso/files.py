@@ -12,14 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _clear_stale(target: Path) -> None:
-    """Remove what a crashed earlier write of `target` left beside it (`.<name>.*.tmp`). Only for targets with one
-    writer at a time: another process's write in progress would go too."""
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+def _remove(paths) -> None:
+    for stale in paths:
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
+
+
+def _clear_stale(target: Path) -> None:
+    """Remove what a crashed earlier write of `target` left beside it (`.<name>.*.tmp`). Only for targets with one
+    writer at a time: another process's write in progress would go too."""
+    _remove(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
+
+
+def clear_leftovers(folder: Path) -> None:
+    """Remove every leftover of a crashed write (`.<name>.*.tmp`) in `folder`. Only while nothing else writes there
+    (the generator calls it before any process starts on its batches)."""
+    _remove(Path(folder).glob(".*.tmp"))
 
 
 def write_json_atomic(path: str | Path, payload, indent: int | None = None) -> None:

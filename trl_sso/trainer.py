@@ -258,7 +258,9 @@ class SSOTrainer(DPOTrainer):
 
     def _prepare_dataset(self, dataset, processing_class, args: SSOConfig, dataset_name: str):
         pairs = sso_data.pairs_in_use(args.sso_objective, args.sso_steer_coef)
-        first = next(iter(dataset))
+        first = next(iter(dataset), None)
+        if first is None:
+            raise ValueError(f"The {dataset_name} dataset has no rows: there is nothing to train on.")
         if all(column in first for pair in pairs for column in PAIR_COLUMNS[pair]):
             return dataset  # already tokenized (e.g. passed again to `evaluate`)
         if any(key in first for key in ("image", "images")):
@@ -272,6 +274,7 @@ class SSOTrainer(DPOTrainer):
                 dataset = dataset.map(extract_prompt, **map_kwargs)
                 first = next(iter(dataset))
             sso_data.check_columns(dataset.column_names or first.keys(), columns)
+            sso_data.check_one_format(dataset)
 
             def tokenize(example, index):
                 sso_data.validate_record(example, index, columns)

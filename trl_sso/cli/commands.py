@@ -96,11 +96,35 @@ def parser(command: str):
     return trl_parser(types, prog=prog, description=description)
 
 
+# Options that name a model: a local folder or a Hub id
+MODEL_OPTIONS = ("model_name_or_path", "principle_model", "reward_model")
+
+
+def check_model_references(parsed: tuple) -> None:
+    """A model option that names neither an existing folder nor a possible Hub id (`namespace/name`) is a missing
+    path: say so, rather than let the Hub client reject it as a malformed repo id."""
+    import os
+
+    from ..cards import hub_id
+
+    for arguments in parsed:
+        for option in MODEL_OPTIONS:
+            values = getattr(arguments, option, None)
+            for value in [values] if isinstance(values, str) else values or []:
+                if not os.path.exists(value) and hub_id(value) is None:
+                    raise ValueError(
+                        f"`--{option} {value}`: no such folder, and not a Hub model id (`name` or `namespace/name`). "
+                        "Check the path."
+                    )
+
+
 def parse(command: str, argv: list[str]) -> tuple:
-    """The parsed options of `trl-sso COMMAND argv`, with trl-sso's logging configured from them (`--log_level`)."""
+    """The parsed options of `trl-sso COMMAND argv`, with trl-sso's logging configured from them (`--log_level`) and
+    the model options checked (`check_model_references`)."""
     parsed = parser(command).parse_args_and_config(args=argv)
     levels = [(p.log_level, getattr(p, "log_level_replica", None)) for p in parsed if hasattr(p, "log_level")]
     configure_logging(*(levels[0] if levels else (None, None)))
+    check_model_references(parsed)
     return tuple(p for p in parsed if not isinstance(p, LoggingArguments))
 
 

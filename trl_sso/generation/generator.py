@@ -29,7 +29,7 @@ from ..data import (
     load_dataset_split,
     make_record,
 )
-from ..files import save_folder_atomic, write_json_atomic
+from ..files import clear_leftovers, save_folder_atomic, write_json_atomic
 from ..offline import DEFAULT_MODEL_ID
 from ..principles import expand_feature_names, known_features
 from ..runtime import process_state
@@ -244,7 +244,10 @@ class SSOGenerator:
         from tqdm.auto import tqdm
 
         batch_dir = self.output_dir / BATCH_DIR
-        batch_dir.mkdir(parents=True, exist_ok=True)
+        if self.state.is_main_process:
+            batch_dir.mkdir(parents=True, exist_ok=True)
+            clear_leftovers(batch_dir)  # half-written batches of a killed run
+        self.state.wait_for_everyone()
         key = _settings_key(self.args)
         mine = [b for b in range(len(self.batches)) if b % self.state.num_processes == self.state.process_index]
         todo = [b for b in mine if not self._batch_done(b, key)]

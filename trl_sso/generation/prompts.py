@@ -18,15 +18,16 @@ def default_prompts() -> list[dict]:
     return packaged_prompts("default_prompts")
 
 
-def _as_messages(value, index: int, column: str) -> list[dict] | None:
+def _as_messages(value, index: int, column: str, source: str) -> list[dict] | None:
     if isinstance(value, str):
         return [{"role": "user", "content": value.strip()}] if value.strip() else None
     if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
         messages = [m for m in value if m["role"] != "system"]
         return messages if any(m["role"] == "user" and str(m["content"]).strip() for m in messages) else None
+    held = "null" if value is None else type(value).__name__
     raise ValueError(
-        f"Row {index} of the prompt column {column!r} holds {type(value).__name__}; expected a string or a list of "
-        "{'role', 'content'} messages. Pick another column with `--prompt_column`."
+        f"Row {index} of the prompt column {column!r} of {source!r} holds {held}; expected a string or a list of "
+        "{'role', 'content'} messages. Fix or drop the row, or pick another column with `--prompt_column`."
     )
 
 
@@ -52,7 +53,8 @@ def load_prompts(
                 "`--prompt_column`."
             )
         values = dataset[column]
-    prompts = [m for i, v in enumerate(values) if (m := _as_messages(v, i, column)) is not None]
+    where = source or packaged
+    prompts = [m for i, v in enumerate(values) if (m := _as_messages(v, i, column, where)) is not None]
     if num_prompts is not None:
         prompts = prompts[:num_prompts]
     if not prompts:

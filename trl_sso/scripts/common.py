@@ -2,7 +2,20 @@
 build-train-save sequence that resumes from the last checkpoint of the output folder."""
 
 import importlib.util
+import logging
 import os
+
+
+logger = logging.getLogger(__name__)
+
+
+def require_model(model_args, command: str) -> None:
+    """`train` and `reward` fine-tune the model the user names, as TRL's scripts do: no default model."""
+    if not model_args.model_name_or_path:
+        raise ValueError(
+            f"`--model_name_or_path` is required: the model `trl-sso {command}` fine-tunes (a Hub id or a local "
+            "folder), e.g. `--model_name_or_path HuggingFaceTB/SmolLM2-135M-Instruct`."
+        )
 
 
 def model_init_kwargs(model_args, training_args) -> dict:
@@ -37,10 +50,43 @@ def peft_and_quantization(model_args):
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-*` folder in `output_dir`, or `None`."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-*` folder in `output_dir` (its `trainer_state.json`, written last, reads
+    back), or `None`. A checkpoint cut short by a kill while saving is passed over with a warning."""
+    import json
+    import re
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(match.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (match := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        state = os.path.join(output_dir, name, "trainer_state.json")
+        try:
+            with open(state) as file:
+                json.load(file)
+        except (OSError, ValueError):
+            logger.warning(f"{name} in {output_dir} is incomplete (killed while saving?): passed over.")
+            continue
+        return os.path.join(output_dir, name)
+    return None
+
+
+def whole_run_train_loss(log_history: list[dict], resumed_at: int, resumed_loss: float, final_step: int) -> float:
+    """The mean training loss over every step of a run resumed at step `resumed_at`: the losses logged before the
+    checkpoint (from its restored log history, each weighted by the steps it covers) and `resumed_loss`, the mean
+    transformers reports over the steps after it. Equals the `train_loss` of the same run uninterrupted when the
+    checkpoint falls on a logging step."""
+    total, covered, previous = 0.0, 0, 0
+    for entry in log_history:
+        step = entry.get("step", 0)
+        if "loss" in entry and previous < step <= resumed_at:
+            total += entry["loss"] * (step - previous)
+            covered, previous = covered + step - previous, step
+    resumed_steps = final_step - resumed_at
+    return (total + resumed_loss * resumed_steps) / max(covered + resumed_steps, 1)
 
 
 def build_trainer(trainer_class, model_name: str, model_args, training_args, **kwargs):
@@ -73,6 +119,20 @@ def ignore_bias_buffers(trainer) -> None:
     ]
 
 
+def _report_whole_run(trainer, output, resume: str):
+    """After a resumed training: `train_loss` of the whole run (see `whole_run_train_loss`) in the returned metrics
+    and the final log entry, which the reports and cards read; transformers' figure covers the resumed steps only."""
+    import json
+
+    with open(os.path.join(resume, "trainer_state.json")) as file:
+        resumed_at = json.load(file)["global_step"]
+    loss = whole_run_train_loss(trainer.state.log_history, resumed_at, output.training_loss, output.global_step)
+    final = trainer.state.log_history[-1]
+    if "train_loss" in final:
+        final["train_loss"] = loss
+    return output._replace(training_loss=loss, metrics={**output.metrics, "train_loss": loss})
+
+
 def train_and_save(trainer_class, model_name: str, model_args, training_args, before_train=None, **kwargs):
     """Build the trainer (`build_trainer`), call `before_train(trainer)` if given, train, resuming from
     `--resume_from_checkpoint` or the last checkpoint of the output folder, and save the model (or adapter; its base
@@ -84,6 +144,8 @@ def train_and_save(trainer_class, model_name: str, model_args, training_args, be
     if resume:
         trainer.accelerator.print(f"Resuming from {resume}.")
     output = trainer.train(resume_from_checkpoint=resume)
+    if resume and trainer.state.log_history:
+        output = _report_whole_run(trainer, output, resume)
     trainer.save_model()
     if trainer.accelerator.is_main_process:  # an adapter names its base by Hub id, never by a local folder
         from ..cards import hub_id

@@ -153,6 +153,7 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
         round_dir = root / f"round_{t}"
         report_path = round_dir / "report.json"
         if report_path.exists():
+            logger.info(f"Round {t}/{pipe_args.rounds}: finished in an earlier run ({report_path}), skipped.")
             reports.append(json.loads(report_path.read_text()))
             policy = str(round_dir / "policy")
             continue

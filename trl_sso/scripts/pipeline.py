@@ -32,6 +32,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
     root = Path(training_args.output_dir)
     report_path = root / "report.json"
     if report_path.exists():
+        logger.info(f"The pipeline finished in an earlier run: its report is {report_path}.")
         return json.loads(report_path.read_text())
     policy, name = starting_policy(model_args)
 

@@ -65,12 +65,13 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
     from ..cards import hub_id, reward_model_card
     from ..data import check_columns, load_sso_dataset, required_columns
     from ..hub import push_folder
-    from .common import ignore_bias_buffers, train_and_save
+    from .common import ignore_bias_buffers, require_model, train_and_save
 
     if not script_args.dataset_name:
         raise ValueError(
             "`--dataset_name` is required: a `trl-sso generate` folder, a dataset file or a Hub dataset id."
         )
+    require_model(model_args, "reward")
     if script_args.dataset_streaming:
         raise ValueError(
             "`--dataset_streaming` does not apply to `trl-sso reward`, which holds out part of the pairs for its "

@@ -60,8 +60,9 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
 
     from ..cards import hub_id, public_name
     from ..trainer import SSOTrainer
-    from .common import ignore_bias_buffers, train_and_save
+    from .common import ignore_bias_buffers, require_model, train_and_save
 
+    require_model(model_args, "train")
     train, evaluation = training_data(script_args, training_args, dataset_args or DatasetMixtureConfig())
     trainer, output = train_and_save(
         SSOTrainer,
