@@ -118,7 +118,7 @@ BAD_INPUTS = [
         TRAIN + "{tmp}/text.jsonl",
         "line 1, is not valid JSON",
     ),
-    ("null chosen", TRAIN + "{tmp}/null-chosen.jsonl", "Row 1, column"),
+    ("null chosen", TRAIN + "{tmp}/null-chosen.jsonl", "null-chosen.jsonl': Row 1, column 'chosen'"),
     ("mixed formats", TRAIN + "{tmp}/mixed.jsonl", "mixes formats"),
     ("no SSO columns", TRAIN + "{tmp}/prompts.jsonl", "missing the SSO"),
 ]

@@ -242,9 +242,10 @@ def validate_record(record: Mapping[str, Any], index: int, columns: Iterable[str
                         f"{where} holds a {message['role']!r} message with empty content. Fill it in or drop the row."
                     )
         else:
+            held = "null" if value is None else f"{type(value).__name__} {str(value)[:80]!r}"
             raise SSODataError(
                 f"{where} must be a string (standard format) or a list of {{'role', 'content'}} messages "
-                f"(conversational format), got {type(value).__name__}: {str(value)[:80]!r}."
+                f"(conversational format); it holds {held}. Fill it in or drop the row."
             )
     if len(set(formats.values())) > 1:
         detail = ", ".join(f"'{c}' is {f}" for c, f in formats.items())
@@ -315,6 +316,20 @@ def validate_dataset(dataset: Iterable[Mapping[str, Any]], columns: Iterable[str
         if index == 0 and not hasattr(dataset, "column_names"):
             check_columns(record.keys(), columns)
         validate_record(record, index, columns)
+
+
+def validate_source(dataset: Any, source: str, columns: Iterable[str]) -> None:
+    """`validate_dataset` at the boundary of a command, the error naming where the data came from. A streamed dataset
+    is checked row by row as the trainer reads it instead."""
+    import datasets
+
+    columns = tuple(columns)
+    if not isinstance(dataset, datasets.Dataset) or not set(columns) <= set(dataset.column_names):
+        return  # the trainer names missing columns (or extracts the implicit prompt of plain preference data)
+    try:
+        validate_dataset(dataset, columns)
+    except SSODataError as error:
+        raise SSODataError(f"{source}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
     from trl import RewardTrainer
 
     from ..cards import hub_id, reward_model_card
-    from ..data import check_columns, load_sso_dataset, required_columns
+    from ..data import load_sso_dataset, required_columns, validate_source
     from ..hub import push_folder
     from .common import ignore_bias_buffers, require_model, train_and_save
 
@@ -83,7 +83,8 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
     dataset = load_sso_dataset(
         script_args.dataset_name, script_args.dataset_config, split=script_args.dataset_train_split
     )
-    check_columns(dataset.column_names, required_columns(steer_coef=0.1 if reward_args.use_steering_pairs else 0.0))
+    columns = required_columns(steer_coef=0.1 if reward_args.use_steering_pairs else 0.0)
+    validate_source(dataset, repr(script_args.dataset_name), columns)
     pairs = reward_pairs(dataset, reward_args.use_steering_pairs, tokenizer)
     if reward_args.eval_dataset:
         train, evaluation = pairs, reward_pairs(load_sso_dataset(reward_args.eval_dataset), False)

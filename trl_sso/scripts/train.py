@@ -12,7 +12,7 @@ def training_data(script_args, training_args, dataset_args):
     """`(train, eval)` datasets in the SSO schema: the `--datasets` mixture (TRL's `get_dataset`, with `--streaming`
     and `--test_split_size`) when given, else `--dataset_name` (with `--dataset_config`, the split names and
     `--dataset_streaming`); `eval` is `None` when `--eval_strategy no`."""
-    from ..data import load_sso_dataset, to_canonical
+    from ..data import load_sso_dataset, required_columns, to_canonical, validate_source
 
     streaming = dataset_args.streaming if dataset_args.datasets else script_args.dataset_streaming
     if streaming and training_args.max_steps <= 0:
@@ -45,6 +45,8 @@ def training_data(script_args, training_args, dataset_args):
         )
     source = (script_args.dataset_name, script_args.dataset_config)
     train = load_sso_dataset(*source, split=script_args.dataset_train_split, streaming=streaming)
+    columns = required_columns(training_args.sso_objective, training_args.sso_steer_coef)
+    validate_source(train, repr(script_args.dataset_name), columns)
     evaluation = (
         load_sso_dataset(*source, split=script_args.dataset_test_split, streaming=streaming) if evaluate else None
     )
