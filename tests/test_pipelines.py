@@ -76,6 +76,8 @@ def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_di
     assert any("Round 1/2: finished in an earlier run" in r.getMessage() for r in caplog.records)
     assert f"Resuming from {tmp_path / 'run' / 'round_2' / 'train' / 'checkpoint-1'}" in capsys.readouterr().out
     assert [r["num_records"] for r in resumed] == [r["num_records"] for r in reference]
+    for ours, theirs in zip(resumed, reference, strict=True):  # the loss of the whole run, not of the resumed steps
+        assert ours["train"]["train_loss"] == pytest.approx(theirs["train"]["train_loss"], rel=1e-5)
     for t in (1, 2):
         a, b = (root / f"round_{t}" for root in (tmp_path / "ref", tmp_path / "run"))
         rows = [load_dataset(str(x / "data"), split="train").to_list() for x in (a, b)]
