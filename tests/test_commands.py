@@ -104,19 +104,6 @@ def test_reward_reports_accuracy(tiny_model_dir, data_folder, tmp_path, lora):
     assert "pipeline_tag: text-classification" in card and f"{results['eval_accuracy']:.4f}" in card
 
 
-def test_train_and_reward_publish_to_the_hub(hub, tiny_model_dir, data_folder, tmp_path):  # noqa: F811
-    from huggingface_hub import ModelCard
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    publish = "--max_steps 1 --save_strategy no --push_to_hub --hub_model_id"
-    assert main(argv("train", tiny_model_dir, data_folder, tmp_path / "p", f"{publish} tester/sso-policy")) == 0
-    AutoModelForCausalLM.from_pretrained("tester/sso-policy")
-    assert "sso" in ModelCard.load("tester/sso-policy").data.tags
-    assert main(argv("reward", tiny_model_dir, data_folder, tmp_path / "r", f"{publish} tester/sso-rm")) == 0
-    AutoModelForSequenceClassification.from_pretrained("tester/sso-rm")
-    assert ModelCard.load("tester/sso-rm").data.pipeline_tag == "text-classification"
-
-
 def test_impossible_combinations_are_clear_errors(tiny_model_dir, data_folder, tmp_path, capsys, monkeypatch):
     base = argv("train", tiny_model_dir, data_folder, tmp_path / "x", "--max_steps 1")
     assert main([*base, "--load_in_4bit"]) == 2

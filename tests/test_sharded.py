@@ -1,0 +1,78 @@
+"""SSOTrainer sharded with FSDP2 across 2 CPU processes, launched with the shipped `fsdp2.yaml` (overridden only
+where CPU requires it: 2 processes, fp32, `use_cpu`) through `tests/fsdp_on_cpu.py`, which lifts accelerate's
+exclusion of CPU process groups from FSDP. The losses of the first steps equal a single process on the same global
+batch; the checkpoints are FSDP checkpoints that resume; the final model loads in one process."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import free_port, run_processes
+from test_commands import argv, data_folder  # noqa: F401  (the generated-data fixture)
+
+from trl_sso.cli.main import main
+
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = "--max_steps 2 --save_steps 1 --logging_steps 1"
+
+
+@pytest.fixture(scope="module")
+def fsdp_config(tmp_path_factory):
+    config = yaml.safe_load((ROOT / "recipes" / "accelerate_configs" / "fsdp2.yaml").read_text())
+    assert config["distributed_type"] == "FSDP" and config["fsdp_config"]["fsdp_version"] == 2
+    config.update(num_processes=2, mixed_precision="no", use_cpu=True)  # what a CPU needs, nothing else
+    path = tmp_path_factory.mktemp("fsdp") / "fsdp2_cpu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def sharded(config, arguments: list[str]):
+    command = ["accelerate", "launch", "--config_file", config, "--main_process_port", str(free_port())]
+    return run_processes([*command, str(ROOT / "tests" / "fsdp_on_cpu.py"), *arguments])
+
+
+def losses(folder) -> list[float]:
+    history = json.loads((Path(folder) / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+CASES = {
+    "policy": "",  # the main pair plus the weighted steering pairs; the reference is a second model
+    "generator": "--sso_objective generator",
+    "lora": "--use_peft --lora_r 4 --lora_target_modules q_proj v_proj",  # the adapter-disabled reference
+    "precomputed-reference": "--precompute_ref_log_probs true",
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fsdp2_matches_one_process(case, fsdp_config, tiny_model_dir, data_folder, tmp_path):  # noqa: F811
+    """The first two steps of each set-up: the same losses as one process; FSDP checkpoints. The policy run then
+    resumes from its FSDP checkpoint for a third step, and its final model loads in one process with the logits of
+    the single process's third step (a constant learning rate keeps the schedule independent of `max_steps`)."""
+    from transformers import AutoModelForCausalLM
+
+    extra = f"{STEPS} --lr_scheduler_type constant {CASES[case]}"
+    one = argv("train", tiny_model_dir, data_folder, tmp_path / "one", extra)  # 1 process x 2 examples
+    assert main(one) == 0
+    out = tmp_path / "fsdp"
+    two = argv("train", tiny_model_dir, data_folder, out, extra)[1:]  # 2 processes x 1 example
+    two[two.index("--per_device_train_batch_size") + 1] = "1"
+    sharded(fsdp_config, ["train", *two])
+    assert losses(out) == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    checkpoint = out / "checkpoint-2"
+    assert (checkpoint / "pytorch_model_fsdp.bin").is_file() or (checkpoint / "adapter_model.safetensors").is_file()
+    if case != "policy":
+        return
+    for argument_list in (one, two):
+        argument_list[argument_list.index("--max_steps") + 1] = "3"
+    result = sharded(fsdp_config, ["train", *two])
+    assert "Resuming from" in result.stdout and "checkpoint-2" in result.stdout
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    assert main(one) == 0  # one process resumes too, for its third step
+    sharded_model, single_model = (AutoModelForCausalLM.from_pretrained(p) for p in (out, tmp_path / "one"))
+    ids = torch.tensor([[1, 17, 250, 3000, 42]])
+    with torch.no_grad():
+        torch.testing.assert_close(sharded_model(ids).logits, single_model(ids).logits, rtol=1e-4, atol=1e-4)
