@@ -1,7 +1,9 @@
-"""SSOTrainer sharded with FSDP2 across 2 CPU processes, launched with the shipped `fsdp2.yaml` (overridden only
-where CPU requires it: 2 processes, fp32, `use_cpu`) through `tests/fsdp_on_cpu.py`, which lifts accelerate's
-exclusion of CPU process groups from FSDP. The losses of the first steps equal a single process on the same global
-batch; the checkpoints are FSDP checkpoints that resume; the final model loads in one process."""
+"""SSOTrainer sharded across 2 CPU processes with the shipped accelerate configs, overridden only where CPU requires
+it (2 processes, fp32, `use_cpu` for FSDP):
+- FSDP2, through `tests/fsdp_on_cpu.py`, which lifts accelerate's exclusion of CPU process groups from FSDP;
+- DeepSpeed ZeRO-2 and ZeRO-3, on DeepSpeed's CPU accelerator.
+The losses of the first steps equal a single process on the same global batch; the checkpoints are the engine's own
+and resume; the final model loads in one process with the single process's logits."""
 
 import json
 from pathlib import Path
@@ -19,19 +21,25 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = "--max_steps 2 --save_steps 1 --logging_steps 1"
 
 
-@pytest.fixture(scope="module")
-def fsdp_config(tmp_path_factory):
-    config = yaml.safe_load((ROOT / "recipes" / "accelerate_configs" / "fsdp2.yaml").read_text())
-    assert config["distributed_type"] == "FSDP" and config["fsdp_config"]["fsdp_version"] == 2
-    config.update(num_processes=2, mixed_precision="no", use_cpu=True)  # what a CPU needs, nothing else
-    path = tmp_path_factory.mktemp("fsdp") / "fsdp2_cpu.yaml"
+def cpu_config(folder: Path, name: str, **overrides) -> str:
+    """The shipped accelerate config `name` with 2 processes, fp32 and `overrides`: what a CPU needs, nothing else."""
+    config = yaml.safe_load((ROOT / "recipes" / "accelerate_configs" / name).read_text())
+    config.update(num_processes=2, mixed_precision="no", **overrides)
+    path = folder / f"cpu_{name}"
     path.write_text(yaml.safe_dump(config))
     return str(path)
 
 
-def sharded(config, arguments: list[str]):
+@pytest.fixture(scope="module")
+def fsdp_config(tmp_path_factory):
+    config = cpu_config(tmp_path_factory.mktemp("fsdp"), "fsdp2.yaml", use_cpu=True)
+    assert yaml.safe_load(open(config))["fsdp_config"]["fsdp_version"] == 2
+    return config
+
+
+def sharded(config, arguments: list[str], program=(str(ROOT / "tests" / "fsdp_on_cpu.py"),)):
     command = ["accelerate", "launch", "--config_file", config, "--main_process_port", str(free_port())]
-    return run_processes([*command, str(ROOT / "tests" / "fsdp_on_cpu.py"), *arguments])
+    return run_processes([*command, *program, *arguments])
 
 
 def losses(folder) -> list[float]:
@@ -72,6 +80,35 @@ def test_fsdp2_matches_one_process(case, fsdp_config, tiny_model_dir, data_folde
     assert "Resuming from" in result.stdout and "checkpoint-2" in result.stdout
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
     assert main(one) == 0  # one process resumes too, for its third step
+    sharded_model, single_model = (AutoModelForCausalLM.from_pretrained(p) for p in (out, tmp_path / "one"))
+    ids = torch.tensor([[1, 17, 250, 3000, 42]])
+    with torch.no_grad():
+        torch.testing.assert_close(sharded_model(ids).logits, single_model(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_matches_one_process(stage, tiny_model_dir, data_folder, tmp_path):  # noqa: F811
+    """ZeRO-2 and ZeRO-3 on DeepSpeed's CPU accelerator: the losses of one process; a DeepSpeed checkpoint; for
+    ZeRO-3 (parameters sharded too) a resume from it and a final model that loads in one process."""
+    from transformers import AutoModelForCausalLM
+
+    config = cpu_config(tmp_path, f"deepspeed_zero{stage}.yaml")
+    extra = f"{STEPS} --lr_scheduler_type constant"
+    one = argv("train", tiny_model_dir, data_folder, tmp_path / "one", extra)
+    assert main(one) == 0
+    out = tmp_path / "zero"
+    two = argv("train", tiny_model_dir, data_folder, out, extra)[1:]
+    two[two.index("--per_device_train_batch_size") + 1] = "1"
+    program = ("-m", "trl_sso.cli.main")
+    sharded(config, ["train", *two], program)
+    assert losses(out) == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    assert (out / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's own checkpoint
+    if stage == 2:
+        return
+    for argument_list in (one, two):
+        argument_list[argument_list.index("--max_steps") + 1] = "3"
+    assert "Resuming from" in sharded(config, ["train", *two], program).stdout
+    assert main(one) == 0
     sharded_model, single_model = (AutoModelForCausalLM.from_pretrained(p) for p in (out, tmp_path / "one"))
     ids = torch.tensor([[1, 17, 250, 3000, 42]])
     with torch.no_grad():
