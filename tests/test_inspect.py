@@ -68,8 +68,8 @@ def test_inspect_defaults_and_skips(verifiable_data, capsys):
     [
         (lambda p: p.write_text('{"prompt": "Hi", "chosen": "a"}\n'), [], "missing the SSO column(s) ['rejected'"),
         (lambda p: p.write_text(""), [], "is empty: it holds no rows"),
-        (lambda p: p.write_text("not json at all\n"), [], "could not be read as JSON"),
-        (None, ["--model", "/does/not/exist"], "could not be loaded"),
+        (lambda p: p.write_text("not json at all\n"), [], "line 1, is not valid JSON"),
+        (None, ["--model", "/does/not/exist"], "no such folder, and not a Hub model id"),
         (None, ["--num_records", "0"], "`--num_records` must be at least 1"),
     ],
 )

@@ -1,6 +1,6 @@
 """`trl-sso iterate` and `trl-sso pipeline` on a tiny random model: two online rounds, killed in round 2 and resumed
-to the same artifacts; the v2 pipeline end to end; a two-process run; both rounds published and loaded back; every
-recipe parses."""
+to the same artifacts; the v2 pipeline end to end; a two-process run; every recipe parses. Publishing the rounds:
+tests/test_published.py."""
 
 import json
 import os
@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import free_port, run_processes
-from test_hub import hub  # noqa: F401  (the local Hub fixture)
 from transformers import TrainerCallback
-
-from trl_sso.cli.main import main
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,41 +140,6 @@ def test_pipeline_end_to_end(tiny_model_dir, tmp_path, caplog):
         and summary["generator_model"] == f"{os.path.basename(tiny_model_dir)} (SSO generator)"
     )
     assert pipeline(*parse("pipeline", argv)) == report  # finished: a rerun does nothing
-
-
-def test_both_rounds_published_and_loaded_back(hub, tiny_model_dir, tmp_path, capfd):  # noqa: F811
-    import datasets
-    from huggingface_hub import HfApi, hf_hub_download
-    from transformers import AutoModelForCausalLM
-
-    assert (
-        main(
-            [
-                "iterate",
-                *options(
-                    tiny_model_dir,
-                    tmp_path / "pub",
-                    "--hub_dataset_id",
-                    "tester/sso-rounds",
-                    "--push_to_hub",
-                    "--hub_model_id",
-                    "tester/sso-online",
-                ),
-            ]
-        )
-        == 0
-    )
-    progress = capfd.readouterr().err  # a progress line per round, at INFO, from the command's logging
-    assert "[trl-sso] Round 1/2: generating with" in progress and "[trl-sso] Round 2/2 done:" in progress
-    for t in (1, 2):
-        assert len(datasets.load_dataset("tester/sso-rounds", f"iteration_{t}", split="train")) >= 1
-        AutoModelForCausalLM.from_pretrained("tester/sso-online", revision=f"iteration_{t}")
-    branches = {b.name for b in HfApi().list_repo_refs("tester/sso-online").branches}
-    assert {"iteration_1", "iteration_2"} <= branches
-    # Each round's model is published with the signal across rounds, and the data card with its signal section
-    assert {"rounds.json", "rounds.png"} <= set(HfApi().list_repo_files("tester/sso-online", revision="iteration_2"))
-    card = hf_hub_download("tester/sso-rounds", "README.md", repo_type="dataset")
-    assert "## Signal quality" in open(card).read()
 
 
 def test_two_process_iterate(tiny_model_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""Everything trl-sso publishes loads from the Hub alone: a two-round `iterate` with LoRA, the v2 `pipeline` from a
+"""Everything trl-sso publishes loads from the Hub alone: a two-round `iterate` with LoRA (with a progress line per
+round and the signal across rounds), the v2 `pipeline` from a
 local starting model, `train` with QLoRA and `reward` with LoRA publish to the local Hub; then the run folders are
 deleted and a fresh process with an empty cache loads every model, adapter, reward model and dataset with the
 standard calls, and its logits match those of the local artifacts. Every published card parses with huggingface_hub
@@ -22,7 +23,8 @@ INPUT_IDS = [[1, 17, 250, 3000, 42, 7]]
 ROUND = (
     "--num_prompts 4 --batch_size 2 --max_new_tokens 8 --drop_revealing false --max_steps 2 "
     "--per_device_train_batch_size 2 --save_strategy no --learning_rate 1e-2 --gradient_checkpointing false "
-    "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1 --round_signal false "
+    "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1 --eval_num_prompts 2 "
+    "--eval_max_new_tokens 4 "
     "--use_peft --lora_r 4 --lora_target_modules q_proj v_proj"
 ).split()
 
@@ -90,7 +92,7 @@ def check_model_card(repo, revision=None, license="mit", library="transformers",
     return card
 
 
-def test_everything_published_loads_from_the_hub_alone(hub, tiny_model_dir, tmp_path):  # noqa: F811
+def test_everything_published_loads_from_the_hub_alone(hub, tiny_model_dir, tmp_path, capfd):  # noqa: F811
     pytest.importorskip("bitsandbytes")
     from huggingface_hub import DatasetCard, HfApi, ModelCard
 
@@ -106,6 +108,8 @@ def test_everything_published_loads_from_the_hub_alone(hub, tiny_model_dir, tmp_
     publish = "--hub_dataset_id tester/sso-rounds --push_to_hub --hub_model_id tester/sso-online".split()
     command = ["iterate", "--model_name_or_path", "tester/tiny-base", "--output_dir", str(run), "--rounds", "2"]
     assert main([*command, *ROUND, *publish]) == 0
+    progress = capfd.readouterr().err  # a progress line per round, at INFO, from the command's logging
+    assert "[trl-sso] Round 1/2: generating with tester/tiny-base." in progress and "Round 2/2 done:" in progress
     expected = {
         "policy_1": local_causal(run / "round_1" / "policy"),
         "policy_2": local_causal(run / "round_2" / "policy"),
@@ -169,6 +173,9 @@ def test_everything_published_loads_from_the_hub_alone(hub, tiny_model_dir, tmp_
     card = check_model_card("tester/sso-online", "iteration_2")
     assert 'revision="iteration_2"' in card.content and "iteration_<t>-adapter" in card.content
     assert card.data.datasets == ["tester/sso-rounds"]
+    # Each round's policy is published with the signal across rounds; the data card has its signal section
+    assert {"rounds.json", "rounds.png"} <= set(HfApi().list_repo_files("tester/sso-online", revision="iteration_2"))
+    assert "## Signal quality" in DatasetCard.load("tester/sso-rounds").text
     check_model_card("tester/sso-online", "iteration_2-adapter", library="peft")
     check_model_card("tester/sso-v2", library="peft", base=None)  # a local start has no Hub id to name
     check_model_card("tester/sso-q", library="peft")

@@ -49,9 +49,8 @@ def losses(folder) -> list[float]:
 
 CASES = {
     "policy": "",  # the main pair plus the weighted steering pairs; the reference is a second model
-    "generator": "--sso_objective generator",
+    "generator-precomputed-reference": "--sso_objective generator --precompute_ref_log_probs true",
     "lora": "--use_peft --lora_r 4 --lora_target_modules q_proj v_proj",  # the adapter-disabled reference
-    "precomputed-reference": "--precompute_ref_log_probs true",
 }
 
 

@@ -1,0 +1,240 @@
+"""The GPU checks of trl-sso, run by `tests/gpu/run_checks.sh` (see tests/gpu/README.md).
+
+On a single-GPU machine, with the packaged SmolLM2-135M-Instruct (offline):
+1. bf16: SSO training steps in bf16 have the losses of the same steps in fp32, within tolerance;
+2. vLLM: the vLLM generation backend writes the same structure as the transformers backend on the same prompts, and
+   the throughput of both is printed;
+3. FSDP2 on 1 GPU: `trl-sso train` under `accelerate launch` with the shipped `fsdp2.yaml`;
+4. QLoRA: `trl-sso train --use_peft --load_in_4bit` with bitsandbytes on the GPU;
+5. step time: `tests/benchmarks/bench_step.py` on the GPU (SSO against DPO on the same examples).
+It prints one summary table and exits with 1 when a check fails.
+
+`--cpu` is the dry run: the same checks on CPU with a tiny random model where the packaged one would be slow (bf16
+emulated; FSDP2 on 2 CPU processes through `tests/fsdp_on_cpu.py`; bitsandbytes' CPU backend); vLLM, which needs a
+GPU, is reported as not run rather than failed.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class NotRun(Exception):
+    """A check that cannot run here (e.g. vLLM in the CPU dry run): reported, not failed."""
+
+
+def model_path(cpu: bool, work: Path) -> str:
+    """The packaged SmolLM2 on a GPU; a tiny random Llama on its vocabulary in the CPU dry run."""
+    from trl_sso.offline import default_model_path
+
+    path = default_model_path()
+    if not cpu:
+        return path
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    tiny = work / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(tiny)
+    tokenizer.save_pretrained(tiny)
+    return str(tiny)
+
+
+def training_data(work: Path, count: int = 16) -> str:
+    """SSO records built from the packaged prompts with fixed responses, as a JSONL file."""
+    from trl_sso.data import make_record
+    from trl_sso.generation.prompts import load_prompts
+
+    path = work / "sso.jsonl"
+    with path.open("w") as file:
+        for index, prompt in enumerate(load_prompts(num_prompts=count)):
+            record = make_record(
+                prompt,
+                f"A careful, complete answer, number {index}.",
+                "no.",
+                f"An answer, number {index}.",
+                "Answer helpfully, completely and accurately.",
+                "Answer unhelpfully, briefly and carelessly.",
+            )
+            file.write(json.dumps(record) + "\n")
+    return str(path)
+
+
+TRAIN = (
+    "--max_steps 3 --per_device_train_batch_size 2 --learning_rate 1e-6 --logging_steps 1 --report_to none "
+    "--max_length 256 --save_strategy no --gradient_checkpointing false --seed 0"
+)
+
+
+def run(command: list[str], timeout: int = 600) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:6])} ... exited with {result.returncode}: {result.stderr[-1500:]}")
+    return result.stdout
+
+
+def losses(folder: Path) -> list[float]:
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def check_bf16(cpu, model, data, work) -> str:
+    """bf16 losses within 2% of fp32 on the same steps."""
+    figures = {}
+    for precision in ("fp32", "bf16"):
+        out = work / f"train-{precision}"
+        flags = ["--bf16", "true" if precision == "bf16" else "false"] + (["--use_cpu", "true"] if cpu else [])
+        command = ["trl-sso", "train", "--model_name_or_path", model, "--dataset_name", data]
+        run([*command, "--output_dir", str(out), *TRAIN.split(), *flags])
+        figures[precision] = losses(out)
+    worst = max(abs(b - f) / abs(f) for b, f in zip(figures["bf16"], figures["fp32"], strict=True))
+    detail = f"fp32 {figures['fp32']}, bf16 {figures['bf16']}, worst relative gap {worst:.4f}"
+    if worst > 0.02:
+        raise AssertionError(detail)
+    return detail
+
+
+def check_vllm(cpu, model, data, work) -> str:
+    """vLLM and transformers backends on the same 32 prompts: same columns, records kept by both, throughput."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        if cpu:
+            raise NotRun("vLLM is not installed (it needs a GPU)")
+        raise AssertionError("vLLM is not installed: pip install trl-sso[vllm]")
+    from trl_sso.generation import GenerateArguments, generate
+
+    results = {}
+    for backend in ("transformers", "vllm"):
+        args = GenerateArguments(
+            model_name_or_path=model,
+            backend=backend,
+            num_prompts=32,
+            max_new_tokens=64,
+            batch_size=32,
+            seed=0,
+            output_dir=str(work / f"gen-{backend}"),
+        )
+        start = time.perf_counter()
+        dataset, summary = generate(args)
+        elapsed = time.perf_counter() - start
+        results[backend] = (dataset, summary["generated_tokens"] / elapsed)
+    (ours, ours_rate), (theirs, theirs_rate) = results["transformers"], results["vllm"]
+    if ours.column_names != theirs.column_names or not len(ours) or not len(theirs):
+        raise AssertionError(
+            f"columns {ours.column_names} vs {theirs.column_names}, records {len(ours)}/{len(theirs)}"
+        )
+    return (
+        f"records transformers {len(ours)} / vLLM {len(theirs)} of 32; tokens/s transformers {ours_rate:.0f}, "
+        f"vLLM {theirs_rate:.0f}"
+    )
+
+
+def check_fsdp2(cpu, model, data, work) -> str:
+    """`trl-sso train` under `accelerate launch` with the shipped fsdp2.yaml: 1 GPU (2 CPU processes in the dry
+    run)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "recipes" / "accelerate_configs" / "fsdp2.yaml").read_text())
+    if cpu:
+        config.update(num_processes=2, mixed_precision="no", use_cpu=True)
+        program = [str(ROOT / "tests" / "fsdp_on_cpu.py")]
+    else:
+        config.update(num_processes=1)
+        program = ["-m", "trl_sso.cli.main"]
+    path = work / "fsdp2.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = work / "train-fsdp2"
+    command = ["accelerate", "launch", "--config_file", str(path), "--main_process_port", "29581", *program, "train"]
+    run([*command, "--model_name_or_path", model, "--dataset_name", data, "--output_dir", str(out), *TRAIN.split()])
+    return f"losses {losses(out)}"
+
+
+def check_qlora(cpu, model, data, work) -> str:
+    """QLoRA with bitsandbytes: a 4-bit base, a LoRA adapter saved with its card."""
+    out = work / "train-qlora"
+    extra = "--use_peft --load_in_4bit --lora_r 8 --lora_target_modules q_proj v_proj"
+    command = ["trl-sso", "train", "--model_name_or_path", model, "--dataset_name", data, "--output_dir", str(out)]
+    run([*command, *TRAIN.split(), *extra.split()])
+    card = (out / "README.md").read_text()
+    if not (out / "adapter_config.json").is_file() or "load_in_4bit=True" not in card:
+        raise AssertionError("no adapter, or the card does not record the 4-bit base")
+    return f"losses {losses(out)}"
+
+
+def check_step_time(cpu, model, data, work) -> str:
+    """The step-time benchmark: SSO against DPO on the same examples."""
+    size = "--hidden 128 --layers 2 --repeats 1" if cpu else "--hidden 1024 --layers 16 --batch 4 --repeats 5"
+    device = "--device cpu" if cpu else "--device cuda"
+    output = run([sys.executable, "tests/benchmarks/bench_step.py", *size.split(), *device.split()], timeout=900)
+    print(output)
+    return " | ".join(line.strip() for line in output.splitlines() if "normalised" in line or "sum" in line)[:300]
+
+
+CHECKS = {
+    "bf16 loss parity": check_bf16,
+    "vLLM backend": check_vllm,
+    "FSDP2": check_fsdp2,
+    "QLoRA (bitsandbytes)": check_qlora,
+    "step time vs DPO": check_step_time,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", action="store_true", help="Dry run on CPU (tiny model, vLLM not run).")
+    parser.add_argument("--only", nargs="*", choices=list(CHECKS), help="Run only these checks.")
+    cli = parser.parse_args()
+    if not cli.cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("No GPU found: run with --cpu for the dry run.", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="trl-sso-gpu-checks-"))
+    model, data = model_path(cli.cpu, work), training_data(work)
+    rows, failed = [], False
+    for name, check in CHECKS.items():
+        if cli.only and name not in cli.only:
+            continue
+        start = time.perf_counter()
+        try:
+            status, detail = "pass", check(cli.cpu, model, data, work)
+        except NotRun as reason:
+            status, detail = "not run", str(reason)
+        except Exception as error:  # every failure goes in the table; the trace goes to stderr
+            traceback.print_exc()
+            status, detail, failed = "FAIL", f"{type(error).__name__}: {str(error)[:300]}", True
+        rows.append((name, status, time.perf_counter() - start, detail))
+        print(f"[{status}] {name} ({rows[-1][2]:.0f} s): {detail}", flush=True)
+    print(f"\ntrl-sso GPU checks ({'CPU dry run' if cli.cpu else 'GPU'}), work folder {work}\n")
+    print(f"| {'check':<22} | {'result':<7} | {'seconds':>7} | detail")
+    print(f"|{'-' * 24}|{'-' * 9}|{'-' * 9}|{'-' * 40}")
+    for name, status, seconds, detail in rows:
+        print(f"| {name:<22} | {status:<7} | {seconds:>7.0f} | {detail}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
