@@ -56,13 +56,11 @@ def tokenizer(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tokenizer_dir, tmp_path_factory):
-    """A tiny random Llama (hidden 64, 2 layers) on the SmolLM2 vocabulary, saved with its tokenizer."""
+def save_tiny_llama(tokenizer, path) -> str:
+    """Save a tiny random Llama (hidden 64, 2 layers, seeded) on `tokenizer`'s vocabulary, with the tokenizer."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -77,11 +75,17 @@ def tiny_model_dir(tokenizer_dir, tmp_path_factory):
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
+    LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer_dir, tmp_path_factory):
+    """A tiny random Llama (hidden 64, 2 layers) on the SmolLM2 vocabulary, saved with its tokenizer."""
+    from transformers import AutoTokenizer
+
+    return save_tiny_llama(AutoTokenizer.from_pretrained(tokenizer_dir), tmp_path_factory.mktemp("tiny-llama"))
 
 
 def load_tiny_model(path):

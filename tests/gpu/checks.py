@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # conftest's tiny model, for the dry run
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -42,23 +43,10 @@ def model_path(cpu: bool, work: Path) -> str:
     path = default_model_path()
     if not cpu:
         return path
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from conftest import save_tiny_llama
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    tiny = work / "tiny-llama"
-    LlamaForCausalLM(config).save_pretrained(tiny)
-    tokenizer.save_pretrained(tiny)
-    return str(tiny)
+    return save_tiny_llama(AutoTokenizer.from_pretrained(path), work / "tiny-llama")
 
 
 def training_data(work: Path, count: int = 16) -> str:
