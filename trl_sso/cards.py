@@ -1,6 +1,7 @@
 """Cards rendered from the templates in `cards/` (shipped in the wheel as `trl_sso/cards`), filled from the metadata
 the artifacts carry (the trainer's config and state), never typed by hand and never holding secrets."""
 
+import functools
 import os
 import re
 import textwrap
@@ -115,14 +116,24 @@ def model_license(name_or_path: str | None) -> dict[str, str]:
     if name_or_path is None or hub_id(name_or_path) == DEFAULT_MODEL_ID:
         return {"license": PACKAGED_MODEL_LICENSE}
     readme = Path(name_or_path) / "README.md"
-    try:
-        if readme.is_file():
+    if readme.is_file():
+        try:
             return _license_fields(ModelCard.load(readme).data.to_dict())
-        if hub_id(name_or_path):
-            return _license_fields(ModelCard.load(name_or_path).data.to_dict())
+        except Exception:  # a card that does not parse says nothing about the license
+            return {}
+    return dict(_hub_license(name_or_path)) if hub_id(name_or_path) else {}
+
+
+@functools.cache
+def _hub_license(repo_id: str) -> tuple:
+    """`model_license` of a Hub model, asked once per process: cards are written at every save, and an unreachable
+    Hub should cost its timeout once, not each time."""
+    from huggingface_hub import ModelCard
+
+    try:
+        return tuple(_license_fields(ModelCard.load(repo_id).data.to_dict()).items())
     except Exception:  # no card, no network, offline mode: the license is simply not known
-        return {}
-    return {}
+        return ()
 
 
 def tracker_links() -> dict[str, str]:

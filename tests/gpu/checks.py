@@ -156,7 +156,10 @@ def check_fsdp2(cpu, model, data, work) -> str:
     path = work / "fsdp2.yaml"
     path.write_text(yaml.safe_dump(config))
     out = work / "train-fsdp2"
-    command = ["accelerate", "launch", "--config_file", str(path), "--main_process_port", "29581", *program, "train"]
+    from conftest import free_port
+
+    port = str(free_port())
+    command = ["accelerate", "launch", "--config_file", str(path), "--main_process_port", port, *program, "train"]
     run([*command, "--model_name_or_path", model, "--dataset_name", data, "--output_dir", str(out), *TRAIN.split()])
     return f"losses {losses(out)}"
 

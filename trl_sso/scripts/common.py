@@ -124,7 +124,12 @@ def _report_whole_run(trainer, output, resume: str):
     and the final log entry, which the reports and cards read; transformers' figure covers the resumed steps only."""
     import json
 
-    with open(os.path.join(resume, "trainer_state.json")) as file:
+    state = os.path.join(str(resume), "trainer_state.json")
+    if not os.path.isfile(state):  # `--resume_from_checkpoint true`: transformers found the checkpoint itself
+        state = os.path.join(last_checkpoint(trainer.args.output_dir) or "", "trainer_state.json")
+    if not os.path.isfile(state):
+        return output
+    with open(state) as file:
         resumed_at = json.load(file)["global_step"]
     loss = whole_run_train_loss(trainer.state.log_history, resumed_at, output.training_loss, output.global_step)
     final = trainer.state.log_history[-1]

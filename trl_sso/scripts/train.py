@@ -78,7 +78,9 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
     trainer.log_metrics("train", output.metrics)
     trainer.save_metrics("train", output.metrics)
     trainer.save_state()
-    dataset_name = hub_id(script_args.dataset_name) if not (dataset_args and dataset_args.datasets) else None
+    mixture = dataset_args.datasets if dataset_args else None
+    sources = [config.path for config in mixture] if mixture else [script_args.dataset_name]
+    dataset_name = [name for source in sources if (name := hub_id(source))] or None  # the card's `datasets` list
     if dataset_name:
         trainer.create_model_card(dataset_name=dataset_name)
     if training_args.push_to_hub:
