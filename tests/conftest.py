@@ -58,10 +58,16 @@ def tokenizer(tokenizer_dir):
 
 def save_tiny_llama(tokenizer, path) -> str:
     """Save a tiny random Llama (hidden 64, 2 layers, seeded) on `tokenizer`'s vocabulary, with the tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    return save_tiny_model(tokenizer, path, "llama")
 
-    config = LlamaConfig(
+
+def save_tiny_model(tokenizer, path, model_type: str, **config) -> str:
+    """Save a tiny random model of `model_type` (hidden 64, 2 layers, seeded; `config` overrides) on `tokenizer`'s
+    vocabulary, with the tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -74,8 +80,9 @@ def save_tiny_llama(tokenizer, path) -> str:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
+    settings.update(config)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **settings)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
@@ -92,6 +99,19 @@ def load_tiny_model(path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path)
+
+
+def policy_and_reference(model_dir) -> dict:
+    """`{"model": policy, "ref_model": reference}` for a trainer: a policy that differs from its reference (so that
+    log-ratios, rewards and losses are not trivial) and the reference itself, both fresh and identical every call."""
+    import torch
+
+    policy, reference = load_tiny_model(model_dir), load_tiny_model(model_dir)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return {"model": policy, "ref_model": reference}
 
 
 def sso_rows(conversational: bool = True, n: int | None = None) -> list[dict]:

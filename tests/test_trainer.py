@@ -68,8 +68,8 @@ def test_generator_objective_never_forwards_the_main_pair(tiny_model_dir, tokeni
         lambda module, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True
     )
     trainer.train()
-    # two forwards per step (positive, negative steer pair), none of the main pair's plain prompt
-    assert len(seen) == 2 * args.max_steps and all(rows == 2 * args.per_device_train_batch_size for rows in seen)
+    # two forwards per step (positive, negative steer pair), none of the main pair's plain prompt; one row per example
+    assert len(seen) == 2 * args.max_steps and all(rows == args.per_device_train_batch_size for rows in seen)
 
 
 def test_lora_uses_the_adapter_disabled_model_as_reference(tiny_model_dir, tokenizer, tmp_path):

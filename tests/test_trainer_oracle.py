@@ -9,7 +9,8 @@
 
 import pytest
 import torch
-from conftest import load_tiny_model, sso_args, sso_dataset, sso_rows
+from conftest import policy_and_reference as models
+from conftest import sso_args, sso_dataset, sso_rows
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
@@ -17,17 +18,6 @@ from trl_sso import SSOTrainer
 
 
 N = 4  # examples in the compared batch
-
-
-def models(model_dir):
-    """A policy that differs from its reference (so that log-ratios, rewards and losses are not trivial) and the
-    reference itself, both fresh and identical for every trainer."""
-    policy, reference = load_tiny_model(model_dir), load_tiny_model(model_dir)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
-    return {"model": policy, "ref_model": reference}
 
 
 def loss_and_grads(trainer):

@@ -94,6 +94,12 @@ class SSOConfig(DPOConfig):
             meet only through `W`, a function of the main pair. The activations of at most two pairs are alive at
             once instead of three (one when `W` carries no gradient). Applies to single-process training only: under
             DDP, FSDP or DeepSpeed, which expect one backward pass per step, the loss is backpropagated once.
+        sso_share_prompt (`bool`, *optional*, defaults to `True`):
+            Whether to forward each pair as one row per example holding the prompt once and both completions
+            (`trl_sso.sharing`), instead of DPO's two rows `[prompt + winner ; prompt + loser]`. The log-probabilities
+            are the same; fewer tokens are forwarded, which matters most for the steering pairs, whose prompts carry
+            the principle. Models whose attention cannot take the shared-prompt mask (flash attention, unverified
+            model types, prompt-learning adapters) keep the two-row layout, with one warning that names the reason.
 
     > [!NOTE]
     > These parameters have default values different from [`~trl.DPOConfig`]:
@@ -141,6 +147,14 @@ class SSOConfig(DPOConfig):
         metadata={
             "help": "Whether to backpropagate each pair right after its forward pass (same gradient, lower peak "
             "memory). Single-process training only; under DDP, FSDP or DeepSpeed the loss is backpropagated once."
+        },
+    )
+
+    sso_share_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Whether to forward each pair's prompt once for both completions (same log-probabilities, fewer "
+            "tokens). Models whose attention cannot take the shared-prompt mask keep DPO's two-row layout."
         },
     )
 

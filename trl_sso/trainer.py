@@ -36,6 +36,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import get_config_model_id, global_then_local_main_first, pad, use_adapter
 
 from . import data as sso_data
+from . import sharing
 from .cards import SSO_CITATION, trainer_model_card
 from .config import SSOConfig
 from .loss import PairLogps, pair_share, sso_loss
@@ -92,8 +93,9 @@ def tokenize_pair(processing_class, prompt, chosen, rejected, kwargs: dict | Non
 @dataclass
 class DataCollatorForSSO(DataCollatorForPreference):
     """
-    Data collator for SSO data. Each pair present in the examples becomes its own padded block, laid out winners first
-    and losers second, exactly as TRL's `DataCollatorForPreference` lays out a DPO batch:
+    Data collator for SSO data. Each pair present in the examples becomes its own padded block. By default
+    (`share_prompt=False`) a block is laid out winners first and losers second, exactly as TRL's
+    `DataCollatorForPreference` lays out a DPO batch:
 
     - main pair (`prompt_ids`, `chosen_ids`, `rejected_ids`): `input_ids`, `attention_mask`, `completion_mask`,
       rows `[x y+ ; x y-]`;
@@ -102,20 +104,21 @@ class DataCollatorForSSO(DataCollatorForPreference):
     - negative steering pair (`neg_*` columns): `neg_input_ids`, `neg_attention_mask`, `neg_completion_mask`,
       rows `[x- y_o ; x- y+]`.
 
-    Each sequence is truncated to `max_length` before padding (`truncation_mode` as in DPO). Precomputed
+    With `share_prompt=True`, each example is one row holding the prompt once, then the winner and the loser as
+    branches (`trl_sso.sharing`), and the block adds `position_ids` and `segment_ids` (1 for the winner, 2 for the
+    loser). Each sequence is truncated to `max_length` before padding (`truncation_mode` as in DPO). Precomputed
     `ref_*_logps` columns are stacked into tensors of shape `(batch,)`.
 
     Examples:
     ```python
     >>> from trl_sso.trainer import DataCollatorForSSO
 
-    >>> collator = DataCollatorForSSO(pad_token_id=0)
     >>> example = {
     ...     "prompt_ids": [1], "chosen_ids": [2, 3], "rejected_ids": [4],
     ...     "pos_prompt_ids": [5, 1], "pos_chosen_ids": [2, 3], "pos_rejected_ids": [4],
     ...     "neg_prompt_ids": [6, 1], "neg_chosen_ids": [7], "neg_rejected_ids": [2, 3],
     ... }
-    >>> batch = collator([example])
+    >>> batch = DataCollatorForSSO(pad_token_id=0)([example])
     >>> batch["input_ids"]
     tensor([[1, 2, 3],
             [1, 4, 0]])
@@ -125,18 +128,16 @@ class DataCollatorForSSO(DataCollatorForPreference):
     >>> batch["neg_completion_mask"]
     tensor([[0, 0, 1, 0],
             [0, 0, 1, 1]])
+    >>> shared = DataCollatorForSSO(pad_token_id=0, share_prompt=True)([example])
+    >>> shared["neg_input_ids"], shared["neg_position_ids"]
+    (tensor([[6, 1, 7, 1, 2, 3]]), tensor([[0, 1, 2, 1, 2, 3]]))
+    >>> shared["neg_segment_ids"], shared["neg_completion_mask"]
+    (tensor([[0, 1, 1, 2, 2, 2]]), tensor([[0, 0, 1, 0, 1, 1]]))
 
     ```
     """
 
-    def _truncate(self, sequences: list[list[int]]) -> list[list[int]]:
-        if self.max_length is None:
-            return sequences
-        if self.truncation_mode == "keep_start":
-            return [sequence[: self.max_length] for sequence in sequences]
-        if self.truncation_mode == "keep_end":
-            return [sequence[-self.max_length :] for sequence in sequences]
-        raise ValueError(f"Unsupported truncation mode {self.truncation_mode!r}: use 'keep_start' or 'keep_end'.")
+    share_prompt: bool = False
 
     def _pad(self, sequences: list[list[int]], value: int) -> torch.Tensor:
         tensors = [torch.tensor(sequence, dtype=torch.long) for sequence in sequences]
@@ -144,14 +145,22 @@ class DataCollatorForSSO(DataCollatorForPreference):
 
     def _collate_pair(self, examples: list[dict[str, Any]], pair: str) -> dict[str, torch.Tensor]:
         prompt_key, winner_key, loser_key = PAIR_COLUMNS[pair]
+        prefix = BLOCK_PREFIX[pair]
+        if self.share_prompt:
+            rows = [
+                sharing.pack(e[prompt_key], (e[winner_key], e[loser_key]), self.max_length, self.truncation_mode)
+                for e in examples
+            ]
+            block = sharing.collate(rows, self.pad_token_id, self.pad_to_multiple_of)
+            return {f"{prefix}{key}": value for key, value in block.items()}
         input_ids, completion_mask = [], []
         for completion_key in (winner_key, loser_key):  # winners of all examples, then losers
             for example in examples:
                 prompt, completion = example[prompt_key], example[completion_key]
-                input_ids.append(prompt + completion)
-                completion_mask.append([0] * len(prompt) + [1] * len(completion))
-        input_ids, completion_mask = self._truncate(input_ids), self._truncate(completion_mask)
-        prefix = BLOCK_PREFIX[pair]
+                input_ids.append(sharing.truncate(prompt + completion, self.max_length, self.truncation_mode))
+                completion_mask.append(
+                    sharing.truncate([0] * len(prompt) + [1] * len(completion), self.max_length, self.truncation_mode)
+                )
         return {
             f"{prefix}input_ids": self._pad(input_ids, self.pad_token_id),
             f"{prefix}attention_mask": self._pad([[1] * len(ids) for ids in input_ids], 0),
@@ -225,6 +234,7 @@ class SSOTrainer(DPOTrainer):
             )
         self.sso_pairs = sso_data.pairs_in_use(args.sso_objective, args.sso_steer_coef)
         self._in_training_step = False
+        self._prompt_sharing = None  # settled once the models are loaded (`_shares_prompt`)
         super().__init__(
             model=model,
             ref_model=ref_model,
@@ -251,7 +261,28 @@ class SSOTrainer(DPOTrainer):
                 max_length=c.max_length,
                 truncation_mode=c.truncation_mode,
                 pad_to_multiple_of=c.pad_to_multiple_of,
+                share_prompt=self._shares_prompt(),
             )
+
+    def _shares_prompt(self) -> bool:
+        """Whether the pairs are forwarded in the shared-prompt layout: asked for (`sso_share_prompt`) and possible
+        for the policy and the reference model. When it is not possible, warns once with the reason."""
+        if self._prompt_sharing is None:
+            self._prompt_sharing = self.args.sso_share_prompt
+            for role, model in (("model", self.model), ("reference model", self.ref_model)):
+                if model is None or not self._prompt_sharing:
+                    continue
+                model = self.accelerator.unwrap_model(model)
+                reason = sharing.unsupported_reason(model)
+                if reason:
+                    name = get_config_model_id(sharing.model_config(model))
+                    logger.warning(
+                        f"`sso_share_prompt=True`, but the {role} {name!r} cannot forward a prompt once for both of "
+                        f"its completions: {reason}. Each pair is forwarded as two rows, as DPO does (same numbers, "
+                        "slower)."
+                    )
+                    self._prompt_sharing = False
+        return self._prompt_sharing
 
     # -----------------------------------------------------------------------------------------------------------------
     # Data
@@ -332,6 +363,18 @@ class SSOTrainer(DPOTrainer):
         model outputs."""
         prefix = BLOCK_PREFIX[pair]
         input_ids, completion_mask = inputs[f"{prefix}input_ids"], inputs[f"{prefix}completion_mask"]
+        if f"{prefix}segment_ids" in inputs:  # shared-prompt rows
+            segments, positions = inputs[f"{prefix}segment_ids"], inputs[f"{prefix}position_ids"]
+            config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
+            outputs = model(
+                input_ids=input_ids,
+                attention_mask=sharing.attention_mask_for(config, dtype, segments, positions),
+                position_ids=positions,
+                shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
+                use_cache=False,
+                fused_lm_head=True,
+            )
+            return tuple(sharing.branch_sums(outputs.log_probs, segments, 2)), outputs
         labels = input_ids.masked_fill(completion_mask == 0, -100)
         outputs = model(
             input_ids=input_ids,
@@ -346,6 +389,29 @@ class SSOTrainer(DPOTrainer):
             if getattr(outputs, field, None) is not None:
                 setattr(outputs, field, getattr(outputs, field)[:, -seq_len:])
         return outputs.log_probs.sum(dim=1).chunk(2), outputs
+
+    @staticmethod
+    def _completion_tokens(inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The completion lengths `(winners, losers)` of a pair's collated block, after truncation."""
+        prefix = BLOCK_PREFIX[pair]
+        completion_mask = inputs[f"{prefix}completion_mask"]
+        if f"{prefix}segment_ids" in inputs:
+            return tuple(sharing.branch_sums(completion_mask, inputs[f"{prefix}segment_ids"], 2))
+        return completion_mask.sum(dim=1).chunk(2)
+
+    @staticmethod
+    def _scored_masks(inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the per-token outputs of a pair's forward hold scored completion tokens, and where winners' ones."""
+        prefix = BLOCK_PREFIX[pair]
+        completion_mask = inputs[f"{prefix}completion_mask"]
+        if f"{prefix}segment_ids" in inputs:
+            segments = inputs[f"{prefix}segment_ids"]
+            scored = sharing.scored_positions(segments, completion_mask)
+            return scored, scored & (segments == 1)
+        scored = completion_mask[:, 1:].bool()
+        winners = scored.clone()
+        winners[scored.size(0) // 2 :] = False
+        return scored, winners
 
     def _reference_context(self, model):
         """Where the reference log-probs come from: `model` itself, or with PEFT the adapter-disabled policy."""
@@ -480,7 +546,7 @@ class SSOTrainer(DPOTrainer):
                 ref_chosen, ref_rejected = (inputs[column] for column in REF_COLUMNS[pair])
             else:
                 ref_chosen, ref_rejected = self._pair_ref_logps(self.ref_model or self.model, inputs, pair)
-            chosen_tokens, rejected_tokens = inputs[f"{BLOCK_PREFIX[pair]}completion_mask"].sum(dim=1).chunk(2)
+            chosen_tokens, rejected_tokens = self._completion_tokens(inputs, pair)
             pairs[pair] = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
             # The last pair forwarded keeps its graph: the returned loss backpropagates it (and a waiting main pair)
             if backward_per_pair and pair != self.sso_pairs[-1] and not (pair == "main" and main_waits):
@@ -520,9 +586,7 @@ class SSOTrainer(DPOTrainer):
         counts = torch.zeros(5, device=means.device)
         for pair, output in outputs.items():
             prefix = BLOCK_PREFIX[pair]
-            mask = inputs[f"{prefix}completion_mask"][:, 1:].bool()
-            winners = mask.clone()
-            winners[mask.size(0) // 2 :] = False
+            mask, winners = self._scored_masks(inputs, pair)
             counts += torch.stack(
                 [
                     (output.entropy.detach() * mask).sum(),

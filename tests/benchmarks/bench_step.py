@@ -1,10 +1,20 @@
-"""Benchmark: one optimizer step of SSOTrainer against TRL's DPOTrainer on the same model and batch.
+"""Benchmark: one optimizer step of SSOTrainer, with and without the shared-prompt layout, against TRL's DPOTrainer on
+the same model and examples.
 
-SSO forwards more tokens than DPO (up to three pairs instead of one, and longer prompts carrying the principle), so
-the fair figure is the step-time ratio divided by the token ratio: it says how much slower SSO is per token forwarded.
-Targets: <= 1.15 with steering on (the extra work is the extra tokens, nothing else), <= 1.05 with steering off.
+SSO learns from three pairs where DPO learns from one, and two of its prompts carry a whole principle. Laid out as DPO
+lays a pair out (`[prompt + winner ; prompt + loser]`), SSO forwards every prompt twice; the shared-prompt layout
+(`sso_share_prompt`, `trl_sso.sharing`) forwards it once for both completions. The figures:
 
-    python tests/benchmarks/bench_step.py                      # random Llama (hidden 512, 8 layers), CPU friendly
+- SSO step time / DPO step time on the same examples (target with sharing: <= 2.8 on the packaged SmolLM2);
+- SSO step time / the sum of DPOTrainer's steps on SSO's three pairs (DPOTrainer on the plain, the x+ and the x-
+  datasets; target with sharing: <= 0.85). That sum counts the optimizer step once per pair, so it slightly favours
+  SSO;
+- the tokens each step forwards (padded and real, policy forward; the reference forward repeats them), and the peak
+  memory of each layout (CUDA: `max_memory_allocated`; CPU: the growth of the process's peak RSS over the first
+  step of that trainer, run in a fresh process so that one trainer's peak does not hide another's).
+
+    python tests/benchmarks/bench_step.py --model packaged      # packaged SmolLM2-135M-Instruct, fp32, CPU friendly
+    python tests/benchmarks/bench_step.py                       # random Llama (hidden 512, 8 layers, 74.5M)
     python tests/benchmarks/bench_step.py --hidden 1024 --layers 16 --batch 4 --device cuda
     LD_PRELOAD=/lib/x86_64-linux-gnu/libjemalloc.so.2 python tests/benchmarks/bench_step.py   # CPU, jemalloc
 
@@ -12,11 +22,8 @@ On CPU the allocator matters: glibc's malloc hands large freed blocks back to th
 for fresh memory, and how many depends on the heap's history rather than on the work. The header line names the
 allocator in use and each row gives the page faults of its fastest step.
 
-Prints one line per SSO configuration: fastest step times, their ratio, the token ratios (padded tokens forwarded and
-real tokens) and the normalised ratio. A second check compares SSO with the sum of the DPO steps on the pairs it is
-made of (DPOTrainer on the plain, the x+ and the x- datasets): SSO should cost what its pairs cost as DPO, nothing
-more (that sum counts the optimizer step once per pair, so it slightly favours SSO). Each figure is the fastest of
-interleaved repetitions: on a shared machine noise only ever adds time, so the minimum is the steadiest estimate.
+Each figure is the fastest of interleaved repetitions: on a shared machine noise only ever adds time, so the minimum
+is the steadiest estimate.
 """
 
 import argparse
@@ -35,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from trl_sso import SSOConfig, SSOTrainer  # noqa: E402
@@ -170,10 +177,26 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def main():
+VARIANTS = {  # SSOTrainer variants: SSOConfig overrides
+    "policy, shared prompt": {},
+    "policy, two rows (DPO layout)": {"sso_share_prompt": False},
+    "policy, shared, steering off": {"sso_steer_coef": 0.0, "sso_use_weight": False},
+    "generator, shared prompt": {"sso_objective": "generator"},
+    "generator, two rows": {"sso_objective": "generator", "sso_share_prompt": False},
+}
+PAIRS_OF = {  # the DPOTrainer runs each variant is made of
+    "policy": ("dpo", "dpo-pos", "dpo-neg"),
+    "generator": ("dpo-pos", "dpo-neg"),
+    "steering off": ("dpo",),
+}
+MEMORY_RUNS = ("dpo", "policy, shared prompt", "policy, two rows (DPO layout)")
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--model", choices=("random", "packaged"), default="random")
+    parser.add_argument("--hidden", type=int, default=512, help="random model only")
+    parser.add_argument("--layers", type=int, default=8, help="random model only")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--prompt_words", type=int, default=30)
     parser.add_argument("--principle_words", type=int, default=60)
@@ -186,95 +209,135 @@ def main():
         default=True,
         help="TRL's default is on; off keeps every activation alive until the backward pass.",
     )
-    args = parser.parse_args()
+    parser.add_argument("--skip_memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--memory_of", help=argparse.SUPPRESS)  # internal: one peak-memory run
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    return parser.parse_args()
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path())
-    dataset = make_dataset(max(args.batch, 8), args.prompt_words, args.principle_words, args.response_words)
-    work = tempfile.mkdtemp(prefix="trl-sso-bench-")
-    model_path = os.path.join(work, "model")
-    build_model(args, tokenizer, model_path)
 
-    def dpo_stepper(name, data):
+def build_stepper(name: str, args, work: str, model_path: str, tokenizer, dataset, ref_model=None) -> "Stepper":
+    """The `Stepper` of a DPOTrainer run ("dpo", "dpo-pos", "dpo-neg") or of an SSOTrainer variant of `VARIANTS`.
+    `ref_model`: one frozen reference model shared by every trainer (it is only ever forwarded), to save memory."""
+    dpo_data = {
+        "dpo": lambda: dataset,
+        "dpo-pos": lambda: as_dpo(dataset, "positive_system", "chosen", "rejected"),
+        "dpo-neg": lambda: as_dpo(dataset, "negative_system", "original", "chosen"),
+    }
+    folder = f"{work}/{len(os.listdir(work))}"
+    if name in dpo_data:
+        config = DPOConfig(**common_args(folder, args))
         trainer = DPOTrainer(
-            model_path,
-            args=DPOConfig(**common_args(f"{work}/{name}", args)),
-            train_dataset=data,
-            processing_class=tokenizer,
+            model_path, ref_model, args=config, train_dataset=dpo_data[name](), processing_class=tokenizer
         )
-        return Stepper(trainer)
+    else:
+        config = SSOConfig(**common_args(folder, args), **VARIANTS[name])
+        trainer = SSOTrainer(model_path, ref_model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    return Stepper(trainer)
 
-    dpo = dpo_stepper("dpo", dataset)
-    dpo_pos = dpo_stepper("dpo-pos", as_dpo(dataset, "positive_system", "chosen", "rejected"))
-    dpo_neg = dpo_stepper("dpo-neg", as_dpo(dataset, "negative_system", "original", "chosen"))
-    variants = {
-        "policy, steering on, W on": {},
-        "policy, one backward pass": {"sso_backward_per_pair": False},
-        "policy, steering off, W on": {"sso_steer_coef": 0.0},
-        "policy, steering off, W off": {"sso_steer_coef": 0.0, "sso_use_weight": False},
-        "generator": {"sso_objective": "generator"},
-        "generator, one backward pass": {"sso_objective": "generator", "sso_backward_per_pair": False},
-    }
-    ssos = {
-        name: Stepper(
-            SSOTrainer(
-                model_path,
-                args=SSOConfig(**common_args(f"{work}/{i}", args), **overrides),
-                train_dataset=dataset,
-                processing_class=tokenizer,
-            )
-        )
-        for i, (name, overrides) in enumerate(variants.items())
-    }
 
-    steppers = [dpo, dpo_pos, dpo_neg, *ssos.values()]
-    for stepper in steppers:  # warm-up
+def peak_memory(name: str, args, work: str, model_path: str, tokenizer, dataset) -> float:
+    """Peak memory of one training step of `name` (after a first step that creates the optimizer state), in MiB:
+    CUDA's peak allocation, or on CPU the growth of the process's peak resident set over the step (Linux's VmHWM,
+    reset through /proc/self/clear_refs)."""
+    stepper = build_stepper(name, args, work, model_path, tokenizer, dataset)
+    stepper.step()
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
         stepper.step()
-    times = {id(s): [] for s in steppers}
-    for _ in range(args.repeats):  # interleaved, so that load changes hit every variant alike
-        for stepper in steppers:
-            times[id(stepper)].append(stepper.step())
-    dpo_time, pos_time, neg_time = (min(times[id(s)]) for s in (dpo, dpo_pos, dpo_neg))
+        return torch.cuda.max_memory_allocated() / 2**20
+    before = status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # peak resident set := current resident set
+    stepper.step()
+    return status_mib("VmHWM") - before
 
+
+def status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (`VmRSS`, `VmHWM`), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def main():
+    args = parse_args()
+    if args.model == "packaged":
+        from trl_sso.offline import default_model_path
+
+        model_path = default_model_path()
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path())
+    dataset = make_dataset(max(args.batch, 8), args.prompt_words, args.principle_words, args.response_words)
+
+    if args.memory_of:  # internal: one peak-memory run, in its own process
+        print(f"{peak_memory(args.memory_of, args, args.work, args.work + '/model', tokenizer, dataset):.0f}")
+        return
+    work = tempfile.mkdtemp(prefix="trl-sso-bench-")
+    if args.model == "random":
+        model_path = os.path.join(work, "model")
+        build_model(args, tokenizer, model_path)
+
+    names = ["dpo", "dpo-pos", "dpo-neg", *VARIANTS]
+    ref_model = AutoModelForCausalLM.from_pretrained(model_path).to(args.device).eval()
+    steppers = {name: build_stepper(name, args, work, model_path, tokenizer, dataset, ref_model) for name in names}
+    for stepper in steppers.values():  # warm-up
+        stepper.step()
+    times = {name: [] for name in names}
+    for _ in range(args.repeats):  # interleaved, so that load changes hit every variant alike
+        for name, stepper in steppers.items():
+            times[name].append(stepper.step())
+    fastest = {name: min(values) for name, values in times.items()}
+
+    dpo = steppers["dpo"]
     n_params = sum(p.numel() for p in dpo.trainer.model.parameters()) / 1e6
-    print(
-        f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {n_params:.1f}M parameters; "
-        f"batch {args.batch}; device {args.device}; {torch.get_num_threads()} threads; gradient checkpointing "
-        f"{'on' if args.gradient_checkpointing else 'off'}; {allocator()}; fastest of {args.repeats}"
+    model_name = (
+        "packaged SmolLM2-135M-Instruct"
+        if args.model == "packaged"
+        else (f"random Llama, hidden {args.hidden}, {args.layers} layers")
     )
     print(
-        f"DPOTrainer: {dpo_time * 1000:.0f} ms/step, {dpo.padded_tokens} padded / {dpo.real_tokens} real tokens, "
-        f"{dpo.faults_of_fastest()} page faults"
+        f"model: {model_name}, {n_params:.1f}M parameters; batch {args.batch}; device {args.device}; "
+        f"{torch.get_num_threads()} threads; gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
+        f"{allocator()}; fastest of {args.repeats}"
     )
+    for name in ("dpo", "dpo-pos", "dpo-neg"):
+        stepper = steppers[name]
+        print(
+            f"DPOTrainer on the {dict(dpo='plain', **{'dpo-pos': 'x+', 'dpo-neg': 'x-'})[name]:5} pairs: "
+            f"{fastest[name] * 1000:6.0f} ms/step, {stepper.padded_tokens:5d} padded / {stepper.real_tokens:5d} real "
+            f"tokens, {stepper.faults_of_fastest()} page faults"
+        )
     header = (
-        f"{'SSOTrainer variant':30} {'ms/step':>8} {'time x':>7} {'tokens x (padded/real)':>23} "
-        f"{'time/token x':>13} {'page faults':>12}"
+        f"{'SSOTrainer variant':30} {'ms/step':>8} {'x DPO':>6} {'x DPO on its pairs':>19} "
+        f"{'tokens padded / real':>21} {'tokens x DPO':>13} {'page faults':>12}"
     )
     print(header)
     print("-" * len(header))
-    for name, stepper in ssos.items():
-        t = min(times[id(stepper)])
-        token_ratio = stepper.padded_tokens / dpo.padded_tokens
-        real_ratio = stepper.real_tokens / dpo.real_tokens
+    for name in VARIANTS:
+        stepper, t = steppers[name], fastest[name]
+        kind = "steering off" if "steering off" in name else name.split(",")[0]
+        pairs_time = sum(fastest[run] for run in PAIRS_OF[kind])
         print(
-            f"{name:30} {t * 1000:8.0f} {t / dpo_time:7.2f} {token_ratio:11.2f} / {real_ratio:<9.2f} "
-            f"{(t / dpo_time) / token_ratio:13.3f} {stepper.faults_of_fastest():12d}"
+            f"{name:30} {t * 1000:8.0f} {t / fastest['dpo']:6.2f} {t / pairs_time:19.3f} "
+            f"{stepper.padded_tokens:10d} / {stepper.real_tokens:<8d} "
+            f"{stepper.padded_tokens / dpo.padded_tokens:13.2f} "
+            f"{stepper.faults_of_fastest():12d}"
         )
 
-    print()
-    per_token = dpo_time / dpo.padded_tokens
-    for label, stepper, t in (("x+", dpo_pos, pos_time), ("x-", dpo_neg, neg_time)):
-        print(
-            f"DPOTrainer on the {label} pairs: {t * 1000:.0f} ms/step, {stepper.padded_tokens} padded tokens, "
-            f"{(t / stepper.padded_tokens) / per_token:.3f}x the per-token time of DPO on the plain pairs, "
-            f"{stepper.faults_of_fastest()} page faults"
-        )
-    for name, pairs_time in (
-        ("policy, steering on, W on", dpo_time + pos_time + neg_time),
-        ("policy, one backward pass", dpo_time + pos_time + neg_time),
-        ("generator", pos_time + neg_time),
-        ("generator, one backward pass", pos_time + neg_time),
-    ):
-        print(f"SSO {name} / DPO on its pairs: {min(times[id(ssos[name])]) / pairs_time:.3f}")
+    if args.skip_memory:
+        return
+    del steppers, ref_model, dpo
+    import subprocess
+
+    if args.model == "packaged":
+        os.symlink(model_path, os.path.join(work, "model"))
+    print("\npeak memory of one step (each in a fresh process):")
+    for name in MEMORY_RUNS:
+        command = [sys.executable, __file__, *sys.argv[1:], "--memory_of", name, "--work", work]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        label = "DPOTrainer" if name == "dpo" else f"SSOTrainer {name}"
+        print(f"  {label:44} {result.stdout.strip().splitlines()[-1]:>6} MiB")
 
 
 if __name__ == "__main__":

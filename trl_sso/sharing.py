@@ -1,0 +1,209 @@
+"""The shared-prompt layout: one row holds a prompt once and several completions of it.
+
+Preference trainers lay a pair out as two rows, `[prompt + winner ; prompt + loser]`, so the prompt is forwarded twice.
+SSO's steering prompts carry a whole principle, which makes that repetition a large share of its tokens. In the shared
+layout a prompt `p` of `n` tokens and its completions `c_1 .. c_K` become one row:
+
+    p_0 .. p_{n-2} | p_{n-1} c_1 | p_{n-1} c_2 | ... | p_{n-1} c_K
+    shared part      branch 1      branch 2            branch K
+
+- Each branch starts with the prompt's last token, so that the branch's first completion token is predicted inside
+  the branch: position `t` always predicts the token at `t + 1` of its own segment.
+- Attention: a token sees the shared part and the earlier tokens of its own branch, nothing else
+  (`attention_mask`).
+- Positions: every branch restarts where the shared part ends, at `n - 1` (`position_ids`).
+
+Each branch then computes exactly what the row `p + c_k` computes alone: the same tokens at the same positions with
+the same context. Only the order of floating-point sums inside the kernels differs. Truncation to `max_length` is
+applied to each `p + c_k` first, as TRL's preference collator does. The prompt is shared only when every truncated
+sequence kept the same prompt tokens. Otherwise (`keep_end` cut the prompt differently) each branch holds its whole
+sequence, so the numbers stay those of the unshared layout.
+
+Segment ids name the parts of a row: `SHARED` for the shared part, `k` for branch `k` (from 1), `PADDING` after the
+row's end.
+
+Not every attention implementation takes such a mask (flash attention does not), so the caller checks
+`unsupported_reason` first and keeps one completion per row where it says no.
+"""
+
+from collections.abc import Sequence
+
+import torch
+
+
+SHARED = 0  # segment id of the shared part of a row
+PADDING = -1  # segment id of padding
+# Model families whose attention was checked to give the unshared log-probabilities in this layout (tests/test_sharing)
+VERIFIED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi", "phi3"})
+MASK_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4D mask
+
+
+def truncate(sequence: list, max_length: int | None, mode: str) -> list:
+    """`sequence` cut to `max_length` items as TRL's preference collator cuts a prompt + completion: `keep_start`
+    keeps the first items, `keep_end` the last."""
+    if max_length is None:
+        return sequence
+    if mode == "keep_start":
+        return sequence[:max_length]
+    if mode == "keep_end":
+        return sequence[-max_length:]
+    raise ValueError(f"Unsupported truncation mode {mode!r}: use 'keep_start' or 'keep_end'.")
+
+
+def pack(
+    prompt: list[int],
+    completions: Sequence[list[int]],
+    max_length: int | None = None,
+    truncation_mode: str = "keep_start",
+) -> dict[str, list[int]]:
+    """One shared-layout row: `input_ids`, `position_ids`, `segment_ids` and `completion_mask` (1 on completion
+    tokens), as lists.
+
+    Example:
+    ```python
+    >>> from trl_sso.sharing import pack
+
+    >>> row = pack([1, 2, 3], [[4, 5], [6]])
+    >>> row["input_ids"], row["position_ids"]
+    ([1, 2, 3, 4, 5, 3, 6], [0, 1, 2, 3, 4, 2, 3])
+    >>> row["segment_ids"], row["completion_mask"]
+    ([0, 0, 1, 1, 1, 2, 2], [0, 0, 0, 1, 1, 0, 1])
+
+    ```
+    """
+    sequences = [truncate(prompt + c, max_length, truncation_mode) for c in completions]
+    masks = [truncate([0] * len(prompt) + [1] * len(c), max_length, truncation_mode) for c in completions]
+    kept_prompts = [sequence[: mask.count(0)] for sequence, mask in zip(sequences, masks, strict=True)]
+    same = all(kept == kept_prompts[0] for kept in kept_prompts)
+    shared = kept_prompts[0][:-1] if same else []
+    row = {
+        "input_ids": list(shared),
+        "position_ids": list(range(len(shared))),
+        "segment_ids": [SHARED] * len(shared),
+        "completion_mask": [0] * len(shared),
+    }
+    for k, (sequence, mask) in enumerate(zip(sequences, masks, strict=True), start=1):
+        branch = sequence[len(shared) :]
+        row["input_ids"] += branch
+        row["position_ids"] += range(len(shared), len(sequence))
+        row["segment_ids"] += [k] * len(branch)
+        row["completion_mask"] += mask[len(shared) :]
+    return row
+
+
+def collate(rows: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_multiple_of: int | None = None):
+    """Right-pad `pack` rows into `(rows, length)` tensors, with a 2D `attention_mask` (1 on real tokens)."""
+    from trl.trainer.utils import pad
+
+    padding = {"input_ids": pad_token_id, "position_ids": 0, "segment_ids": PADDING, "completion_mask": 0}
+    batch = {
+        key: pad(
+            [torch.tensor(row[key], dtype=torch.long) for row in rows],
+            padding_value=value,
+            padding_side="right",
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
+        for key, value in padding.items()
+    }
+    batch["attention_mask"] = (batch["segment_ids"] != PADDING).long()
+    return batch
+
+
+def scored_positions(segment_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """`(rows, length)` bool: the positions whose next token is a completion token of the same segment, i.e. the
+    positions that predict a scored token. The last position predicts nothing."""
+    scored = torch.zeros_like(completion_mask, dtype=torch.bool)
+    scored[:, :-1] = completion_mask[:, 1:].bool() & (segment_ids[:, 1:] == segment_ids[:, :-1])
+    return scored
+
+
+def shift_labels(input_ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Labels already shifted by one (`shift_labels[:, t]` is the token position `t` predicts), -100 where nothing is
+    scored."""
+    labels = torch.full_like(input_ids, -100)
+    labels[:, :-1] = input_ids[:, 1:]
+    return labels.masked_fill(~scored, -100)
+
+
+def branch_sums(per_token: torch.Tensor, segment_ids: torch.Tensor, num_branches: int) -> list[torch.Tensor]:
+    """Sum a `(rows, length)` per-position tensor (zero where nothing is scored) over each branch: a list of
+    `num_branches` tensors of shape `(rows,)`."""
+    return [(per_token * (segment_ids == k)).sum(dim=1) for k in range(1, num_branches + 1)]
+
+
+def allowed_attention(
+    segment_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None
+) -> torch.Tensor:
+    """`(rows, 1, length, length)` bool: query `q` may attend to key `k` when `k <= q` and `k` lies in the shared
+    part or in `q`'s own segment, and (with a sliding window) when their positions are less than `sliding_window`
+    apart. Padding forms its own segment, so every row of the mask allows at least its diagonal."""
+    length = segment_ids.size(1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    query, key = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = causal & ((key == SHARED) | (key == query))
+    if sliding_window is not None:
+        allowed &= (position_ids[:, :, None] - position_ids[:, None, :]) < sliding_window
+    return allowed[:, None]
+
+
+def _for_attention(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """SDPA takes the boolean mask; eager attention adds the mask to its scores."""
+    if implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def attention_mask_for(config, dtype: torch.dtype, segment_ids: torch.Tensor, position_ids: torch.Tensor):
+    """The attention mask that a model with `config`, computing in `dtype`, takes for shared rows: one 4D mask, or one
+    per layer type when the model mixes full and sliding-window layers (e.g. Gemma 2)."""
+    implementation = config._attn_implementation
+    window = getattr(config, "sliding_window", None)
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    if not layer_types:  # every layer alike: windowed when the config has a window (Mistral, Phi-3)
+        return _for_attention(allowed_attention(segment_ids, position_ids, window), implementation, dtype)
+    masks = {
+        layer_type: _for_attention(
+            allowed_attention(segment_ids, position_ids, window if layer_type == "sliding_attention" else None),
+            implementation,
+            dtype,
+        )
+        for layer_type in layer_types
+    }
+    return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
+def mask_settings(model) -> tuple:
+    """`(config, dtype)` of `model` (a model, or a PEFT model around one) for `attention_mask_for`."""
+    config = model_config(model)
+    dtype = model.get_input_embeddings().weight.dtype
+    return config, dtype if dtype.is_floating_point else torch.float32
+
+
+def model_config(model):
+    """The transformers config of `model`, a model or a PEFT model around one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config
+
+
+def unsupported_reason(model) -> str | None:
+    """Why `model` cannot forward shared rows exactly, or None when it can."""
+    peft_config = getattr(model, "peft_config", None) or {}
+    if any(getattr(config, "is_prompt_learning", False) for config in peft_config.values()):
+        return "its prompt-learning adapter prepends virtual tokens that the shared-prompt mask does not cover"
+    config = model_config(model)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in VERIFIED_MODEL_TYPES:
+        return (
+            f"its model type {model_type!r} has not been verified with the shared-prompt mask (verified: "
+            f"{', '.join(sorted(VERIFIED_MODEL_TYPES))})"
+        )
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in MASK_ATTENTION:
+        return (
+            f"its attention implementation {implementation!r} cannot take the shared-prompt mask; load the model with "
+            "`attn_implementation='sdpa'` to share prompts"
+        )
+    other = set(getattr(config, "layer_types", None) or ()) - {"full_attention", "sliding_attention"}
+    if other:
+        return f"it has layers of type {sorted(other)}, which the shared-prompt mask does not model"
+    return None
