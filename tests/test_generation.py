@@ -140,7 +140,10 @@ def test_logprob_filter_runs_through_the_sampler(tmp_path, tokenizer):
     class Scored(Echo):
         def mean_logps(self, prompts, responses):
             # plain prompts score the responses highest: every record fails the principle ordering
-            return [-1.0 if not any(m["role"] == "system" for m in p) else -2.0 for p in prompts]
+            return [
+                [-1.0 if not any(m["role"] == "system" for m in p) else -2.0] * len(r)
+                for p, r in zip(prompts, responses)
+            ]
 
     with pytest.raises(RuntimeError, match="logprob"):
         make(tmp_path, tokenizer, sampler=Scored(), logprob_filter=True).run()

@@ -117,26 +117,37 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     assert "missing.csv' does not exist" in result.stderr
 
 
-def test_mean_logps_match_a_direct_computation(tiny_model_dir):
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "one-row-per-response"])
+def test_mean_logps_match_a_direct_computation(tiny_model_dir, shared, monkeypatch):
+    """Each prompt is forwarded once for its responses (shared prompt); for a model that cannot take the mask, each
+    response gets a row of its own."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trl_sso import sharing
+
+    if not shared:
+        monkeypatch.setattr(sharing, "unsupported_reason", lambda model: "a test says so")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     sampler = TransformersSampler(model, tokenizer, batch_size=2)
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "A much longer question here?"}]] * 2
-    responses = ["Hello there.", "Yes.", "Hm", "A longer answer, with commas."]
+    responses = [["Hello there.", "Yes."], ["Hm"], ["A longer answer, with commas.", "No", "Maybe so."], []]
     got = sampler.mean_logps(prompts, responses)
-    for prompt, response, value in zip(prompts, responses, got):
-        prompt_ids = tokenizer(
-            tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), add_special_tokens=False
-        )["input_ids"]
-        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt_ids + response_ids])
-        with torch.no_grad():
-            logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
-        expected = logps[len(prompt_ids) - 1 :].gather(-1, ids[0, len(prompt_ids) :, None]).mean().item()
-        assert value == pytest.approx(expected, abs=1e-4)
+    assert [len(values) for values in got] == [2, 1, 3, 0]
+    for prompt, rs, values in zip(prompts, responses, got):
+        for response, value in zip(rs, values):
+            prompt_ids = tokenizer(
+                tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False,
+            )["input_ids"]
+            response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt_ids + response_ids])
+            with torch.no_grad():
+                logps = torch.log_softmax(reference(ids).logits[0, :-1].float(), -1)
+            expected = logps[len(prompt_ids) - 1 :].gather(-1, ids[0, len(prompt_ids) :, None]).mean().item()
+            assert value == pytest.approx(expected, abs=1e-5)
 
 
 def test_logprob_filter_end_to_end(tiny_model_dir, tmp_path):

@@ -291,7 +291,7 @@ def test_onpolicy_logps_equal_the_trainers_a(tiny_model_dir, tokenizer, tmp_path
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     with torch.no_grad():
         (chosen, rejected), _ = trainer._forward_pair(model, batch, "main")
-    tokens = batch["completion_mask"].sum(dim=1).chunk(2)
+    tokens = trainer._completion_tokens(batch, "main")
     values, rate = mean_logps(model, tokenizer, rows, batch_size=3)
     torch.testing.assert_close(torch.tensor(values["chosen"]), chosen / tokens[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor(values["rejected"]), rejected / tokens[1], atol=1e-5, rtol=0)

@@ -26,6 +26,7 @@ Not every attention implementation takes such a mask (flash attention does not),
 `unsupported_reason` first and keeps one completion per row where it says no.
 """
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -207,3 +208,81 @@ def unsupported_reason(model) -> str | None:
     if other:
         return f"it has layers of type {sorted(other)}, which the shared-prompt mask does not model"
     return None
+
+
+@contextlib.contextmanager
+def compact_lm_head():
+    """Inside this context, TRL's fused LM head projects only the positions that have a label on a CPU too.
+
+    TRL does so on CUDA and XPU only: on devices that compile graphs (e.g. Neuron), a number of positions that changes
+    from batch to batch would recompile. A CPU runs eagerly, and scoring every position there, prompts and padding
+    included, costs a fifth of a small model's step (its vocabulary projection) plus the memory of its logits. The
+    log-probabilities are the same: each scored position is computed as before.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def completion_logps(
+    model,
+    rows: Sequence[tuple[list[int], Sequence[list[int]]]],
+    pad_token_id: int,
+    batch_size: int = 8,
+    desc: str | None = None,
+) -> list[list[tuple[float, int]]]:
+    """Score completions without gradients: for each `(prompt_ids, [completion_ids, ...])` of `rows`, the summed
+    log-probability of each completion after the prompt and its number of tokens.
+
+    The prompt is forwarded once for all its completions when `model` takes the shared-prompt mask; otherwise each
+    completion gets a row of its own. Rows are forwarded `batch_size` at a time, shortest first, through TRL's fused LM
+    head, so the `(rows, length, vocabulary)` logits are never materialised. A progress bar shows when `desc` is set.
+    """
+    from tqdm.auto import tqdm
+    from trl.trainer.utils import add_fused_lm_head
+
+    if not getattr(model, "_sso_fused_lm_head", False):
+        add_fused_lm_head(model)
+        model._sso_fused_lm_head = True
+    share = unsupported_reason(model) is None
+    packed, owners = [], []  # packed rows, and where each one's completions belong: (row of `rows`, first, count)
+    for index, (prompt, completions) in enumerate(rows):
+        groups = [(0, list(completions))] if share else [(k, [c]) for k, c in enumerate(completions)]
+        for first, group in groups:
+            if group:
+                packed.append(pack(prompt, group))
+                owners.append((index, first, len(group)))
+    results = [[(0.0, 0)] * len(completions) for _, completions in rows]
+    order = sorted(range(len(packed)), key=lambda i: len(packed[i]["input_ids"]))
+    config, dtype = mask_settings(model)
+    device = model.get_input_embeddings().weight.device
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None):
+        chunk = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([packed[i] for i in chunk], pad_token_id).items()}
+        segments, positions = batch["segment_ids"], batch["position_ids"]
+        scored = scored_positions(segments, batch["completion_mask"])
+        with torch.no_grad(), compact_lm_head():
+            outputs = model(
+                input_ids=batch["input_ids"],
+                attention_mask=attention_mask_for(config, dtype, segments, positions)
+                if share
+                else batch["attention_mask"],
+                position_ids=positions,
+                shift_labels=shift_labels(batch["input_ids"], scored),
+                use_cache=False,
+                fused_lm_head=True,
+            )
+        branches = int(segments.max())
+        sums = torch.stack(branch_sums(outputs.log_probs.float(), segments, branches), dim=1).tolist()
+        counts = torch.stack(branch_sums(scored.long(), segments, branches), dim=1).tolist()
+        for row, i in enumerate(chunk):
+            index, first, count = owners[i]
+            for k in range(count):
+                results[index][first + k] = (sums[row][k], counts[row][k])
+    return results

@@ -366,23 +366,25 @@ class SSOTrainer(DPOTrainer):
         if f"{prefix}segment_ids" in inputs:  # shared-prompt rows
             segments, positions = inputs[f"{prefix}segment_ids"], inputs[f"{prefix}position_ids"]
             config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
+            with sharing.compact_lm_head():
+                outputs = model(
+                    input_ids=input_ids,
+                    attention_mask=sharing.attention_mask_for(config, dtype, segments, positions),
+                    position_ids=positions,
+                    shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
+                    use_cache=False,
+                    fused_lm_head=True,
+                )
+            return tuple(sharing.branch_sums(outputs.log_probs, segments, 2)), outputs
+        labels = input_ids.masked_fill(completion_mask == 0, -100)
+        with sharing.compact_lm_head():
             outputs = model(
                 input_ids=input_ids,
-                attention_mask=sharing.attention_mask_for(config, dtype, segments, positions),
-                position_ids=positions,
-                shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
+                attention_mask=inputs[f"{prefix}attention_mask"],
+                labels=labels,
                 use_cache=False,
                 fused_lm_head=True,
             )
-            return tuple(sharing.branch_sums(outputs.log_probs, segments, 2)), outputs
-        labels = input_ids.masked_fill(completion_mask == 0, -100)
-        outputs = model(
-            input_ids=input_ids,
-            attention_mask=inputs[f"{prefix}attention_mask"],
-            labels=labels,
-            use_cache=False,
-            fused_lm_head=True,
-        )
         # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
         seq_len = completion_mask.size(1) - 1
         for field in ("log_probs", "entropy", "is_top1"):

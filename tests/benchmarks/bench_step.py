@@ -180,6 +180,7 @@ def minor_page_faults() -> int:
 VARIANTS = {  # SSOTrainer variants: SSOConfig overrides
     "policy, shared prompt": {},
     "policy, two rows (DPO layout)": {"sso_share_prompt": False},
+    "policy, shared, one backward": {"sso_backward_per_pair": False},
     "policy, shared, steering off": {"sso_steer_coef": 0.0, "sso_use_weight": False},
     "generator, shared prompt": {"sso_objective": "generator"},
     "generator, two rows": {"sso_objective": "generator", "sso_share_prompt": False},
@@ -208,6 +209,12 @@ def parse_args():
         type=lambda v: v.lower() in ("1", "true", "yes"),
         default=True,
         help="TRL's default is on; off keeps every activation alive until the backward pass.",
+    )
+    parser.add_argument(
+        "--variants",
+        type=lambda v: [name.strip() for name in v.split(";")],
+        default=list(VARIANTS),
+        help="the SSOTrainer variants to time, separated by ';' (default: all)",
     )
     parser.add_argument("--skip_memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--memory_of", help=argparse.SUPPRESS)  # internal: one peak-memory run
@@ -278,7 +285,10 @@ def main():
         model_path = os.path.join(work, "model")
         build_model(args, tokenizer, model_path)
 
-    names = ["dpo", "dpo-pos", "dpo-neg", *VARIANTS]
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"Unknown variants {sorted(unknown)}; choose among {list(VARIANTS)}.")
+    names = ["dpo", "dpo-pos", "dpo-neg", *args.variants]
     ref_model = AutoModelForCausalLM.from_pretrained(model_path).to(args.device).eval()
     steppers = {name: build_stepper(name, args, work, model_path, tokenizer, dataset, ref_model) for name in names}
     for stepper in steppers.values():  # warm-up
@@ -314,7 +324,7 @@ def main():
     )
     print(header)
     print("-" * len(header))
-    for name in VARIANTS:
+    for name in args.variants:
         stepper, t = steppers[name], fastest[name]
         kind = "steering off" if "steering off" in name else name.split(",")[0]
         pairs_time = sum(fastest[run] for run in PAIRS_OF[kind])

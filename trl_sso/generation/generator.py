@@ -231,11 +231,14 @@ class SSOGenerator:
         n = len(plain)
         if n == 0:
             return []
-        prompts = pos + plain + neg + pos + plain + neg
-        responses = [c.text for c in chosen] * 3 + [r.text for r in rejected] * 3
-        values = self.sampler.mean_logps(prompts, responses)
-        keys = ("p_chosen", "o_chosen", "n_chosen", "p_rejected", "o_rejected", "n_rejected")
-        return [{key: values[j * n + i] for j, key in enumerate(keys)} for i in range(n)]
+        # each prompt once, for both responses of its record
+        pairs = [[c.text, r.text] for c, r in zip(chosen, rejected, strict=True)]
+        values = self.sampler.mean_logps(pos + plain + neg, pairs * 3)
+        keys = (("p_chosen", "p_rejected"), ("o_chosen", "o_rejected"), ("n_chosen", "n_rejected"))  # x+, x, x-
+        return [
+            {key: value for j, names in enumerate(keys) for key, value in zip(names, values[j * n + i])}
+            for i in range(n)
+        ]
 
     # -----------------------------------------------------------------------------------------------------------------
 

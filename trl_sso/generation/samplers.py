@@ -78,31 +78,23 @@ class TransformersSampler:
                 results[i] = Completion(text=text, num_tokens=len(kept), finished=end is not None)
         return results
 
-    def mean_logps(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
-        """Token-mean log-probability of each response after its prompt (teacher forcing), for the log-prob filter."""
-        import torch
+    def mean_logps(self, prompts: list[list[dict]], responses: list[list[str]]) -> list[list[float]]:
+        """Token-mean log-probability of each response of `responses[i]` after `prompts[i]` (teacher forcing), for
+        the log-prob filter. Each prompt is forwarded once for all its responses (`trl_sso.sharing`)."""
+        from ..sharing import completion_logps
 
-        values = []
-        for start in range(0, len(prompts), self.batch_size):
-            pairs = list(zip(prompts[start : start + self.batch_size], responses[start : start + self.batch_size]))
-            prompt_ids = [
-                self.tokenizer(render(self.tokenizer, p), add_special_tokens=False)["input_ids"] for p, _ in pairs
-            ]
-            response_ids = [
-                self.tokenizer(r, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
-                for _, r in pairs
-            ]
-            rows = [p + r for p, r in zip(prompt_ids, response_ids)]
-            width = max(len(r) for r in rows)
-            pad = self.tokenizer.pad_token_id
-            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.model.device)
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.model.device)
-            with torch.no_grad():
-                logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-            logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-            for row, r in enumerate(response_ids):
-                values.append(logps[row, -len(r) :].mean().item())
-        return values
+        rows = [
+            (
+                self.tokenizer(render(self.tokenizer, prompt), add_special_tokens=False)["input_ids"],
+                [
+                    self.tokenizer(r, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
+                    for r in rs
+                ],
+            )
+            for prompt, rs in zip(prompts, responses, strict=True)
+        ]
+        scores = completion_logps(self.model, rows, self.tokenizer.pad_token_id, self.batch_size)
+        return [[total / max(count, 1) for total, count in row] for row in scores]
 
 
 class VLLMSampler:

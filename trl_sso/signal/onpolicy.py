@@ -37,43 +37,31 @@ def load_policy(name: str):
 
 def mean_logps(model, tokenizer, records: list[Mapping], batch_size: int = 8) -> tuple[dict[str, list[float]], float]:
     """`A(x, y)` of y+, y- and y_o for each record, as `{column: [value per record]}`, and the records scored per
-    second. Sequences are sorted by length and forwarded in batches of `batch_size`."""
-    import torch
-    from tqdm.auto import tqdm
-    from trl.trainer.utils import selective_log_softmax
-
+    second. The plain prompt is forwarded once for its three responses (`trl_sso.sharing`), `batch_size` prompts at a
+    time."""
+    from ..sharing import completion_logps
     from ..trainer import template_kwargs, tokenize_pair
 
-    sequences = []  # (record index, column, prompt ids, completion ids)
+    rows, owners = [], []  # (prompt ids, [completion ids]); owners: the (record, columns) of each row
     for index, record in enumerate(records):
         kwargs = template_kwargs(record)
         prompt, chosen, rejected = tokenize_pair(tokenizer, record[PROMPT], record[CHOSEN], record[REJECTED], kwargs)
         original_prompt, original, _ = tokenize_pair(
             tokenizer, record[PROMPT], record[ORIGINAL], record[ORIGINAL], kwargs
         )
-        sequences += [(index, CHOSEN, prompt, chosen), (index, REJECTED, prompt, rejected)]
-        sequences.append((index, ORIGINAL, original_prompt, original))
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][2]) + len(sequences[i][3]))
-    values = {column: [0.0] * len(records) for column in RESPONSE_COLUMNS}
+        if original_prompt == prompt:
+            rows.append((prompt, [chosen, rejected, original]))
+            owners.append((index, (CHOSEN, REJECTED, ORIGINAL)))
+        else:  # the template tokenizes the prompt differently before y_o: score it after its own prompt
+            rows += [(prompt, [chosen, rejected]), (original_prompt, [original])]
+            owners += [(index, (CHOSEN, REJECTED)), (index, (ORIGINAL,))]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     start = time.perf_counter()
-    for first in tqdm(range(0, len(order), batch_size), desc="Scoring A(x, y)", unit="batch"):
-        batch = [sequences[i] for i in order[first : first + batch_size]]
-        width = max(len(p) + len(c) for _, _, p, c in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        completion = torch.zeros_like(ids)
-        for row, (_, _, prompt, response) in enumerate(batch):
-            ids[row, : len(prompt) + len(response)] = torch.tensor(prompt + response)
-            attention[row, : len(prompt) + len(response)] = 1
-            completion[row, len(prompt) : len(prompt) + len(response)] = 1
-        ids, attention, completion = (t.to(model.device) for t in (ids, attention, completion))
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
-        logps = selective_log_softmax(logits, ids[:, 1:]) * completion[:, 1:]
-        means = logps.sum(dim=1) / completion[:, 1:].sum(dim=1).clamp(min=1)
-        for (index, column, _, _), value in zip(batch, means.tolist()):
-            values[column][index] = value
+    scores = completion_logps(model, rows, pad, batch_size, desc="Scoring A(x, y)")
+    values = {column: [0.0] * len(records) for column in RESPONSE_COLUMNS}
+    for (index, columns), row in zip(owners, scores):
+        for column, (total, count) in zip(columns, row):
+            values[column][index] = total / max(count, 1)
     return values, len(records) / max(time.perf_counter() - start, 1e-9)
 
 
