@@ -10,8 +10,12 @@ lays a pair out (`[prompt + winner ; prompt + loser]`), SSO forwards every promp
   datasets; target with sharing: <= 0.85). That sum counts the optimizer step once per pair, so it slightly favours
   SSO;
 - the tokens each step forwards (padded and real, policy forward; the reference forward repeats them), and the peak
-  memory of each layout (CUDA: `max_memory_allocated`; CPU: the growth of the process's peak RSS over the first
-  step of that trainer, run in a fresh process so that one trainer's peak does not hide another's).
+  memory of a step (CUDA: `max_memory_allocated`; CPU: the growth of the process's peak resident set over the step).
+
+Each trainer runs in a process of its own, as a user runs it: one warm-up step, then `--repeats` timed steps. The
+processes run one after the other, `--rounds` times in turn, and each figure is the fastest step: on a shared machine
+noise only ever adds time, so the minimum is the steadiest estimate. (An earlier version kept every trainer in one
+process; their heaps then interfered: the same SSO step took 17 s alone and 22 s beside seven other trainers.)
 
     python tests/benchmarks/bench_step.py --model packaged      # packaged SmolLM2-135M-Instruct, fp32, CPU friendly
     python tests/benchmarks/bench_step.py                       # random Llama (hidden 512, 8 layers, 74.5M)
@@ -21,9 +25,6 @@ lays a pair out (`[prompt + winner ; prompt + loser]`), SSO forwards every promp
 On CPU the allocator matters: glibc's malloc hands large freed blocks back to the kernel, so a step pays page faults
 for fresh memory, and how many depends on the heap's history rather than on the work. The header line names the
 allocator in use and each row gives the page faults of its fastest step.
-
-Each figure is the fastest of interleaved repetitions: on a shared machine noise only ever adds time, so the minimum
-is the steadiest estimate.
 """
 
 import argparse
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from trl_sso import SSOConfig, SSOTrainer  # noqa: E402
@@ -154,9 +155,6 @@ class Stepper:
         self.faults.append((seconds, minor_page_faults() - faults))
         return seconds
 
-    def faults_of_fastest(self) -> int:
-        return min(self.faults)[1]
-
 
 def allocator() -> str:
     """The malloc this process runs on: jemalloc or tcmalloc when preloaded, else the C library's."""
@@ -190,7 +188,6 @@ PAIRS_OF = {  # the DPOTrainer runs each variant is made of
     "generator": ("dpo-pos", "dpo-neg"),
     "steering off": ("dpo",),
 }
-MEMORY_RUNS = ("dpo", "policy, shared prompt", "policy, two rows (DPO layout)")
 
 
 def parse_args():
@@ -202,7 +199,8 @@ def parse_args():
     parser.add_argument("--prompt_words", type=int, default=30)
     parser.add_argument("--principle_words", type=int, default=60)
     parser.add_argument("--response_words", type=int, default=120)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps of each trainer, after one warm-up step")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per trainer, run in turn")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--gradient_checkpointing",
@@ -216,46 +214,53 @@ def parse_args():
         default=list(VARIANTS),
         help="the SSOTrainer variants to time, separated by ';' (default: all)",
     )
-    parser.add_argument("--skip_memory", action="store_true", help="skip the peak-memory runs")
-    parser.add_argument("--memory_of", help=argparse.SUPPRESS)  # internal: one peak-memory run
+    parser.add_argument("--run_one", help=argparse.SUPPRESS)  # internal: time one trainer in this process
     parser.add_argument("--work", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
-def build_stepper(name: str, args, work: str, model_path: str, tokenizer, dataset, ref_model=None) -> "Stepper":
-    """The `Stepper` of a DPOTrainer run ("dpo", "dpo-pos", "dpo-neg") or of an SSOTrainer variant of `VARIANTS`.
-    `ref_model`: one frozen reference model shared by every trainer (it is only ever forwarded), to save memory."""
+def build_stepper(name: str, args, work: str, model_path: str, tokenizer, dataset) -> "Stepper":
+    """The `Stepper` of a DPOTrainer run ("dpo", "dpo-pos", "dpo-neg") or of an SSOTrainer variant of `VARIANTS`."""
     dpo_data = {
         "dpo": lambda: dataset,
         "dpo-pos": lambda: as_dpo(dataset, "positive_system", "chosen", "rejected"),
         "dpo-neg": lambda: as_dpo(dataset, "negative_system", "original", "chosen"),
     }
-    folder = f"{work}/{len(os.listdir(work))}"
+    folder = tempfile.mkdtemp(dir=work)
     if name in dpo_data:
         config = DPOConfig(**common_args(folder, args))
-        trainer = DPOTrainer(
-            model_path, ref_model, args=config, train_dataset=dpo_data[name](), processing_class=tokenizer
-        )
+        trainer = DPOTrainer(model_path, args=config, train_dataset=dpo_data[name](), processing_class=tokenizer)
     else:
         config = SSOConfig(**common_args(folder, args), **VARIANTS[name])
-        trainer = SSOTrainer(model_path, ref_model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        trainer = SSOTrainer(model_path, args=config, train_dataset=dataset, processing_class=tokenizer)
     return Stepper(trainer)
 
 
-def peak_memory(name: str, args, work: str, model_path: str, tokenizer, dataset) -> float:
-    """Peak memory of one training step of `name` (after a first step that creates the optimizer state), in MiB:
-    CUDA's peak allocation, or on CPU the growth of the process's peak resident set over the step (Linux's VmHWM,
-    reset through /proc/self/clear_refs)."""
+def run_one(name: str, args, work: str, model_path: str, tokenizer, dataset) -> dict:
+    """Time `name` in this process: one warm-up step (it creates the optimizer state), then `repeats` steps, the last
+    of which also gives the peak memory of a step: CUDA's peak allocation, or on CPU the growth of the process's peak
+    resident set over the step (Linux's VmHWM, reset through /proc/self/clear_refs)."""
     stepper = build_stepper(name, args, work, model_path, tokenizer, dataset)
     stepper.step()
+    stepper.faults.clear()
+    for _ in range(args.repeats - 1):
+        stepper.step()
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         stepper.step()
-        return torch.cuda.max_memory_allocated() / 2**20
-    before = status_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # peak resident set := current resident set
-    stepper.step()
-    return status_mib("VmHWM") - before
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        before = status_mib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # peak resident set := current resident set
+        stepper.step()
+        peak = status_mib("VmHWM") - before
+    return {
+        "steps": stepper.faults,
+        "padded": stepper.padded_tokens,
+        "real": stepper.real_tokens,
+        "peak_mib": peak,
+        "params": sum(p.numel() for p in stepper.trainer.model.parameters()),
+    }
 
 
 def status_mib(field: str) -> float:
@@ -267,6 +272,9 @@ def status_mib(field: str) -> float:
 
 
 def main():
+    import json
+    import subprocess
+
     args = parse_args()
     if args.model == "packaged":
         from trl_sso.offline import default_model_path
@@ -276,78 +284,64 @@ def main():
     else:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path())
     dataset = make_dataset(max(args.batch, 8), args.prompt_words, args.principle_words, args.response_words)
-
-    if args.memory_of:  # internal: one peak-memory run, in its own process
-        print(f"{peak_memory(args.memory_of, args, args.work, args.work + '/model', tokenizer, dataset):.0f}")
+    if args.run_one:  # internal: one trainer, in its own process
+        model_path = model_path if args.model == "packaged" else os.path.join(args.work, "model")
+        print(json.dumps(run_one(args.run_one, args, args.work, model_path, tokenizer, dataset)))
         return
-    work = tempfile.mkdtemp(prefix="trl-sso-bench-")
-    if args.model == "random":
-        model_path = os.path.join(work, "model")
-        build_model(args, tokenizer, model_path)
 
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"Unknown variants {sorted(unknown)}; choose among {list(VARIANTS)}.")
+    work = tempfile.mkdtemp(prefix="trl-sso-bench-")
+    if args.model == "random":
+        build_model(args, tokenizer, os.path.join(work, "model"))
     names = ["dpo", "dpo-pos", "dpo-neg", *args.variants]
-    ref_model = AutoModelForCausalLM.from_pretrained(model_path).to(args.device).eval()
-    steppers = {name: build_stepper(name, args, work, model_path, tokenizer, dataset, ref_model) for name in names}
-    for stepper in steppers.values():  # warm-up
-        stepper.step()
-    times = {name: [] for name in names}
-    for _ in range(args.repeats):  # interleaved, so that load changes hit every variant alike
-        for name, stepper in steppers.items():
-            times[name].append(stepper.step())
-    fastest = {name: min(values) for name, values in times.items()}
+    runs = {name: [] for name in names}
+    for _ in range(args.rounds):  # in turn, so that load changes hit every trainer alike
+        for name in names:
+            command = [sys.executable, __file__, *sys.argv[1:], "--run_one", name, "--work", work]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise SystemExit(f"The run of {name!r} failed:\n{result.stderr[-3000:]}")
+            runs[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+    steps = {name: [step for run in runs[name] for step in run["steps"]] for name in names}
+    fastest = {name: min(steps[name]) for name in names}  # (seconds, page faults) of the fastest step
+    first = {name: runs[name][0] for name in names}
+    peak = {name: min(run["peak_mib"] for run in runs[name]) for name in names}
 
-    dpo = steppers["dpo"]
-    n_params = sum(p.numel() for p in dpo.trainer.model.parameters()) / 1e6
     model_name = (
         "packaged SmolLM2-135M-Instruct"
         if args.model == "packaged"
-        else (f"random Llama, hidden {args.hidden}, {args.layers} layers")
+        else f"random Llama, hidden {args.hidden}, {args.layers} layers"
     )
     print(
-        f"model: {model_name}, {n_params:.1f}M parameters; batch {args.batch}; device {args.device}; "
-        f"{torch.get_num_threads()} threads; gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
-        f"{allocator()}; fastest of {args.repeats}"
+        f"model: {model_name}, {first['dpo']['params'] / 1e6:.1f}M parameters; batch {args.batch}; device "
+        f"{args.device}; {torch.get_num_threads()} threads; gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'}; {allocator()}; each trainer in its own process, "
+        f"{args.rounds} x {args.repeats} steps, fastest"
     )
-    for name in ("dpo", "dpo-pos", "dpo-neg"):
-        stepper = steppers[name]
+    dpo_time, dpo_tokens = fastest["dpo"][0], first["dpo"]["padded"]
+    for name, label in (("dpo", "plain"), ("dpo-pos", "x+"), ("dpo-neg", "x-")):
         print(
-            f"DPOTrainer on the {dict(dpo='plain', **{'dpo-pos': 'x+', 'dpo-neg': 'x-'})[name]:5} pairs: "
-            f"{fastest[name] * 1000:6.0f} ms/step, {stepper.padded_tokens:5d} padded / {stepper.real_tokens:5d} real "
-            f"tokens, {stepper.faults_of_fastest()} page faults"
+            f"DPOTrainer on the {label:5} pairs: {fastest[name][0] * 1000:6.0f} ms/step, {first[name]['padded']:5d} "
+            f"padded / {first[name]['real']:5d} real tokens, {fastest[name][1]} page faults, peak "
+            f"{peak[name]:.0f} MiB"
         )
     header = (
         f"{'SSOTrainer variant':30} {'ms/step':>8} {'x DPO':>6} {'x DPO on its pairs':>19} "
-        f"{'tokens padded / real':>21} {'tokens x DPO':>13} {'page faults':>12}"
+        f"{'tokens padded / real':>21} {'tokens x DPO':>13} {'page faults':>12} {'peak MiB':>9}"
     )
     print(header)
     print("-" * len(header))
     for name in args.variants:
-        stepper, t = steppers[name], fastest[name]
+        t, faults = fastest[name]
         kind = "steering off" if "steering off" in name else name.split(",")[0]
-        pairs_time = sum(fastest[run] for run in PAIRS_OF[kind])
+        pairs_time = sum(fastest[run][0] for run in PAIRS_OF[kind])
         print(
-            f"{name:30} {t * 1000:8.0f} {t / fastest['dpo']:6.2f} {t / pairs_time:19.3f} "
-            f"{stepper.padded_tokens:10d} / {stepper.real_tokens:<8d} "
-            f"{stepper.padded_tokens / dpo.padded_tokens:13.2f} "
-            f"{stepper.faults_of_fastest():12d}"
+            f"{name:30} {t * 1000:8.0f} {t / dpo_time:6.2f} {t / pairs_time:19.3f} "
+            f"{first[name]['padded']:10d} / {first[name]['real']:<8d} {first[name]['padded'] / dpo_tokens:13.2f} "
+            f"{faults:12d} {peak[name]:9.0f}"
         )
-
-    if args.skip_memory:
-        return
-    del steppers, ref_model, dpo
-    import subprocess
-
-    if args.model == "packaged":
-        os.symlink(model_path, os.path.join(work, "model"))
-    print("\npeak memory of one step (each in a fresh process):")
-    for name in MEMORY_RUNS:
-        command = [sys.executable, __file__, *sys.argv[1:], "--memory_of", name, "--work", work]
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
-        label = "DPOTrainer" if name == "dpo" else f"SSOTrainer {name}"
-        print(f"  {label:44} {result.stdout.strip().splitlines()[-1]:>6} MiB")
 
 
 if __name__ == "__main__":
