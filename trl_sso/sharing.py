@@ -10,7 +10,7 @@ layout a prompt `p` of `n` tokens and its completions `c_1 .. c_K` become one ro
 - Each branch starts with the prompt's last token, so that the branch's first completion token is predicted inside
   the branch: position `t` always predicts the token at `t + 1` of its own segment.
 - Attention: a token sees the shared part and the earlier tokens of its own branch, nothing else
-  (`attention_mask`).
+  (`allowed_attention`; `attention_mask_for` shapes it for a model).
 - Positions: every branch restarts where the shared part ends, at `n - 1` (`position_ids`).
 
 Each branch then computes exactly what the row `p + c_k` computes alone: the same tokens at the same positions with
