@@ -67,8 +67,8 @@ def unshared_logps(model, prompt, completions, max_length, mode):
     """Summed completion log-probs of each `prompt + completion`, truncated and forwarded alone."""
     values = []
     for completion in completions:
-        ids = sharing.truncate(prompt + completion, max_length, mode)
-        mask = torch.tensor(sharing.truncate([0] * len(prompt) + [1] * len(completion), max_length, mode))
+        ids, mask = sharing.truncated(prompt, completion, max_length, mode)
+        mask = torch.tensor(mask)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
         values.append((logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0] * mask[1:]).sum())

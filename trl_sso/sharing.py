@@ -51,6 +51,12 @@ def truncate(sequence: list, max_length: int | None, mode: str) -> list:
     raise ValueError(f"Unsupported truncation mode {mode!r}: use 'keep_start' or 'keep_end'.")
 
 
+def truncated(prompt: list[int], completion: list[int], max_length: int | None, mode: str):
+    """`prompt + completion` and its completion mask (1 on completion tokens), truncated together by `truncate`."""
+    ids = truncate(prompt + completion, max_length, mode)
+    return ids, truncate([0] * len(prompt) + [1] * len(completion), max_length, mode)
+
+
 def pack(
     prompt: list[int],
     completions: Sequence[list[int]],
@@ -72,8 +78,7 @@ def pack(
 
     ```
     """
-    sequences = [truncate(prompt + c, max_length, truncation_mode) for c in completions]
-    masks = [truncate([0] * len(prompt) + [1] * len(c), max_length, truncation_mode) for c in completions]
+    sequences, masks = zip(*(truncated(prompt, c, max_length, truncation_mode) for c in completions), strict=True)
     kept_prompts = [sequence[: mask.count(0)] for sequence, mask in zip(sequences, masks, strict=True)]
     same = all(kept == kept_prompts[0] for kept in kept_prompts)
     shared = kept_prompts[0][:-1] if same else []

@@ -156,11 +156,11 @@ class DataCollatorForSSO(DataCollatorForPreference):
         input_ids, completion_mask = [], []
         for completion_key in (winner_key, loser_key):  # winners of all examples, then losers
             for example in examples:
-                prompt, completion = example[prompt_key], example[completion_key]
-                input_ids.append(sharing.truncate(prompt + completion, self.max_length, self.truncation_mode))
-                completion_mask.append(
-                    sharing.truncate([0] * len(prompt) + [1] * len(completion), self.max_length, self.truncation_mode)
+                ids, mask = sharing.truncated(
+                    example[prompt_key], example[completion_key], self.max_length, self.truncation_mode
                 )
+                input_ids.append(ids)
+                completion_mask.append(mask)
         return {
             f"{prefix}input_ids": self._pad(input_ids, self.pad_token_id),
             f"{prefix}attention_mask": self._pad([[1] * len(ids) for ids in input_ids], 0),
