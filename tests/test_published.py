@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from numerics import assert_close_to_scale
 from test_commands import argv
 from test_hub import hub  # noqa: F401  (the local Hub fixture)
 
@@ -166,7 +167,8 @@ def test_everything_published_loads_from_the_hub_alone(hub, tiny_model_dir, tmp_
     loaded = load_from_hub_alone(hub, tmp_path, artifacts)
     expected["main"] = expected["policy_2"]
     for name, values in expected.items():
-        torch.testing.assert_close(torch.tensor(loaded[name]), values, atol=1e-4, rtol=1e-4, msg=name)
+        # logits computed in another process, adapters on their base: 1e-5 of the largest (tests/numerics.py)
+        assert_close_to_scale(torch.tensor(loaded[name]), values, 1e-5, name=name)
     assert loaded["data_latest"] >= 1 and loaded["data_1"] >= 1
 
     # Cards: parsed by huggingface_hub, with license, base model, library and (reward) the evaluation result
