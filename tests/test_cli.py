@@ -138,7 +138,7 @@ def test_light_parser_reads_options_as_trl_parser_does():
         (["generate", "--push_to_hub"], "`--push_to_hub` needs `--hub_dataset_id`"),
         (["push", "--repo_id", "me/x"], "the following arguments are required: path"),
         (["train", "--sso_objective", "judge"], "invalid choice: 'judge' (choose from 'policy', 'generator')"),
-        (["train", "--sso_weight_alpha", "2"], "`sso_weight_alpha` must lie in [0, 1]"),
+        (["train", "--sso_weight_alpha", "2"], "`sso_weight_alpha` must be in [0, 1]"),
         (["train", "--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
     ],
 )

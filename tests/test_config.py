@@ -38,8 +38,9 @@ def test_every_sso_field_has_help_and_a_docstring_entry():
     [
         ({"sso_objective": "reward"}, ["`sso_objective`", "'policy'", "'generator'"]),
         ({"sso_weight_alpha": 1.5}, ["`sso_weight_alpha`", "[0, 1]"]),
-        ({"sso_steer_coef": -0.1}, ["`sso_steer_coef`", ">= 0"]),
-        ({"sso_sft_coef": -1.0}, ["`sso_sft_coef`", ">= 0"]),
+        ({"sso_steer_coef": -0.1}, ["`sso_steer_coef`", "at least 0", "Use 0 to turn the term off"]),
+        ({"sso_sft_coef": -1.0}, ["`sso_sft_coef`", "at least 0"]),
+        ({"beta": float("nan")}, ["`beta`", "finite"]),
         ({"loss_type": "hinge"}, ["`loss_type`", "'sigmoid'", "'ipo'"]),
         ({"loss_type": ["sigmoid", "ipo"]}, ["one at a time"]),
         ({"ld_alpha": 0.5}, ["`ld_alpha=0.5`", "does not implement"]),

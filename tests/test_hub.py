@@ -96,9 +96,18 @@ def test_dataset_rounds_as_configs_both_loadable(hub, generated):
     assert card.data.size_categories == ["n<1K"] and card.data.license and card.data.task_categories
     assert "principle source | library" in card.text and "chosen_equals_rejected" in card.text
     assert 'load_dataset("tester/sso-data", "iteration_2"' in card.text and "DPOTrainer" in card.text
-    # pulled into the canonical schema, and pushing the same content again is harmless
+    # pulled into the canonical schema, and pushing the same content again adds nothing: no commit at all
+    from huggingface_hub import HfApi
+
     assert load_sso_dataset("tester/sso-data", "iteration_1").to_list() == first.to_list()
-    push(generated[0], "tester/sso-data")
+    commits = HfApi().list_repo_commits("tester/sso-data", repo_type="dataset")
+    assert [c.title for c in commits][:2] == [
+        "Add SSO dataset config iteration_2",
+        "Add SSO dataset config iteration_1",
+    ]
+    push(generated[1], "tester/sso-data")  # a rerun of the last push
+    assert HfApi().list_repo_commits("tester/sso-data", repo_type="dataset") == commits
+    push(generated[0], "tester/sso-data")  # an earlier round again: its data stay as they were
     assert datasets.load_dataset("tester/sso-data", "iteration_1", split="train").to_list() == first.to_list()
     # The latest round is the default config, whichever round was pushed last
     assert datasets.load_dataset("tester/sso-data", split="train").to_list() == second.to_list()

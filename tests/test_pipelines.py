@@ -15,13 +15,14 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def options(model_dir, output_dir, *extra):
+def options(model_dir, output_dir, *extra, command="iterate"):
     fixed = (
-        "--rounds 2 --num_prompts 4 --batch_size 2 --max_new_tokens 8 --drop_revealing false --max_steps 3 "
+        "--num_prompts 4 --batch_size 2 --max_new_tokens 8 --drop_revealing false --max_steps 3 "
         "--per_device_train_batch_size 2 --save_steps 1 --learning_rate 1e-3 --gradient_checkpointing false "
-        "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1 --eval_num_prompts 4 "
-        "--eval_max_new_tokens 8"
+        "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1"
     )
+    if command == "iterate":
+        fixed += " --rounds 2 --eval_num_prompts 4 --eval_max_new_tokens 8"
     return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), *fixed.split(), *extra]
 
 
@@ -123,7 +124,7 @@ def test_pipeline_end_to_end(tiny_model_dir, tmp_path, caplog):
     from trl_sso.scripts.pipeline import pipeline
 
     caplog.set_level(logging.INFO, logger="trl_sso")
-    argv = options(tiny_model_dir, tmp_path / "v2", "--policy_num_prompts", "6")
+    argv = options(tiny_model_dir, tmp_path / "v2", "--policy_num_prompts", "6", command="pipeline")
     report = pipeline(*parse("pipeline", argv))
     stages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Stage ")]
     assert [line.split(":")[0] for line in stages] == [f"Stage {i}/4" for i in range(1, 5)]  # a line per stage

@@ -24,10 +24,10 @@ INPUT_IDS = [[1, 17, 250, 3000, 42, 7]]
 ROUND = (
     "--num_prompts 4 --batch_size 2 --max_new_tokens 8 --drop_revealing false --max_steps 2 "
     "--per_device_train_batch_size 2 --save_strategy no --learning_rate 1e-2 --gradient_checkpointing false "
-    "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1 --eval_num_prompts 2 "
-    "--eval_max_new_tokens 4 "
+    "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1 "
     "--use_peft --lora_r 4 --lora_target_modules q_proj v_proj"
 ).split()
+ITERATE_ROUND = "--eval_num_prompts 2 --eval_max_new_tokens 4".split()
 
 # Run in a fresh process with an empty cache: load each artifact as a user would, print its logits on INPUT_IDS
 LOADER = """
@@ -108,7 +108,7 @@ def test_everything_published_loads_from_the_hub_alone(hub, tiny_model_dir, tmp_
     run = tmp_path / "iterate"
     publish = "--hub_dataset_id tester/sso-rounds --push_to_hub --hub_model_id tester/sso-online".split()
     command = ["iterate", "--model_name_or_path", "tester/tiny-base", "--output_dir", str(run), "--rounds", "2"]
-    assert main([*command, *ROUND, *publish]) == 0
+    assert main([*command, *ROUND, *ITERATE_ROUND, *publish]) == 0
     progress = capfd.readouterr().err  # a progress line per round, at INFO, from the command's logging
     assert "[trl-sso] Round 1/2: generating with tester/tiny-base." in progress and "Round 2/2 done:" in progress
     expected = {
@@ -121,10 +121,32 @@ def test_everything_published_loads_from_the_hub_alone(hub, tiny_model_dir, tmp_
     assert str(tmp_path) not in report and json.loads(report)["published"]["adapter"]["revision"] == (
         "iteration_2-adapter"
     )
+    # Every branch holds exactly its artifact: the adapter branches inherit nothing from `main` (round 1's model)
+    api = HfApi()
+    adapter_files = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    policy_files = {"config.json", "model.safetensors", "README.md", "rounds.json", "rounds.png"}
+    for t in (1, 2):
+        published = set(api.list_repo_files("tester/sso-online", revision=f"iteration_{t}-adapter"))
+        assert adapter_files <= published and not published & {"model.safetensors", "config.json", "rounds.json"}
+        local = {p.name for p in (run / f"round_{t}" / "train").iterdir() if p.is_file()} - {"training_args.bin"}
+        assert published - {".gitattributes"} == local, t
+        assert policy_files <= set(api.list_repo_files("tester/sso-online", revision=f"iteration_{t}"))
+
+    # Publishing again after a stop before the last report adds nothing: no commit on any branch or repo
+    def history():
+        repos = [("tester/sso-rounds", "dataset", None)] + [
+            ("tester/sso-online", "model", branch) for branch in ("main", "iteration_2", "iteration_2-adapter")
+        ]
+        return {r: [c.commit_id for c in api.list_repo_commits(r[0], repo_type=r[1], revision=r[2])] for r in repos}
+
+    before = history()
+    (run / "round_2" / "report.json").unlink()
+    assert main([*command, *ROUND, *ITERATE_ROUND, *publish]) == 0
+    assert history() == before
 
     # 2. The v2 pipeline from a local starting model: published on branch `base`, so that the adapters load
     v2 = tmp_path / "pipeline"
-    command = ["pipeline", "--model_name_or_path", str(start), "--output_dir", str(v2), "--rounds", "1"]
+    command = ["pipeline", "--model_name_or_path", str(start), "--output_dir", str(v2)]
     publish = "--push_to_hub --hub_model_id tester/sso-v2".split()
     assert main([*command, *ROUND, *publish]) == 0
     expected["v2_policy"] = local_causal(v2 / "policy_train", base=start)

@@ -275,11 +275,12 @@ _CARD_QUANTIZATION = (
 
 
 def final_metrics(log_history: list[dict]) -> dict[str, float]:
-    """The last logged value of each of the main training metrics in a trainer's `log_history`."""
+    """The last logged value of each of the main training metrics in a trainer's `log_history`, in the order of
+    `_CARD_METRICS` (a state read back from `trainer_state.json` has its keys sorted: the reports stay the same)."""
     results = {}
     for entry in log_history:
         results.update({k: v for k, v in entry.items() if k in _CARD_METRICS and isinstance(v, (int, float))})
-    return results
+    return {key: results[key] for key in _CARD_METRICS if key in results}
 
 
 def quantization_summary(model_config: Any) -> dict[str, Any] | None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from .hub_token import TokenFreePickle
+from .options import check_ranges
 from .runtime import accelerator_available, bf16_available
 
 
@@ -45,7 +47,7 @@ def settle_device_and_precision(args) -> None:
 
 
 @dataclass
-class SSOConfig(DPOConfig):
+class SSOConfig(TokenFreePickle, DPOConfig):
     r"""
     Configuration class for the [`SSOTrainer`].
 
@@ -164,15 +166,7 @@ class SSOConfig(DPOConfig):
                 f"`sso_objective` must be one of {list(SSO_OBJECTIVES)}, got {self.sso_objective!r}. Use 'policy' to "
                 "train a policy online (paper v1) or 'generator' to train a data generator (paper v2)."
             )
-        for name in ("sso_steer_coef", "sso_sft_coef"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value}. Use 0 to turn the term off.")
-        if not 0.0 <= self.sso_weight_alpha <= 1.0:
-            raise ValueError(
-                f"`sso_weight_alpha` must lie in [0, 1], got {self.sso_weight_alpha}: it is the share of the chosen "
-                "response in the weight W (0.5 weighs both responses equally)."
-            )
+        check_ranges(self)  # the SSO coefficients, and every number finite (`trl_sso.options`)
         if self.sso_sft_coef is None:
             self.sso_sft_coef = _DEFAULT_SFT_COEF[self.sso_objective]
 

@@ -3,8 +3,10 @@
 Every file or folder that a later run reads back to decide what is already done goes through these two functions.
 """
 
+import contextlib
 import glob
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -32,22 +34,55 @@ def clear_leftovers(folder: Path) -> None:
     _remove(Path(folder).glob(".*.tmp"))
 
 
+def strict_json(value):
+    """`value` with every float that JSON cannot hold (NaN, infinities) replaced by `None` (null): Python writes them
+    as `NaN` and `Infinity`, which other JSON readers reject.
+
+    >>> strict_json({"loss": float("nan"), "rates": [1.0, float("inf")]})
+    {'loss': None, 'rates': [1.0, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
 def write_json_atomic(path: str | Path, payload, indent: int | None = None) -> None:
-    """Write `payload` as JSON to `path` through a temporary file beside it, flushed to disk, then renamed. (One
-    writer per path: leftovers of a crashed earlier write are removed first.)"""
+    """Write `payload` as strict JSON (`strict_json`) to `path` through a temporary file beside it, flushed to disk,
+    then renamed. (One writer per path: leftovers of a crashed earlier write are removed first.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(payload, file, ensure_ascii=False, indent=indent)
+            json.dump(strict_json(payload), file, ensure_ascii=False, indent=indent, allow_nan=False)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: str | Path):
+    """Files that the block writes directly in `folder` (new ones, and rewritten ones) are removed when it fails, so
+    that a save stopped half-way (a full disk) leaves no half-written artifact behind; subfolders are left alone."""
+    folder = Path(folder)
+
+    def files():
+        return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+
+    before = files()
+    try:
+        yield
+    except BaseException:
+        _remove([folder / name for name, mtime in files().items() if before.get(name) != mtime])
+        raise
 
 
 def save_folder_atomic(target: str | Path, save: Callable[[Path], None], *, replace: bool = True) -> None:

@@ -131,9 +131,68 @@ def _ensure_repo(api, repo_id: str, repo_type: str, private: bool, revision: str
         )
 
 
+def _remote_files(api, repo_id: str, repo_type: str, revision: str | None) -> list[str]:
+    return api.list_repo_files(repo_id, repo_type=repo_type, revision=revision)
+
+
+def _commit(api, repo_id, repo_type, revision, additions: dict, keep, message: str) -> None:
+    """One commit that leaves `additions` (`{path_in_repo: local path or bytes}`) on the branch and deletes every
+    other file there for which `keep(path)` is false (`.gitattributes` always stays). huggingface_hub drops the files
+    that have not changed and makes no commit when nothing did, so committing the same content again adds nothing."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    stale = [
+        path
+        for path in _remote_files(api, repo_id, repo_type, revision)
+        if path not in additions and path != ".gitattributes" and not keep(path)
+    ]
+    operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=content) for p, content in additions.items()]
+    operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
+    api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type, revision=revision)
+
+
+def _parquet_shards(dataset, folder: Path, max_shard_size: int = 500 * 2**20) -> list[Path]:
+    """`dataset` written as Parquet shards `train-XXXXX-of-YYYYY.parquet` in `folder` (datasets' layout and shard
+    size). The same rows give the same bytes, so a shard published before is recognised as unchanged."""
+    num_shards = min(max(1, (dataset.data.nbytes // max_shard_size) + 1), max(len(dataset), 1))
+    shards = []
+    for index in range(num_shards):
+        shard = folder / f"train-{index:05d}-of-{num_shards:05d}.parquet"
+        dataset.shard(num_shards=num_shards, index=index, contiguous=True).to_parquet(str(shard))
+        shards.append(shard)
+    return shards
+
+
+def _dataset_card_data(api, repo_id: str, revision: str | None, config_name: str, data_dir: str, dataset, shards):
+    """The repo's card metadata with the config `config_name` (its data files and its `dataset_info`) added or
+    replaced, through datasets' own metadata helpers."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData, hf_hub_download
+
+    if "README.md" in _remote_files(api, repo_id, "dataset", revision):
+        readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision, token=api.token)
+        data = DatasetCard.load(readme).data
+    else:
+        data = DatasetCardData()
+    splits = SplitDict()
+    splits.add(SplitInfo(name="train", num_bytes=dataset.data.nbytes, num_examples=len(dataset)))
+    size = sum(shard.stat().st_size for shard in shards)
+    info = DatasetInfo(features=dataset.features, splits=splits, download_size=size, dataset_size=dataset.data.nbytes)
+    DatasetInfosDict({config_name: info}).to_dataset_card_data(data)
+    files = {"data_files": [{"split": "train", "path": f"{data_dir}/train-*"}]}
+    MetadataConfigs({config_name: files}).to_dataset_card_data(data)
+    return data.to_dict()
+
+
 def push_dataset(path, repo_id, *, config_name=None, private=False, revision=None, commit_message=None, token=None):
     """Push a generated (or saved) SSO dataset as config `config_name` (default `iteration_<t>` from its summary, else
-    `default`) and write its dataset card, keeping the `configs` of earlier pushes. Returns the repo URL."""
+    `default`) with its dataset card and accuracy plot, keeping the other configs. One commit; nothing is committed
+    when the repo already holds exactly this (a rerun after a partial or a finished push adds only what is missing).
+    Returns the repo URL."""
+    import tempfile
+
     from .cards import sso_dataset_card
 
     summary = _summary(Path(path))
@@ -141,52 +200,52 @@ def push_dataset(path, repo_id, *, config_name=None, private=False, revision=Non
     if config_name is None:
         iteration = (summary or {}).get("settings", {}).get("iteration")
         config_name = f"iteration_{iteration}" if iteration else "default"
+    data_dir = "data" if config_name == "default" else config_name
     api = _api(token)
     _ensure_repo(api, repo_id, "dataset", private, revision)
-    message = commit_message or f"Add SSO dataset config {config_name}"
-    _retry(
-        lambda: dataset.push_to_hub(
-            repo_id, config_name=config_name, private=private, revision=revision, commit_message=message, token=token
-        ),
-        f"Pushing dataset {repo_id} ({config_name})",
-    )
+    plot = Path(path) / "accuracy.png"  # the accuracy plot `trl-sso generate` draws beside the data
+    image = f"signal/{config_name}/accuracy.png" if plot.is_file() else None
 
-    image, plot = None, Path(path) / "accuracy.png"  # the accuracy plot `trl-sso generate` draws beside the data
-    if plot.is_file():
-        image = f"signal/{config_name}/accuracy.png"
-        _retry(
-            lambda: api.upload_file(
-                path_or_fileobj=str(plot),
-                path_in_repo=image,
-                repo_id=repo_id,
-                repo_type="dataset",
-                revision=revision,
-                commit_message=f"Signal plot of {config_name}",
-            ),
-            f"Uploading the signal plot of {repo_id}",
-        )
+    def publish():
+        with tempfile.TemporaryDirectory() as tmp:
+            shards = _parquet_shards(dataset, Path(tmp))
+            existing = _dataset_card_data(api, repo_id, revision, config_name, data_dir, dataset, shards)
+            card = sso_dataset_card(dataset, summary, repo_id, config_name, existing, image)
+            additions = {f"{data_dir}/{shard.name}": str(shard) for shard in shards}
+            additions["README.md"] = str(card).encode()
+            if image:
+                additions[image] = str(plot)
+            _commit(
+                api,
+                repo_id,
+                "dataset",
+                revision,
+                additions,
+                keep=lambda p: not p.startswith(f"{data_dir}/train-"),  # other configs and files stay
+                message=commit_message or f"Add SSO dataset config {config_name}",
+            )
 
-    def update_card():
-        from huggingface_hub import DatasetCard, hf_hub_download
-
-        readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision, token=token)
-        existing = DatasetCard.load(readme)
-        card = sso_dataset_card(dataset, summary, repo_id, config_name, existing.data.to_dict(), image)
-        card.push_to_hub(
-            repo_id,
-            repo_type="dataset",
-            token=token,
-            revision=revision,
-            commit_message=f"Update dataset card for {config_name}",
-        )
-
-    _retry(update_card, f"Updating the dataset card of {repo_id}")
+    _retry(publish, f"Pushing dataset {repo_id} ({config_name})")
     return f"{api.endpoint}/datasets/{repo_id}"
 
 
+def _pushed_checkpoint(path_in_repo: str) -> bool:
+    """A checkpoint that transformers pushed during training (`hub_strategy` "checkpoint" or "all_checkpoints"), kept
+    so that training can resume from the Hub."""
+    import re
+
+    top = path_in_repo.split("/")[0]
+    return "/" in path_in_repo and (top == "last-checkpoint" or re.fullmatch(r"checkpoint-\d+", top) is not None)
+
+
 def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commit_message=None, token=None, card=None):
-    """Push a model, adapter or reward-model folder with its card: `card`, else the SSO card SSOTrainer wrote, else
-    one rendered from the folder's metadata. Returns the repo URL."""
+    """Push a model, adapter or reward-model folder with its card (`card`, else the SSO card SSOTrainer wrote, else
+    one rendered from the folder's metadata) in one commit that makes the branch hold exactly this artifact: files
+    left there by anything else (the full model a branch was created from, an earlier upload) are deleted, and a
+    rerun that changes nothing commits nothing. Checkpoints, `training_args.bin` and logs stay local. Returns the
+    repo URL."""
+    from huggingface_hub.utils import filter_repo_objects
+
     from .cards import folder_card
 
     path = Path(path)
@@ -195,28 +254,18 @@ def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commi
     adapter_config = _published_adapter_config(path)
     api = _api(token)
     _ensure_repo(api, repo_id, "model", private, revision)
-    ignore = ["training_args.bin", "checkpoint-*", "checkpoint-*/*", "runs/*", "*.lock", ".*"]
-
-    def upload():
-        api.upload_folder(
-            folder_path=str(path),
-            repo_id=repo_id,
-            revision=revision,
-            ignore_patterns=ignore + ["README.md"],
-            commit_message=commit_message or f"Upload SSO {kind.replace('_', ' ')}",
-        )
-        if adapter_config is not None:  # the base named by Hub id in the repo; the local file stays as it is
-            api.upload_file(
-                path_or_fileobj=json.dumps(adapter_config, indent=2).encode(),
-                path_in_repo="adapter_config.json",
-                repo_id=repo_id,
-                revision=revision,
-                commit_message="Name the adapter's base by its Hub id",
-            )
-        if card is not None:
-            card.push_to_hub(repo_id, token=token, revision=revision, commit_message="Update model card")
-
-    _retry(upload, f"Pushing {kind.replace('_', ' ')} {repo_id}")
+    ignore = ["training_args.bin", "checkpoint-*", "checkpoint-*/*", "runs/*", "*.lock", ".*", "*/.*", "README.md"]
+    files = [p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_file()]
+    additions = {name: str(path / name) for name in filter_repo_objects(files, ignore_patterns=ignore)}
+    if adapter_config is not None:  # the base named by Hub id in the repo; the local file stays as it is
+        additions["adapter_config.json"] = json.dumps(adapter_config, indent=2).encode()
+    if card is not None:
+        additions["README.md"] = str(card).encode()
+    message = commit_message or f"Upload SSO {kind.replace('_', ' ')}"
+    _retry(
+        lambda: _commit(api, repo_id, "model", revision, additions, keep=_pushed_checkpoint, message=message),
+        f"Pushing {kind.replace('_', ' ')} {repo_id}",
+    )
     return f"{api.endpoint}/{repo_id}"
 
 

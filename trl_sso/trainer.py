@@ -15,7 +15,6 @@ objective does not use are neither tokenized, collated nor forwarded.
 """
 
 import contextlib
-import copy
 import json
 import os
 from collections import defaultdict
@@ -620,16 +619,6 @@ class SSOTrainer(DPOTrainer):
             os.makedirs(output_dir, exist_ok=True)
             card = trainer_model_card(self, output_dir, model_name, dataset_name, tags)
             card.save(os.path.join(output_dir, "README.md"))
-
-    def _save(self, output_dir=None, state_dict=None):
-        """Save as `Trainer` does, but never with the Hub token inside `training_args.bin`."""
-        super()._save(output_dir, state_dict)
-        if self.args.hub_token and self.args.should_save:
-            from transformers.trainer import TRAINING_ARGS_NAME
-
-            args = copy.copy(self.args)
-            args.hub_token = None
-            torch.save(args, os.path.join(output_dir or self.args.output_dir, TRAINING_ARGS_NAME))
 
     def save_model(self, output_dir=None, _internal_call=False):
         """Save the model (or adapter) as `Trainer` does, then the SSO model card beside it. (PEFT writes a generic

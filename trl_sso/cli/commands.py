@@ -7,6 +7,7 @@ so `trl-sso generate --help` and `trl-sso push --help` answer at once.
 import dataclasses
 import sys
 
+from ..hub_token import HUB_TOKEN_HELP
 from ..logs import LoggingArguments, configure_logging
 from .parser import DataclassParser, trl_parser
 
@@ -31,6 +32,7 @@ class PushArguments:
         default=None, metadata={"help": "Branch to push to (created when missing), e.g. iteration_2."}
     )
     commit_message: str | None = dataclasses.field(default=None, metadata={"help": "Commit message."})
+    hub_token: str | None = dataclasses.field(default=None, metadata={"help": HUB_TOKEN_HELP})
 
 
 DESCRIPTIONS = {
@@ -42,7 +44,7 @@ DESCRIPTIONS = {
     "pipeline": "The SSO generator pipeline (paper v2): train a data generator, let it write pairs, then train the "
     "policy with DPO.",
     "push": "Publish a generated dataset (as config iteration_<t>), an SSO model, a LoRA/QLoRA adapter or a reward "
-    "model to the Hub, with its card. The token comes from `hf auth login` or HF_TOKEN.",
+    "model to the Hub, with its card. The token comes from `--hub_token`, `hf auth login` or HF_TOKEN.",
     "inspect": "The signal report of an SSO dataset: accuracy on verifiable features, on-policyness A(x, y) under a "
     "policy, length drift, degeneracy and, with a reward model, its verdicts. Writes signal.json and PNG plots.",
     "evaluate": "Let policies answer held-out prompts with no principle and score the answers on the verifiable "
@@ -90,9 +92,17 @@ def parser(command: str):
         types = (ScriptArguments, RewardScriptArguments, SSORewardConfig, ModelConfig)
     else:
         from ..generation.arguments import GenerationOptions
-        from ..scripts.stages import PipelineArguments
+        from ..scripts.stages import IterateArguments, PipelineArguments
 
-        types = (PipelineArguments, GenerationOptions, SSOConfig, ModelConfig)
+        arguments, sibling = (IterateArguments, PipelineArguments)
+        if command == "pipeline":
+            arguments, sibling = sibling, arguments
+        types = (arguments, GenerationOptions, SSOConfig, ModelConfig)
+        parser = trl_parser(types, prog=prog, description=description)
+        own = {f.name for f in dataclasses.fields(arguments)}
+        other = "pipeline" if command == "iterate" else "iterate"
+        parser.foreign = {f.name: other for f in dataclasses.fields(sibling) if f.name not in own}
+        return parser
     return trl_parser(types, prog=prog, description=description)
 
 
@@ -118,13 +128,42 @@ def check_model_references(parsed: tuple) -> None:
                     )
 
 
+def check_output_dir(path: str) -> None:
+    """The output folder can be written: it is a folder (or can be made one) in a writable place. Checked before any
+    model loads, so that a run does not fail at its first save."""
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`--output_dir {path}` is a file, not a folder. Choose another path or remove the file.")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(
+            f"`--output_dir {path}` cannot be created: {existing} is a file, not a folder. Choose another path."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"`--output_dir {path}` cannot be written: {existing} is read-only (permissions, an immutable folder or "
+            "a read-only file system). Choose a writable `--output_dir`."
+        )
+
+
 def parse(command: str, argv: list[str]) -> tuple:
-    """The parsed options of `trl-sso COMMAND argv`, with trl-sso's logging configured from them (`--log_level`) and
-    the model options checked (`check_model_references`)."""
+    """The parsed options of `trl-sso COMMAND argv`, with trl-sso's logging configured from them (`--log_level`),
+    every value checked against its rule (`trl_sso.options.check_ranges`), the model options checked
+    (`check_model_references`) and the output folder checked (`check_output_dir`): all before any model loads."""
+    from ..options import check_ranges
+
     parsed = parser(command).parse_args_and_config(args=argv)
     levels = [(p.log_level, getattr(p, "log_level_replica", None)) for p in parsed if hasattr(p, "log_level")]
     configure_logging(*(levels[0] if levels else (None, None)))
+    for arguments in parsed:
+        check_ranges(arguments)
     check_model_references(parsed)
+    for arguments in parsed:
+        if getattr(arguments, "output_dir", None):
+            check_output_dir(arguments.output_dir)
     return tuple(p for p in parsed if not isinstance(p, LoggingArguments))
 
 
@@ -183,6 +222,7 @@ def push(argv: list[str]) -> int:
         private=args.private,
         revision=args.revision,
         commit_message=args.commit_message,
+        token=args.hub_token,
     )
     print(f"Published {args.path} to {url}")
     return 0
@@ -217,8 +257,35 @@ def env(argv: list[str]) -> int:
     return 0
 
 
+DISK_FULL = (
+    "the disk is full{where}. Free some space or choose an `--output_dir` on another disk, then run the same command "
+    "again: the unfinished files were removed, and it continues from the last finished step."
+)
+
+
+def explain_os_error(error: OSError) -> str:
+    """One sentence for an error of the file system, naming the path and the fix."""
+    import errno
+
+    path = error.filename or "a file"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"{path} cannot be written ({error.strerror}): the folder is read-only (permissions, an immutable folder "
+            "or a read-only file system). Choose a writable folder, e.g. another `--output_dir`."
+        )
+    if error.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return (
+            f"{path} is in the way ({error.strerror}): a file stands where a folder is needed, or the other way "
+            "round. Remove it or choose another `--output_dir`."
+        )
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DISK_FULL.format(where=f" while writing {path}")
+    return str(error)
+
+
 def run(command: str, argv: list[str]) -> int:
-    """Run `trl-sso COMMAND argv`; bad options and inputs end in one line on stderr and exit code 2."""
+    """Run `trl-sso COMMAND argv`; bad options and inputs, and errors of the file system, end in one line on stderr
+    and exit code 2."""
     from ..data import SSODataError
     from ..generation.generator import NoRecordsError
     from ..retries import HubError
@@ -230,5 +297,12 @@ def run(command: str, argv: list[str]) -> int:
         return handlers[command](argv)
     except (ValueError, OSError, ImportError, HubError, NoRecordsError, SSODataError) as error:
         # Bad options and inputs: the message says what to fix; a stack trace would only hide it
-        print(f"trl-sso {command}: error: {error}", file=sys.stderr)
+        message = explain_os_error(error) if isinstance(error, OSError) and error.errno else error
+        print(f"trl-sso {command}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as error:
+        # safetensors reports a full disk as its own error type, with the OS error in its text
+        if type(error).__name__ == "SafetensorError" and ("No space left" in str(error) or "code: 28" in str(error)):
+            print(f"trl-sso {command}: error: {DISK_FULL.format(where=' while saving a model')}", file=sys.stderr)
+            return 2
+        raise

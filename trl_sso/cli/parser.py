@@ -39,8 +39,18 @@ class _Conventions:
     """What both parsers add to argparse: one-line errors, renamed flags, and YAML configs."""
 
     renamed: dict[str, str] = {}  # old flag name (no dashes) -> new name, accepted with a deprecation warning
+    foreign: dict[str, str] = {}  # option name (no dashes) of a sibling command -> that command
 
     def error(self, message):
+        unknown = (
+            message.split("unrecognized arguments: ", 1)[1].split() if "unrecognized arguments: " in message else []
+        )
+        name = unknown[0].split("=")[0].lstrip("-").replace("-", "_") if unknown else None
+        if name in self.foreign:
+            message = (
+                f"`--{name}` is an option of `trl-sso {self.foreign[name]}`, not of `{self.prog}`: remove it "
+                f"(unrecognized arguments: {' '.join(unknown)})"
+            )
         self.exit(2, f"{self.prog}: error: {message}. See `{self.prog} --help`.\n")
 
     def _rename(self, old: str, new: str) -> None:
@@ -62,8 +72,18 @@ class _Conventions:
             out.append(token)
         return out
 
+    def typed(self, config: dict, source: str) -> dict:
+        """`config`'s values converted to their fields' types (`trl_sso.options.typed_config`), or a one-line error."""
+        from ..options import typed_config
+
+        try:
+            return typed_config(self.dataclass_types, config, source)
+        except ValueError as error:
+            self.error(f"argument --config: {str(error).rstrip('.')}")
+
     def read_config(self, argv: list[str]) -> tuple[list[str], dict]:
-        """Split `--config FILE` off `argv`; returns the rest of `argv` and the file's mapping (its `env:` applied)."""
+        """Split `--config FILE` off `argv`; returns the rest of `argv` and the file's mapping (its `env:` applied,
+        its values converted to the types of their fields)."""
         if "--config" not in argv:
             return argv, {}
         import yaml
@@ -87,7 +107,7 @@ class _Conventions:
         for old in [key for key in config if key in self.renamed]:
             self._rename(f"{old}:", f"{self.renamed[old]}:")
             config[self.renamed[old]] = config.pop(old)
-        return argv, config
+        return argv, self.typed(config, path)
 
 
 class DataclassParser(_Conventions, argparse.ArgumentParser):
@@ -175,7 +195,18 @@ def trl_parser(dataclass_types, renamed: dict[str, str] | None = None, **kwargs)
     class Parser(_Conventions, TrlParser):
         def parse_args_and_config(self, args=None, **options):
             argv = self.rename_deprecated(list(sys.argv[1:] if args is None else args))
-            return super().parse_args_and_config(args=argv, **options)
+            index = argv.index("--config") if "--config" in argv else None
+            self.config_source = argv[index + 1] if index is not None and index + 1 < len(argv) else "the config"
+            try:
+                return super().parse_args_and_config(args=argv, **options)
+            except ValueError as error:  # transformers' words for flags that no dataclass knows
+                if "not used by the HfArgumentParser" not in str(error):
+                    raise
+                flags = argv[:index] + argv[index + 2 :] if index is not None else argv
+                self.error(f"unrecognized arguments: {' '.join(self.parse_known_args(flags)[1])}")
+
+        def set_defaults_with_config(self, **kwargs):
+            return super().set_defaults_with_config(**self.typed(kwargs, self.config_source))
 
     parser = Parser(dataclass_types, epilog=CONFIG_HELP, **kwargs)
     parser.renamed = dict(renamed or {})

@@ -8,6 +8,8 @@
 
 from dataclasses import dataclass, field
 
+from ..options import check_ranges
+
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")  # as TRL's `ModelConfig.dtype`
 
@@ -93,13 +95,7 @@ class GenerationOptions:
     )
 
     def __post_init__(self):
-        if self.num_prompts is not None and self.num_prompts < 1:
-            raise ValueError(f"`num_prompts` must be at least 1, got {self.num_prompts}.")
-        for name in ("max_new_tokens", "batch_size", "num_features"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
-        if not 0 <= self.concision_prob <= 1:
-            raise ValueError(f"`concision_prob` must lie in [0, 1], got {self.concision_prob}.")
+        check_ranges(self)  # sampling, counts and probabilities (`trl_sso.options.RANGES`)
         if self.principle_source == "model" and not self.principle_model:
             raise ValueError(
                 "`principle_source='model'` needs `principle_model`, the model that writes the guidelines."

@@ -263,15 +263,15 @@ class SSOGenerator:
             desc="Generating SSO triples",
             disable=not self.state.is_local_main_process,
         )
-        for b in todo:
-            result = self._generate_batch(b, self.batches[b])
-            write_json_atomic(self._batch_path(b), result)
-            prompts_done += result["prompts"]
-            tokens += result["generated_tokens"]
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.update(result["prompts"])
-            bar.set_postfix(prompts_s=f"{prompts_done / elapsed:.2f}", tokens_s=f"{tokens / elapsed:.1f}")
-        bar.close()
+        with bar:  # closed on an error too, so that the error's message starts a line of its own
+            for b in todo:
+                result = self._generate_batch(b, self.batches[b])
+                write_json_atomic(self._batch_path(b), result)
+                prompts_done += result["prompts"]
+                tokens += result["generated_tokens"]
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.update(result["prompts"])
+                bar.set_postfix(prompts_s=f"{prompts_done / elapsed:.2f}", tokens_s=f"{tokens / elapsed:.1f}")
         self.state.wait_for_everyone()
         result = self._merge(key) if self.state.is_main_process else None
         self.state.wait_for_everyone()  # every process may go on to use the merged dataset

@@ -3,6 +3,7 @@ build-train-save sequence that resumes from the last checkpoint of the output fo
 
 import importlib.util
 import logging
+import math
 import os
 
 
@@ -138,24 +139,117 @@ def _report_whole_run(trainer, output, resume: str):
     return output._replace(training_loss=loss, metrics={**output.metrics, "train_loss": loss})
 
 
+def _read_state(folder) -> dict | None:
+    import json
+
+    try:
+        with open(os.path.join(str(folder), "trainer_state.json")) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def _reached_the_end(state: dict | None, training_args) -> bool:
+    """Whether a saved trainer state is at the last step this run would train to: `--max_steps` when set, else the
+    total the saved run computed for the same number of epochs."""
+    if not state:
+        return False
+    if training_args.max_steps > 0:
+        return state["global_step"] >= training_args.max_steps
+    return state["global_step"] >= state["max_steps"] > 0 and state.get("num_train_epochs") == math.ceil(
+        training_args.num_train_epochs
+    )
+
+
+def finished_training(training_args) -> tuple[str, str] | None:
+    """`(kind, folder)` when the training of `training_args` already reached its last step in an earlier run, else
+    `None`. `("final", output_dir)`: the final model and its state were saved (`trainer_state.json` is written after
+    the model); `("checkpoint", folder)`: the run was stopped between its last step and the final save, and its last
+    checkpoint holds the end. Resuming either would train past the end (transformers always takes one more step)."""
+    output_dir = training_args.output_dir
+    if _reached_the_end(_read_state(output_dir), training_args):
+        return "final", output_dir
+    resume = training_args.resume_from_checkpoint
+    checkpoint = last_checkpoint(output_dir) if resume in (None, True, "true", "True") else resume
+    if checkpoint and _reached_the_end(_read_state(checkpoint), training_args):
+        return "checkpoint", checkpoint
+    return None
+
+
+def _load_trained_weights(trainer, folder: str) -> None:
+    """Load the model or adapter saved in `folder` into the trainer's (unwrapped) model."""
+    from accelerate.utils import is_peft_model
+
+    if is_peft_model(trainer.model):
+        trainer.model.load_adapter(folder, trainer.model.active_adapter, is_trainable=True)
+    else:
+        trainer._load_from_checkpoint(folder)
+
+
+def _reuse_finished(trainer, kind: str, folder: str):
+    """Take up a training that reached its end (`finished_training`) without training a step: the trained weights
+    and the state of `folder`; returns the `TrainOutput` the training returned (from the final log entry, or, for a
+    checkpoint, from the losses it logged)."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    sharded = trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
+    if sharded and kind == "checkpoint":
+        raise ValueError(
+            f"The training in {trainer.args.output_dir} reached its last step ({folder}), but the run stopped before "
+            "it saved the final model, and a DeepSpeed or FSDP checkpoint cannot be turned into it without training. "
+            f"Delete {folder} to train the last step again."
+        )
+    if not sharded:  # sharded runs read nothing back from the model: their final model is on disk
+        _load_trained_weights(trainer, folder)
+    trainer.state = TrainerState.load_from_json(os.path.join(folder, "trainer_state.json"))
+    history, step = trainer.state.log_history, trainer.state.global_step
+    if kind == "checkpoint":  # the entry transformers logs at the end of training, from the logged losses
+        history.append(
+            {"train_loss": whole_run_train_loss(history, step, 0.0, step), "epoch": trainer.state.epoch, "step": step}
+        )
+    metrics = {key: value for key, value in history[-1].items() if key != "step"} if history else {}
+    trainer.accelerator.print(
+        f"The training in {trainer.args.output_dir} already reached step {step} of {step} ({folder}): reused as "
+        "it is, nothing is trained."
+    )
+    return TrainOutput(step, metrics.get("train_loss", float("nan")), metrics)
+
+
 def train_and_save(trainer_class, model_name: str, model_args, training_args, before_train=None, **kwargs):
     """Build the trainer (`build_trainer`), call `before_train(trainer)` if given, train, resuming from
     `--resume_from_checkpoint` or the last checkpoint of the output folder, and save the model (or adapter; its base
-    named by Hub id when it has one, see `trl_sso.hub.point_adapter_at`). Returns `(trainer, train_output)`."""
-    trainer = build_trainer(trainer_class, model_name, model_args, training_args, **kwargs)
-    if before_train is not None:
-        before_train(trainer)
-    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
-    if resume:
-        trainer.accelerator.print(f"Resuming from {resume}.")
-    output = trainer.train(resume_from_checkpoint=resume)
-    if resume and trainer.state.log_history:
-        output = _report_whole_run(trainer, output, resume)
-    trainer.save_model()
-    if trainer.accelerator.is_main_process:  # an adapter names its base by Hub id, never by a local folder
-        from ..cards import hub_id
-        from ..hub import point_adapter_at
+    named by Hub id when it has one, see `trl_sso.hub.point_adapter_at`) and then the trainer state, last.
 
-        point_adapter_at(training_args.output_dir, hub_id(model_name), model_args.model_revision)
+    A training that already reached its end (`finished_training`) is reused, not resumed: nothing is trained, the
+    returned output and state are those of the run that finished, and `trainer.sso_reused_training` is `True` (the
+    model in memory holds the trained weights, except under DeepSpeed or FSDP, whose final model stays on disk).
+    Returns `(trainer, train_output)`."""
+    trainer = build_trainer(trainer_class, model_name, model_args, training_args, **kwargs)
+    finished = finished_training(training_args)
+    trainer.sso_reused_training = finished is not None
+    if finished and finished[0] == "final":
+        return trainer, _reuse_finished(trainer, *finished)
+    if finished:
+        output = _reuse_finished(trainer, *finished)
+    else:
+        if before_train is not None:
+            before_train(trainer)
+        resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
+        if resume:
+            trainer.accelerator.print(f"Resuming from {resume}.")
+        output = trainer.train(resume_from_checkpoint=resume)
+        if resume and trainer.state.log_history:
+            output = _report_whole_run(trainer, output, resume)
+    from ..files import removed_on_failure
+
+    with removed_on_failure(training_args.output_dir):  # a failed save (a full disk) leaves no partial model
+        trainer.save_model()
+        if trainer.accelerator.is_main_process:  # an adapter names its base by Hub id, never by a local folder
+            from ..cards import hub_id
+            from ..hub import point_adapter_at
+
+            point_adapter_at(training_args.output_dir, hub_id(model_name), model_args.model_revision)
+        trainer.save_state()  # last: its presence says the final model is saved (`finished_training`)
     trainer.accelerator.wait_for_everyone()
     return trainer, output

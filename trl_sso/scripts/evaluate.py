@@ -9,6 +9,8 @@ first model. Writes `evaluation.json` and `evaluation.png`."""
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..options import check_ranges
+
 
 @dataclass
 class EvaluateArguments:
@@ -44,6 +46,9 @@ class EvaluateArguments:
     seed: int = field(default=42, metadata={"help": "Seed of sampling (with a temperature above 0)."})
     output_dir: str = field(default="evaluation", metadata={"help": "Where evaluation.json and the plot go."})
 
+    def __post_init__(self):
+        check_ranges(self)  # greedy at temperature 0, sampling above (`trl_sso.options.RANGES`)
+
 
 def evaluate_models(args: EvaluateArguments) -> dict:
     """Answer the prompts with each model and score the answers (see the module docstring). Returns the report."""
@@ -61,6 +66,10 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     if unverifiable:
         raise ValueError(f"`--features` {unverifiable} have no checker: evaluate scores verifiable features only.")
     prompts = load_prompts(args.prompts, args.prompt_column, num_prompts=args.num_prompts, packaged="eval_prompts")
+    if args.reward_model:  # first: a model that is no reward model is refused before any policy answers
+        from ..signal.rewards import load_reward_model, rewards
+
+        reward_model, reward_tokenizer = load_reward_model(args.reward_model)
     models, answers = args.model_name_or_path or [DEFAULT_MODEL_ID], {}
     rows = []
     for name in models:
@@ -78,9 +87,6 @@ def evaluate_models(args: EvaluateArguments) -> dict:
         rows.append({"model": name, **row})
         del model
     if args.reward_model:
-        from ..signal.rewards import load_reward_model, rewards
-
-        reward_model, reward_tokenizer = load_reward_model(args.reward_model)
         scores = {name: rewards(reward_model, reward_tokenizer, list(zip(prompts, answers[name]))) for name in models}
         for row in rows:
             own, base = scores[row["model"]], scores[models[0]]

@@ -5,6 +5,8 @@ This module stays light (no torch, no transformers at import) so that `trl-sso g
 
 from dataclasses import dataclass, field
 
+from ..hub_token import HUB_TOKEN_HELP
+
 
 @dataclass
 class PublishArguments:
@@ -17,6 +19,7 @@ class PublishArguments:
         default=None, metadata={"help": "Dataset repo to publish to (namespace/name); needed with --push_to_hub."}
     )
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the dataset repo as private."})
+    hub_token: str | None = field(default=None, metadata={"help": HUB_TOKEN_HELP})
 
     def __post_init__(self):
         if self.push_to_hub and not self.hub_dataset_id:
@@ -38,6 +41,7 @@ def generate_dataset(gen_args, publish_args: PublishArguments | None = None):
             publish_args.hub_dataset_id,
             private=publish_args.hub_private_repo,
             config_name=f"iteration_{gen_args.iteration}",
+            token=publish_args.hub_token,
         )
     state.wait_for_everyone()
     return dataset, summary, url

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..options import check_ranges
+
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,7 @@ class InspectArguments:
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass when scoring."})
 
     def __post_init__(self):
-        if self.num_records is not None and self.num_records < 1:
-            raise ValueError(f"`--num_records` must be at least 1, got {self.num_records}.")
+        check_ranges(self)
         if self.output_dir is None:
             self.output_dir = str(Path(self.dataset) / "signal") if Path(self.dataset).is_dir() else "signal"
 
@@ -64,10 +65,21 @@ def inspect_dataset(args: InspectArguments) -> dict:
     check_columns(dataset.column_names, [*required_columns(steer_coef=0.0), ORIGINAL])
     records = dataset.select(range(min(len(dataset), args.num_records or len(dataset)))).to_list()
     features = known_features(args.features_file)
+    for index, record in enumerate(records):
+        unknown = [name for name in record.get("features") or [] if name not in features]
+        if unknown:
+            raise ValueError(
+                f"Record {index} of {args.dataset} names the feature(s) {unknown}, which are neither in trl-sso's "
+                "library nor in `--features_file`: pass the features file the data were generated with."
+            )
     report = signal_report(records, features)
     shown = public_name(args.dataset)  # reports name no local path
     report["dataset"] = shown if args.dataset_config is None else f"{shown} ({args.dataset_config})"
 
+    if args.reward_model:  # first: a model that is no reward model is refused before any policy loads
+        from ..signal.rewards import load_reward_model, reward_report
+
+        reward_model, reward_tokenizer = load_reward_model(args.reward_model)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     model_name = args.model_name_or_path or records[0].get("generator_model")
@@ -92,9 +104,6 @@ def inspect_dataset(args: InspectArguments) -> dict:
             plot_onpolicy(values, output / "onpolicy.png")
             del model
     if args.reward_model:
-        from ..signal.rewards import load_reward_model, reward_report
-
-        reward_model, reward_tokenizer = load_reward_model(args.reward_model)
         verdicts = reward_report(reward_model, reward_tokenizer, records)
         report["reward"] = {"model": public_name(args.reward_model), **verdicts}
     plot_accuracy(report, output / "accuracy.png")

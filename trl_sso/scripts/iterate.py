@@ -75,9 +75,9 @@ def publish_round(
     from ..cards import hub_id, model_license, quantization_summary, round_lineage, sso_model_card, tracker_links
     from ..hub import point_adapter_at, push_dataset, push_folder
 
-    published = {}
+    published, token = {}, training_args.hub_token
     if pipe_args.hub_dataset_id:
-        push_dataset(round_dir / "data", pipe_args.hub_dataset_id, config_name=f"iteration_{t}")
+        push_dataset(round_dir / "data", pipe_args.hub_dataset_id, config_name=f"iteration_{t}", token=token)
         published["dataset"] = {"repo_id": pipe_args.hub_dataset_id, "config_name": f"iteration_{t}"}
     if not (training_args.push_to_hub and training_args.hub_model_id):
         return published
@@ -109,7 +109,9 @@ def publish_round(
         if t > 1:
             point_adapter_at(round_dir / "train", repo, f"iteration_{t - 1}")
         elif base_branch:  # a local starting model: published so that round 1's adapter has a base on the Hub
-            push_folder(start_path, repo, kind="model", revision="base", private=private, commit_message="Base")
+            push_folder(
+                start_path, repo, kind="model", revision="base", private=private, commit_message="Base", token=token
+            )
             point_adapter_at(round_dir / "train", repo, "base")
         quantization = quantization_summary(SimpleNamespace(quantization_config=get_quantization_config(model_args)))
         branch = f"iteration_{t}-adapter"
@@ -120,6 +122,7 @@ def publish_round(
             private=private,
             commit_message=f"SSO round {t}: adapter",
             card=card(branch, True, quantization),
+            token=token,
         )
         published["adapter"] = {"repo_id": repo, "revision": branch}
     for branch in (f"iteration_{t}", None):  # the round's branch, and main: the latest policy
@@ -131,6 +134,7 @@ def publish_round(
             private=private,
             commit_message=f"SSO round {t}: policy",
             card=card(branch, False),
+            token=token,
         )
     published["model"] = {"repo_id": repo, "revision": f"iteration_{t}"}
     return published

@@ -102,19 +102,22 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
         "policy_train": policy_metrics,
     }
     if state.is_main_process:
+        token = training_args.hub_token
         if pipe_args.hub_dataset_id:
-            push_dataset(root / "generator_data", pipe_args.hub_dataset_id, config_name="generator_training")
-            push_dataset(root / "policy_data", pipe_args.hub_dataset_id, config_name="generator_pairs")
+            for folder, config in (("generator_data", "generator_training"), ("policy_data", "generator_pairs")):
+                push_dataset(root / folder, pipe_args.hub_dataset_id, config_name=config, token=token)
         if training_args.push_to_hub and training_args.hub_model_id:
             repo, private = training_args.hub_model_id, bool(training_args.hub_private_repo)
             trained = (root / "policy_train", root / "generator_train")
             if hub_id(policy) is None and (root / "policy_train" / "adapter_config.json").is_file():
                 # a local starting model: published so that both adapters have a base on the Hub
-                push_folder(policy, repo, kind="model", revision="base", private=private, commit_message="Base")
+                push_folder(
+                    policy, repo, kind="model", revision="base", private=private, commit_message="Base", token=token
+                )
                 for folder in trained:
                     point_adapter_at(folder, repo, "base")
-            push_folder(trained[0], repo, private=private)
-            push_folder(trained[1], f"{repo}-generator", private=private)
+            push_folder(trained[0], repo, private=private, token=token)
+            push_folder(trained[1], f"{repo}-generator", private=private, token=token)
         write_json_atomic(report_path, report, indent=2)
         logger.info(f"Pipeline done: report in {report_path}.")
     state.wait_for_everyone()

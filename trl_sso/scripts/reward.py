@@ -10,11 +10,14 @@ from trl import RewardConfig
 
 from ..config import settle_device_and_precision
 from ..data import MAIN_PAIR_COLUMNS, PAIRS, pair_texts
+from ..hub_token import TokenFreePickle
+from ..options import check_ranges
 
 
 @dataclass
-class SSORewardConfig(RewardConfig):
-    """TRL's `RewardConfig` with trl-sso's CPU-friendly precision defaults (see `SSOConfig`)."""
+class SSORewardConfig(TokenFreePickle, RewardConfig):
+    """TRL's `RewardConfig` with trl-sso's CPU-friendly precision defaults (see `SSOConfig`); its Hub token is never
+    pickled (`trl_sso.hub_token`)."""
 
     def __post_init__(self):
         settle_device_and_precision(self)
@@ -38,6 +41,9 @@ class RewardScriptArguments:
         default=0.1,
         metadata={"help": "Share of the training pairs held out for evaluation when no eval dataset is given."},
     )
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def reward_pairs(dataset, use_steering_pairs: bool, processing_class=None):
@@ -89,8 +95,6 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
     if reward_args.eval_dataset:
         train, evaluation = pairs, reward_pairs(load_sso_dataset(reward_args.eval_dataset), False)
     else:
-        if not 0 < reward_args.eval_split_ratio < 1:
-            raise ValueError(f"`--eval_split_ratio` must lie in (0, 1), got {reward_args.eval_split_ratio}.")
         split = pairs.train_test_split(test_size=reward_args.eval_split_ratio, seed=training_args.seed)
         train, evaluation = split["train"], split["test"]
     push, training_args.push_to_hub = training_args.push_to_hub, False  # published once, with the reward card
@@ -104,8 +108,12 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
         eval_dataset=evaluation,
         processing_class=tokenizer,
     )
-    metrics = trainer.evaluate()
-    metrics["eval_samples"] = len(evaluation)
+    saved = Path(training_args.output_dir) / "eval_results.json"
+    if trainer.sso_reused_training and saved.is_file():  # a finished run's evaluation, as it was
+        metrics = json.loads(saved.read_text())
+    else:
+        metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(evaluation)
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if trainer.accelerator.is_main_process:
@@ -119,7 +127,13 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
         repo_id = training_args.hub_model_id or output_dir.name
         reward_model_card(output_dir, repo_id).save(str(output_dir / "README.md"))
         if push:
-            url = push_folder(output_dir, repo_id, kind="reward_model", private=bool(training_args.hub_private_repo))
+            url = push_folder(
+                output_dir,
+                repo_id,
+                kind="reward_model",
+                private=bool(training_args.hub_private_repo),
+                token=training_args.hub_token,
+            )
             trainer.accelerator.print(f"Published the reward model to {url}")
     trainer.accelerator.wait_for_everyone()
     trainer.end()

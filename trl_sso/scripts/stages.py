@@ -8,28 +8,22 @@ import gc
 from pathlib import Path
 
 from ..generation.arguments import GenerateArguments, GenerationOptions
+from ..options import check_ranges
 
 
 @dataclasses.dataclass
-class PipelineArguments:
-    """Options of `trl-sso iterate` and `trl-sso pipeline` beyond generation, training and model arguments."""
+class IterateArguments:
+    """Options of `trl-sso iterate` beyond generation, training and model arguments."""
 
-    rounds: int = dataclasses.field(default=3, metadata={"help": "Online rounds of `iterate` (the paper runs 3)."})
-    policy_num_prompts: int | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "`pipeline`: queries the trained generator writes pairs for (default: as many as it was "
-            "trained on)."
-        },
-    )
+    rounds: int = dataclasses.field(default=3, metadata={"help": "Online rounds (the paper runs 3)."})
     hub_dataset_id: str | None = dataclasses.field(
         default=None, metadata={"help": "Publish each round's dataset to this repo, as config iteration_<t>."}
     )
     round_signal: bool = dataclasses.field(
         default=True,
         metadata={
-            "help": "`iterate`: measure each round's signal under its policy (on-policyness) and evaluate the "
-            "policy on held-out prompts, into report.json, rounds.json and rounds.png."
+            "help": "Measure each round's signal under its policy (on-policyness) and evaluate the policy on "
+            "held-out prompts, into report.json, rounds.json and rounds.png."
         },
     )
     eval_num_prompts: int = dataclasses.field(
@@ -40,10 +34,24 @@ class PipelineArguments:
     )
 
     def __post_init__(self):
-        if self.rounds < 1:
-            raise ValueError(f"`rounds` must be at least 1, got {self.rounds}.")
-        if self.eval_num_prompts < 1:
-            raise ValueError(f"`eval_num_prompts` must be at least 1, got {self.eval_num_prompts}.")
+        check_ranges(self)
+
+
+@dataclasses.dataclass
+class PipelineArguments:
+    """Options of `trl-sso pipeline` beyond generation, training and model arguments."""
+
+    policy_num_prompts: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Queries the trained generator writes pairs for (default: as many as it was trained on)."},
+    )
+    hub_dataset_id: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Publish the generator's training data and the pairs it wrote to this dataset repo."},
+    )
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def starting_policy(model_args) -> tuple[str, str]:

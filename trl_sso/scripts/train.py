@@ -61,6 +61,7 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
     from trl import DatasetMixtureConfig
 
     from ..cards import hub_id, public_name
+    from ..hub import push_folder
     from ..trainer import SSOTrainer
     from .common import ignore_bias_buffers, require_model, train_and_save
 
@@ -77,19 +78,30 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
     )
     trainer.log_metrics("train", output.metrics)
     trainer.save_metrics("train", output.metrics)
-    trainer.save_state()
     mixture = dataset_args.datasets if dataset_args else None
     sources = [config.path for config in mixture] if mixture else [script_args.dataset_name]
     dataset_name = [name for source in sources if (name := hub_id(source))] or None  # the card's `datasets` list
     if dataset_name:
         trainer.create_model_card(dataset_name=dataset_name)
-    if training_args.push_to_hub:
+    if training_args.push_to_hub and trainer.accelerator.is_main_process:
         if is_peft_model(trainer.model) and hub_id(model_args.model_name_or_path) is None:
             logger.warning(
                 f"The adapter's base model is a local folder ({public_name(model_args.model_name_or_path)}): the "
                 "published adapter loads only where that folder exists. Publish the base model and train from its "
                 "Hub id to make it loadable from the Hub alone."
             )
-        trainer.push_to_hub(dataset_name=dataset_name)
+        # the saved folder as it is (what a rerun of a finished training reuses), without its checkpoints
+        url = push_folder(
+            training_args.output_dir,
+            trainer.hub_model_id,
+            private=bool(training_args.hub_private_repo),
+            revision=training_args.hub_revision,
+            commit_message="End of training",
+            token=training_args.hub_token,
+        )
+        trainer.accelerator.print(
+            f"Published the trained {'adapter' if is_peft_model(trainer.model) else 'model'} to {url}"
+        )
+    trainer.accelerator.wait_for_everyone()
     trainer.end()
     return trainer

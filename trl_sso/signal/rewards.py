@@ -11,17 +11,39 @@ def load_reward_model(name: str):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForSequenceClassification.from_pretrained(name).eval()
+        model, info = AutoModelForSequenceClassification.from_pretrained(name, output_loading_info=True)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"The reward model {name!r} could not be loaded ({first}). Pass a sequence-classification model "
             "(e.g. the output folder of `trl-sso reward`) with `--reward_model`."
         ) from error
+    if _untrained_head(name, info):
+        raise ValueError(
+            f"{name!r} has no trained score head: it is not a reward model (a causal LM loads with a random head, "
+            "whose rewards mean nothing). Pass a sequence-classification model, e.g. the output folder of "
+            "`trl-sso reward`, with `--reward_model`."
+        )
+    model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _untrained_head(name: str, loading_info: dict) -> bool:
+    """Whether the score head of the model loaded from `name` was initialised at random: for an adapter, one not
+    trained for sequence classification; for a full model, one whose checkpoint holds no head weights."""
+    try:
+        from peft import PeftConfig
+
+        adapter = PeftConfig.from_pretrained(name)
+    except Exception:  # not an adapter (PEFT raises ValueError or OSError, depending on where `name` points)
+        adapter = None
+    if adapter is not None:
+        return str(getattr(adapter.task_type, "value", adapter.task_type)) != "SEQ_CLS"
+    heads = ("score.", "classifier.")
+    return any(key.startswith(heads) or f".{heads[0]}" in key for key in loading_info.get("missing_keys", []))
 
 
 def _text(tokenizer, prompt, response) -> str:
