@@ -70,7 +70,7 @@ def test_inspect_defaults_and_skips(verifiable_data, capsys):
         (lambda p: p.write_text(""), [], "is empty: it holds no rows"),
         (lambda p: p.write_text("not json at all\n"), [], "line 1, is not valid JSON"),
         (None, ["--model", "/does/not/exist"], "no such folder, and not a Hub model id"),
-        (None, ["--num_records", "0"], "`--num_records` must be at least 1"),
+        (None, ["--num_records", "0"], "`num_records` must be at least 1"),
     ],
 )
 def test_inspect_bad_input_is_one_line(verifiable_data, tmp_path, capsys, make_input, extra, fragment):
