@@ -77,7 +77,12 @@ YAML = [
     ("generate", "top_p: 2", "`top_p` must be in (0, 1], got 2"),
     ("generate", "temperature: .nan", "`temperature` must be a finite number"),
     ("iterate", "rounds: three", "`rounds` in {config} must be a whole number, got 'three'"),
-    ("iterate", "policy_num_prompts: 3", "policy_num_prompts"),
+    (
+        "iterate",
+        "policy_num_prompts: 3",
+        "unknown option(s) ['policy_num_prompts'] (`policy_num_prompts` belongs to `trl-sso pipeline`)",
+    ),
+    ("train", "max_stpes: 3", "unknown option(s) ['max_stpes']; remove them or check their spelling"),
     ("train", "learning_rate: [0.1]", "`learning_rate` in {config} must be a number, got [0.1]"),
     ("train", "max_steps: ten", "`max_steps` in {config} must be a whole number, got 'ten'"),
     ("train", "bf16: 3", "`bf16` in {config} must be true or false, got 3"),

@@ -131,21 +131,14 @@ def _ensure_repo(api, repo_id: str, repo_type: str, private: bool, revision: str
         )
 
 
-def _remote_files(api, repo_id: str, repo_type: str, revision: str | None) -> list[str]:
-    return api.list_repo_files(repo_id, repo_type=repo_type, revision=revision)
-
-
-def _commit(api, repo_id, repo_type, revision, additions: dict, keep, message: str) -> None:
+def _commit(api, repo_id, repo_type, revision, remote: list[str], additions: dict, keep, message: str) -> None:
     """One commit that leaves `additions` (`{path_in_repo: local path or bytes}`) on the branch and deletes every
-    other file there for which `keep(path)` is false (`.gitattributes` always stays). huggingface_hub drops the files
-    that have not changed and makes no commit when nothing did, so committing the same content again adds nothing."""
+    other file of `remote` (the branch's files) for which `keep(path)` is false (`.gitattributes` always stays).
+    huggingface_hub drops the files that have not changed and makes no commit when nothing did, so committing the
+    same content again adds nothing."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    stale = [
-        path
-        for path in _remote_files(api, repo_id, repo_type, revision)
-        if path not in additions and path != ".gitattributes" and not keep(path)
-    ]
+    stale = [path for path in remote if path not in additions and path != ".gitattributes" and not keep(path)]
     operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=content) for p, content in additions.items()]
     operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
     api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type, revision=revision)
@@ -163,15 +156,15 @@ def _parquet_shards(dataset, folder: Path, max_shard_size: int = 500 * 2**20) ->
     return shards
 
 
-def _dataset_card_data(api, repo_id: str, revision: str | None, config_name: str, data_dir: str, dataset, shards):
-    """The repo's card metadata with the config `config_name` (its data files and its `dataset_info`) added or
-    replaced, through datasets' own metadata helpers."""
+def _dataset_card_data(api, repo_id, revision, remote: list[str], config_name: str, data_dir: str, dataset, shards):
+    """The card metadata of the repo (whose files are `remote`) with the config `config_name` (its data files and its
+    `dataset_info`) added or replaced, through datasets' own metadata helpers."""
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard, DatasetCardData, hf_hub_download
 
-    if "README.md" in _remote_files(api, repo_id, "dataset", revision):
+    if "README.md" in remote:
         readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision, token=api.token)
         data = DatasetCard.load(readme).data
     else:
@@ -209,7 +202,8 @@ def push_dataset(path, repo_id, *, config_name=None, private=False, revision=Non
     def publish():
         with tempfile.TemporaryDirectory() as tmp:
             shards = _parquet_shards(dataset, Path(tmp))
-            existing = _dataset_card_data(api, repo_id, revision, config_name, data_dir, dataset, shards)
+            remote = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
+            existing = _dataset_card_data(api, repo_id, revision, remote, config_name, data_dir, dataset, shards)
             card = sso_dataset_card(dataset, summary, repo_id, config_name, existing, image)
             additions = {f"{data_dir}/{shard.name}": str(shard) for shard in shards}
             additions["README.md"] = str(card).encode()
@@ -220,6 +214,7 @@ def push_dataset(path, repo_id, *, config_name=None, private=False, revision=Non
                 repo_id,
                 "dataset",
                 revision,
+                remote,
                 additions,
                 keep=lambda p: not p.startswith(f"{data_dir}/train-"),  # other configs and files stay
                 message=commit_message or f"Add SSO dataset config {config_name}",
@@ -262,10 +257,12 @@ def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commi
     if card is not None:
         additions["README.md"] = str(card).encode()
     message = commit_message or f"Upload SSO {kind.replace('_', ' ')}"
-    _retry(
-        lambda: _commit(api, repo_id, "model", revision, additions, keep=_pushed_checkpoint, message=message),
-        f"Pushing {kind.replace('_', ' ')} {repo_id}",
-    )
+
+    def publish():
+        remote = api.list_repo_files(repo_id, revision=revision)
+        _commit(api, repo_id, "model", revision, remote, additions, keep=_pushed_checkpoint, message=message)
+
+    _retry(publish, f"Pushing {kind.replace('_', ' ')} {repo_id}")
     return f"{api.endpoint}/{repo_id}"
 
 

@@ -16,6 +16,7 @@ same rules for fields of plain types without importing transformers, so that the
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -199,7 +200,16 @@ def trl_parser(dataclass_types, renamed: dict[str, str] | None = None, **kwargs)
             self.config_source = argv[index + 1] if index is not None and index + 1 < len(argv) else "the config"
             try:
                 return super().parse_args_and_config(args=argv, **options)
-            except ValueError as error:  # transformers' words for flags that no dataclass knows
+            except ValueError as error:  # transformers' and TRL's words for options that no dataclass knows
+                if "Unknown arguments from config file" in str(error):
+                    names = re.findall(r"'--([\w-]+)'", str(error))
+                    owners = [
+                        f"`{name}` belongs to `trl-sso {self.foreign[name]}`" for name in names if name in self.foreign
+                    ]
+                    where = f" ({'; '.join(owners)})" if owners else ""
+                    self.error(
+                        f"argument --config: unknown option(s) {names}{where}; remove them or check their spelling"
+                    )
                 if "not used by the HfArgumentParser" not in str(error):
                     raise
                 flags = argv[:index] + argv[index + 2 :] if index is not None else argv
