@@ -183,14 +183,14 @@ def _mixture(value, source: str) -> list[dict]:
             f"`datasets` in {source} must be a list of datasets, each a mapping with a `path`, e.g. "
             "`datasets: [{path: trl-lib/ultrafeedback_binarized}]`."
         )
+    keys = _dataset_entry_keys()
     for index, entry in enumerate(value):
         if not isinstance(entry, dict) or not entry.get("path"):
             raise ValueError(f"`datasets` entry {index} in {source} must be a mapping with a `path`, got {entry!r}.")
-        unknown = sorted(set(entry) - set(_dataset_entry_keys()))
+        unknown = sorted(set(entry) - set(keys))
         if unknown:
             raise ValueError(
-                f"`datasets` entry {index} in {source} has unknown key(s) {unknown}; the keys are "
-                f"{list(_dataset_entry_keys())}."
+                f"`datasets` entry {index} in {source} has unknown key(s) {unknown}; the keys are {list(keys)}."
             )
     return value
 

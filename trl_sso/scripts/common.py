@@ -50,10 +50,20 @@ def peft_and_quantization(model_args):
     return get_peft_config(model_args), get_quantization_config(model_args)
 
 
+def _read_state(folder) -> dict | None:
+    """The `trainer_state.json` of `folder`, or `None` when it is missing or cut short."""
+    import json
+
+    try:
+        with open(os.path.join(str(folder), "trainer_state.json")) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
 def last_checkpoint(output_dir: str) -> str | None:
     """The newest complete `checkpoint-*` folder in `output_dir` (its `trainer_state.json`, written last, reads
     back), or `None`. A checkpoint cut short by a kill while saving is passed over with a warning."""
-    import json
     import re
 
     if not os.path.isdir(output_dir):
@@ -64,11 +74,7 @@ def last_checkpoint(output_dir: str) -> str | None:
         if (match := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isdir(os.path.join(output_dir, name))
     )
     for _, name in reversed(steps):
-        state = os.path.join(output_dir, name, "trainer_state.json")
-        try:
-            with open(state) as file:
-                json.load(file)
-        except (OSError, ValueError):
+        if _read_state(os.path.join(output_dir, name)) is None:
             logger.warning(f"{name} in {output_dir} is incomplete (killed while saving?): passed over.")
             continue
         return os.path.join(output_dir, name)
@@ -123,30 +129,18 @@ def ignore_bias_buffers(trainer) -> None:
 def _report_whole_run(trainer, output, resume: str):
     """After a resumed training: `train_loss` of the whole run (see `whole_run_train_loss`) in the returned metrics
     and the final log entry, which the reports and cards read; transformers' figure covers the resumed steps only."""
-    import json
-
-    state = os.path.join(str(resume), "trainer_state.json")
-    if not os.path.isfile(state):  # `--resume_from_checkpoint true`: transformers found the checkpoint itself
-        state = os.path.join(last_checkpoint(trainer.args.output_dir) or "", "trainer_state.json")
-    if not os.path.isfile(state):
+    state = _read_state(resume)
+    if state is None:  # `--resume_from_checkpoint true`: transformers found the checkpoint itself
+        checkpoint = last_checkpoint(trainer.args.output_dir)
+        state = _read_state(checkpoint) if checkpoint else None
+    if state is None:
         return output
-    with open(state) as file:
-        resumed_at = json.load(file)["global_step"]
+    resumed_at = state["global_step"]
     loss = whole_run_train_loss(trainer.state.log_history, resumed_at, output.training_loss, output.global_step)
     final = trainer.state.log_history[-1]
     if "train_loss" in final:
         final["train_loss"] = loss
     return output._replace(training_loss=loss, metrics={**output.metrics, "train_loss": loss})
-
-
-def _read_state(folder) -> dict | None:
-    import json
-
-    try:
-        with open(os.path.join(str(folder), "trainer_state.json")) as file:
-            return json.load(file)
-    except (OSError, ValueError):
-        return None
 
 
 def _reached_the_end(state: dict | None, training_args) -> bool:

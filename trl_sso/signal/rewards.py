@@ -42,8 +42,7 @@ def _untrained_head(name: str, loading_info: dict) -> bool:
         adapter = None
     if adapter is not None:
         return str(getattr(adapter.task_type, "value", adapter.task_type)) != "SEQ_CLS"
-    heads = ("score.", "classifier.")
-    return any(key.startswith(heads) or f".{heads[0]}" in key for key in loading_info.get("missing_keys", []))
+    return any({"score", "classifier"} & set(key.split(".")) for key in loading_info.get("missing_keys", []))
 
 
 def _text(tokenizer, prompt, response) -> str:
