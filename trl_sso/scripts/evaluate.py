@@ -57,6 +57,7 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     from ..generation.prompts import load_prompts
     from ..offline import DEFAULT_MODEL_ID
     from ..principles import expand_feature_names, known_features
+    from ..signal.intervals import wilson
     from ..signal.onpolicy import load_policy
     from ..signal.plots import plot_evaluation
 
@@ -86,12 +87,14 @@ def evaluate_models(args: EvaluateArguments) -> dict:
         )
         rows.append({"model": name, **row})
         del model
+    compare_with_first(rows)
     if args.reward_model:
         scores = {name: rewards(reward_model, reward_tokenizer, list(zip(prompts, answers[name]))) for name in models}
         for row in rows:
             own, base = scores[row["model"]], scores[models[0]]
+            wins = sum(a > b for a, b in zip(own, base))
             row["mean_reward"] = sum(own) / len(own)
-            row["win_rate_vs_first"] = sum(a > b for a, b in zip(own, base)) / len(own)
+            row["win_rate_vs_first"], row["win_rate_vs_first_ci95"] = wins / len(own), wilson(wins, len(own))
     for row, shown in zip(rows, public_names(models), strict=True):  # the report names no local path
         row["model"] = shown
     report = {"prompts": len(prompts), "features": names, "models": rows}
@@ -104,33 +107,66 @@ def evaluate_models(args: EvaluateArguments) -> dict:
 
 def score_answers(model, tokenizer, prompts, features, max_new_tokens=128, temperature=0.0, batch_size=8, seed=42):
     """Let `model` answer `prompts` (no principle) and score the answers with the checkers of `features` (name ->
-    `Feature`). Returns the scores (share following each good side, their mean, mean tokens, truncation rate) and the
-    answers."""
+    `Feature`). Returns the scores (share following each good side with its Wilson interval; their mean per prompt, its
+    mean and bootstrap interval; mean tokens, truncation rate) and the answers."""
     from ..generation.samplers import TransformersSampler
+    from ..signal.intervals import bootstrap_mean, wilson
 
     sampler = TransformersSampler(model, tokenizer, batch_size)
     completions = sampler.sample(prompts, temperature, 1.0, max_new_tokens, seed)
-    follows = {name: sum(f.checker(c.text) for c in completions) / len(completions) for name, f in features.items()}
+    n = len(completions)
+    scores = {name: [f.checker(c.text) for c in completions] for name, f in features.items()}
+    per_prompt = [sum(s[i] for s in scores.values()) / len(scores) for i in range(n)]
+    tokens = [c.num_tokens for c in completions]
     row = {
-        "follows_good": follows,
-        "follows_good_mean": sum(follows.values()) / len(follows),
-        "mean_tokens": sum(c.num_tokens for c in completions) / len(completions),
-        "truncated": sum(not c.finished for c in completions) / len(completions),
+        "follows_good": {name: sum(s) / n for name, s in scores.items()},
+        "follows_good_ci95": {name: wilson(sum(s), n) for name, s in scores.items()},
+        "follows_good_mean": sum(per_prompt) / n,
+        "follows_good_mean_ci95": bootstrap_mean(per_prompt),
+        "follows_good_per_prompt": per_prompt,
+        "mean_tokens": sum(tokens) / n,
+        "mean_tokens_ci95": bootstrap_mean(tokens),
+        "truncated": sum(not c.finished for c in completions) / n,
     }
     return row, [c.text for c in completions]
 
 
+def compare_with_first(rows: list[dict]) -> None:
+    """Add to each row after the first the change of `follows_good_mean` against the first model, its paired
+    bootstrap interval (the models answered the same prompts) and whether the change is larger than that
+    uncertainty."""
+    from ..signal.intervals import bootstrap_mean, excludes_zero
+
+    base = rows[0]["follows_good_per_prompt"]
+    for row in rows[1:]:
+        differences = [a - b for a, b in zip(row["follows_good_per_prompt"], base, strict=True)]
+        row["change_vs_first"] = sum(differences) / len(differences)
+        row["change_vs_first_ci95"] = bootstrap_mean(differences)
+        row["change_vs_first_significant"] = excludes_zero(row["change_vs_first_ci95"])
+
+
 def format_evaluation(report: dict) -> str:
-    """The evaluation as a one-screen table: one row per model."""
+    """The evaluation as a one-screen table: one row per model, the mean with its 95% interval and, after the first
+    model, the change against it and whether it is larger than its uncertainty."""
+    from ..signal.intervals import with_interval
+
     names = report["features"]
-    header = f"{'model':40} " + " ".join(f"{n[:9]:>9}" for n in names) + f" {'mean':>6} {'tokens':>7} {'cut':>5}"
+    header = f"{'model':32} " + " ".join(f"{n[:9]:>9}" for n in names) + f" {'mean [95% interval]':>19}"
+    header += f" {'tokens':>6} {'cut':>4} {'change vs first [95% interval]':>30}"
     has_reward = "mean_reward" in report["models"][0]
-    header += f" {'reward':>7} {'win':>6}" if has_reward else ""
+    header += f" {'reward':>7} {'win':>5}" if has_reward else ""
     lines = [f"Held-out evaluation on {report['prompts']} prompts (share of answers following the good side)", header]
     for row in report["models"]:
-        line = f"{row['model'][-40:]:40} " + " ".join(f"{row['follows_good'][n]:9.2f}" for n in names)
-        line += f" {row['follows_good_mean']:6.2f} {row['mean_tokens']:7.1f} {row['truncated']:5.2f}"
+        line = f"{row['model'][-32:]:32} " + " ".join(f"{row['follows_good'][n]:9.2f}" for n in names)
+        line += f" {with_interval(row['follows_good_mean'], row.get('follows_good_mean_ci95')):>19}"
+        line += f" {row['mean_tokens']:6.1f} {row['truncated']:4.2f}"
+        change = "(baseline)"
+        if "change_vs_first" in row:
+            verdict = "significant" if row["change_vs_first_significant"] else "within noise"
+            change = f"{with_interval(row['change_vs_first'], row['change_vs_first_ci95'], 2)} {verdict}"
+        line += f" {change:>30}"
         if has_reward:
-            line += f" {row['mean_reward']:7.3f} {row['win_rate_vs_first']:6.2f}"
+            line += f" {row['mean_reward']:7.3f} {row['win_rate_vs_first']:5.2f}"
         lines.append(line)
+    lines.append("Per-feature intervals: evaluation.json (`follows_good_ci95`) and evaluation.png.")
     return "\n".join(lines)

@@ -26,41 +26,106 @@ logger = logging.getLogger(__name__)
 
 
 def round_row(report: dict) -> dict:
-    """One round of `rounds.json`: the signal of its data, its training metrics and its policy's evaluation."""
+    """One round of `rounds.json`: the signal of its data, its training metrics and its policy's evaluation, each
+    share and mean with its 95% interval (`trl_sso.signal.intervals`)."""
     signal = report.get("signal") or {}
     accuracy = signal.get("accuracy") or {}
     onpolicy = signal.get("onpolicy") or {}
+    evaluation = report.get("evaluation") or {}
     return {
         "round": report["round"],
         "accuracy": accuracy.get("correct"),
+        "accuracy_ci95": accuracy.get("correct_ci95"),
+        "accuracy_pairs": accuracy.get("pairs"),
         "accuracy_ties": accuracy.get("tie"),
         "onpolicy_gap": (onpolicy.get("gap_to_original") or {}).get("chosen"),
+        "onpolicy_gap_ci95": (onpolicy.get("gap_to_original_ci95") or {}).get("chosen"),
         "mean_tokens": report["mean_tokens"],
         "train": report["train"],
-        "eval_follows_good": (report.get("evaluation") or {}).get("follows_good_mean"),
+        "eval_follows_good": evaluation.get("follows_good_mean"),
+        "eval_follows_good_ci95": evaluation.get("follows_good_mean_ci95"),
     }
 
 
+def _held_out_change(after: dict | None, before: dict | None) -> tuple[float | None, list | None]:
+    """The change of the held-out follow rate between two evaluations of the same prompts: paired bootstrap."""
+    from ..signal.intervals import bootstrap_mean
+
+    if not (after and before and "follows_good_per_prompt" in after and "follows_good_per_prompt" in before):
+        return None, None
+    differences = [a - b for a, b in zip(after["follows_good_per_prompt"], before["follows_good_per_prompt"])]
+    return sum(differences) / len(differences), bootstrap_mean(differences)
+
+
+def rounds_summary(reports: list[dict], final: dict | None) -> dict:
+    """`rounds.json`: a row per round (`round_row`) with the changes against the previous round, and the final
+    policy's evaluation with its change against the starting policy. A change carries its 95% interval and
+    `..._significant`: whether that interval excludes 0 (accuracy: Newcombe's interval for two independent sets of
+    pairs; held-out follow rate: paired bootstrap over the same prompts)."""
+    from ..signal.intervals import excludes_zero, share_difference
+
+    rows = [round_row(report) for report in reports]
+    for previous, row, before, after in zip(rows, rows[1:], reports, reports[1:]):
+        if row["accuracy_pairs"] and previous["accuracy_pairs"]:
+            row["accuracy_change_ci95"] = share_difference(
+                round(row["accuracy"] * row["accuracy_pairs"]),
+                row["accuracy_pairs"],
+                round(previous["accuracy"] * previous["accuracy_pairs"]),
+                previous["accuracy_pairs"],
+            )
+            row["accuracy_change_significant"] = excludes_zero(row["accuracy_change_ci95"])
+        change, interval = _held_out_change(after.get("evaluation"), before.get("evaluation"))
+        if change is not None:
+            row["eval_change"], row["eval_change_ci95"] = change, interval
+            row["eval_change_significant"] = excludes_zero(interval)
+    if final:
+        final = dict(final)
+        change, interval = _held_out_change(final, reports[0].get("evaluation") if reports else None)
+        if change is not None:
+            final["change_vs_start"], final["change_vs_start_ci95"] = change, interval
+            final["change_vs_start_significant"] = excludes_zero(interval)
+    return {"rounds": rows, "final_evaluation": final}
+
+
 def format_rounds(rounds: dict) -> str:
-    """`rounds.json` as a table: one line per round, then the final policy."""
+    """`rounds.json` as a table: one line per round, then the final policy. Figures carry their 95% interval; a `*`
+    marks a change against the previous round that is larger than its uncertainty."""
+    from ..signal.intervals import with_interval
 
     def cell(value, pattern="{:.2f}"):
         return "n/a" if value is None else pattern.format(value)
 
+    def mark(row, key):
+        return "*" if row.get(f"{key}_significant") else " "
+
     lines = [
-        f"{'round':>5} {'accuracy':>8} {'ties':>5} {'A gap y+':>8} {'tokens y+/y-/y_o':>17} {'margin':>7} "
-        f"{'W':>5} {'held-out good':>13}"
+        f"{'round':>5} {'accuracy [95% interval]':>24} {'ties':>5} {'A gap y+ [95% interval]':>24} "
+        f"{'tokens y+/y-/y_o':>17} {'margin':>7} {'W':>5} {'held-out good [95% interval]':>29}"
     ]
     for row in rounds["rounds"]:
         tokens = "/".join(f"{row['mean_tokens'][k]:.0f}" for k in ("chosen", "rejected", "original"))
+        accuracy = with_interval(row["accuracy"], row.get("accuracy_ci95")) + mark(row, "accuracy_change")
+        gap = with_interval(row["onpolicy_gap"], row.get("onpolicy_gap_ci95"))
+        held_out = with_interval(row["eval_follows_good"], row.get("eval_follows_good_ci95")) + mark(
+            row, "eval_change"
+        )
         lines.append(
-            f"{row['round']:>5} {cell(row['accuracy']):>8} {cell(row['accuracy_ties']):>5} "
-            f"{cell(row['onpolicy_gap']):>8} {tokens:>17} {cell(row['train'].get('rewards/margins')):>7} "
-            f"{cell(row['train'].get('sso/weight')):>5} {cell(row['eval_follows_good']):>13}"
+            f"{row['round']:>5} {accuracy:>24} {cell(row['accuracy_ties']):>5} {gap:>24} {tokens:>17} "
+            f"{cell(row['train'].get('rewards/margins')):>7} {cell(row['train'].get('sso/weight')):>5} "
+            f"{held_out:>29}"
         )
     final = rounds.get("final_evaluation")
     if final:
-        lines.append(f"final policy: held-out answers follow the good side {final['follows_good_mean']:.2f}")
+        line = "final policy: held-out answers follow the good side " + with_interval(
+            final["follows_good_mean"], final.get("follows_good_mean_ci95")
+        )
+        if "change_vs_start" in final:
+            verdict = "larger than" if final["change_vs_start_significant"] else "within"
+            change = with_interval(final["change_vs_start"], final["change_vs_start_ci95"])
+            line += f"; change against the starting policy {change}, {verdict} its uncertainty"
+        lines.append(line)
+    if len(rounds["rounds"]) > 1:
+        lines.append("* the change against the previous round is larger than its 95% interval")
     return "\n".join(lines)
 
 
@@ -203,7 +268,7 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
                     final = signal_stage(
                         str(round_dir / "policy"), None, gen_options, pipe_args, root / "final_signal.json"
                     )["evaluation"]
-                rounds = {"rounds": [round_row(r) for r in reports_so_far], "final_evaluation": final}
+                rounds = rounds_summary(reports_so_far, final)
                 write_json_atomic(root / "rounds.json", rounds, indent=2)
                 plot_rounds(rounds["rounds"], root / "rounds.png")
                 for file in ("rounds.json", "rounds.png"):

@@ -66,8 +66,11 @@ def mean_logps(model, tokenizer, records: list[Mapping], batch_size: int = 8) ->
 
 
 def onpolicy_report(values: Mapping[str, list[float]]) -> dict:
-    """Means of `A(x, y)` and of `exp(A)` for y+, y-, y_o, and the mean gaps of y+ and y- to y_o."""
+    """Means of `A(x, y)` and of `exp(A)` for y+, y-, y_o, and the mean gaps of y+ and y- to y_o with their bootstrap
+    intervals (per-record differences: the three responses share their prompt)."""
     import math
+
+    from .intervals import bootstrap_mean
 
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
@@ -77,4 +80,5 @@ def onpolicy_report(values: Mapping[str, list[float]]) -> dict:
         "mean_logp": {column: mean(values[column]) for column in RESPONSE_COLUMNS},
         "mean_prob": {column: mean([math.exp(a) for a in values[column]]) for column in RESPONSE_COLUMNS},
         "gap_to_original": {column: mean(gaps[column]) for column in gaps},
+        "gap_to_original_ci95": {column: bootstrap_mean(gaps[column]) for column in gaps},
     }

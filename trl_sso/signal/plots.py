@@ -1,5 +1,6 @@
 """PNG plots of signal reports (matplotlib, headless): accuracy per verifiable feature, the distributions of
-`A(x, y)`, the rounds of an online run, and the held-out evaluation of policies."""
+`A(x, y)`, the rounds of an online run, and the held-out evaluation of policies. Shares are drawn on a fixed 0 to 1
+axis, and every figure that has a 95% interval (`trl_sso.signal.intervals`) draws it as an error bar."""
 
 from pathlib import Path
 
@@ -14,6 +15,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _error_bars(values: list, intervals: list) -> list[list[float]]:
+    """Matplotlib's `yerr` (distances below and above each value) from `[low, high]` intervals; none: zero."""
+    below = [v - ci[0] if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]
+    above = [ci[1] - v if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]
+    return [below, above]
 
 
 def _save(plt, fig, path: Path) -> None:
@@ -35,7 +43,11 @@ def plot_accuracy(report: dict, path: Path) -> Path | None:
         heights = [row[outcome] for row in rows.values()]
         ax.bar(list(rows), heights, bottom=bottom, color=color, label=outcome)
         bottom = [b + h for b, h in zip(bottom, heights)]
-    ax.set_ylabel("share of (record, feature) pairs")
+    correct = [row["correct"] for row in rows.values()]
+    intervals = [row.get("correct_ci95") for row in rows.values()]
+    ax.errorbar(list(rows), correct, yerr=_error_bars(correct, intervals), fmt="none", ecolor="black", capsize=4)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of (record, feature) pairs\n(bar: 95% interval of correct)")
     ax.set_title("Does y+ follow the good principle better than y-?")
     ax.legend(loc="upper right", fontsize=8)
     _save(plt, fig, path)
@@ -57,35 +69,53 @@ def plot_onpolicy(values: dict[str, list[float]], path: Path) -> Path:
 
 
 def plot_rounds(rounds: list[dict], path: Path) -> Path:
-    """Accuracy, the on-policyness gap, length drift, the pair margins and W across online rounds (one panel each)."""
+    """Accuracy, the on-policyness gap, length drift, the pair margins, W and the held-out follow rate across online
+    rounds (one panel each); shares on a 0 to 1 axis, 95% intervals as error bars."""
     plt = _pyplot()
     x = [r["round"] for r in rounds]
-    panels = {
-        "signal accuracy (correct)": {"": [r.get("accuracy") for r in rounds]},
-        "A(x, y+) - A(x, y_o)": {"": [r.get("onpolicy_gap") for r in rounds]},
-        "mean tokens": {SIDE[c]: [(r.get("mean_tokens") or {}).get(c) for r in rounds] for c in RESPONSE_COLUMNS},
-        "training margins": {
-            name: [(r.get("train") or {}).get(key) for r in rounds]
-            for name, key in (
-                ("main", "rewards/margins"),
-                ("steer +", "steer_pos/rewards/margins"),
-                ("steer -", "steer_neg/rewards/margins"),
-            )
-        },
-        "mean W": {"": [(r.get("train") or {}).get("sso/weight") for r in rounds]},
-        "held-out: good side followed": {"": [r.get("eval_follows_good") for r in rounds]},
+
+    def series(key):
+        return {"": ([r.get(key) for r in rounds], [r.get(f"{key}_ci95") for r in rounds])}
+
+    panels = {  # title -> (label -> (values, intervals)), and whether the panel shows shares
+        "signal accuracy (correct)": (series("accuracy"), True),
+        "A(x, y+) - A(x, y_o)": (series("onpolicy_gap"), False),
+        "mean tokens": (
+            {
+                SIDE[c]: ([(r.get("mean_tokens") or {}).get(c) for r in rounds], [None] * len(rounds))
+                for c in RESPONSE_COLUMNS
+            },
+            False,
+        ),
+        "training margins": (
+            {
+                name: ([(r.get("train") or {}).get(key) for r in rounds], [None] * len(rounds))
+                for name, key in (
+                    ("main", "rewards/margins"),
+                    ("steer +", "steer_pos/rewards/margins"),
+                    ("steer -", "steer_neg/rewards/margins"),
+                )
+            },
+            False,
+        ),
+        "mean W": ({"": ([(r.get("train") or {}).get("sso/weight") for r in rounds], [None] * len(rounds))}, False),
+        "held-out: good side followed": (series("eval_follows_good"), True),
     }
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
-    for ax, (title, series) in zip(axes.flat, panels.items()):
-        for label, ys in series.items():
-            points = [(a, b) for a, b in zip(x, ys) if b is not None]
+    for ax, (title, (lines, is_share)) in zip(axes.flat, panels.items()):
+        for label, (ys, intervals) in lines.items():
+            points = [(a, b, ci) for a, b, ci in zip(x, ys, intervals) if b is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=label or None)
+                xs, values, cis = zip(*points)
+                ax.errorbar(xs, values, yerr=_error_bars(values, cis), marker="o", capsize=4, label=label or None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("round")
         ax.set_xticks(x)
-        if len(series) > 1:
+        if is_share:
+            ax.set_ylim(0, 1)
+        if len(lines) > 1:
             ax.legend(fontsize=7)
+    fig.suptitle("bars: 95% intervals", fontsize=8)
     _save(plt, fig, path)
     return path
 
@@ -97,14 +127,19 @@ def plot_evaluation(report: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.1 * len(names) + 3, 3.5))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
+        values = [row["follows_good"][n] for n in names]
+        intervals = [(row.get("follows_good_ci95") or {}).get(n) for n in names]
         ax.bar(
             [j + i * width for j in range(len(names))],
-            [row["follows_good"][n] for n in names],
+            values,
             width,
+            yerr=_error_bars(values, intervals),
+            capsize=3,
             label=Path(row["model"]).name or row["model"],
         )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
-    ax.set_ylabel("answers following the good side")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("answers following the good side\n(bars: 95% intervals)")
     ax.set_title("Held-out prompts, no principle")
     ax.legend(fontsize=7)
     _save(plt, fig, path)

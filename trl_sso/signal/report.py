@@ -1,6 +1,9 @@
 """The signal report of an SSO dataset, from the records alone (no model): accuracy on verifiable features, length
 drift and degeneracy. Computed by `trl-sso generate` into `summary.json` (`signal`) and by `trl-sso inspect`.
 
+Every share carries its 95% Wilson interval (`<name>_ci95`) and every mean its bootstrap interval
+(`trl_sso.signal.intervals`).
+
 - **Accuracy**: for each record and each of its features that has a checker, y+ and y- are scored on the good side
   (`trl_sso.signal.checkers`): y+ scoring higher is *correct*, equal a *tie*, lower *wrong*. Shares per feature and
   overall, and how often each response keeps to its own side: y+ follows the good side, y- does not (the bad side is
@@ -16,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..data import CHOSEN, ORIGINAL, REJECTED, RESPONSE_COLUMNS
+from .intervals import bootstrap_mean, wilson, with_interval
 
 
 NEAR_DUPLICATE = 0.9  # word-trigram Jaccard similarity from which y+ and y- count as near-identical
@@ -70,12 +74,17 @@ def accuracy(records: list[Mapping], features: Mapping[str, Any]) -> dict:
 
     def shares(counter: Counter, side_scores: dict[str, list[float]]) -> dict:
         total = sum(counter.values())
-        row = {key: counter[key] / total for key in ("correct", "tie", "wrong")}
+        row = {}
+        for key in ("correct", "tie", "wrong"):
+            row[key], row[f"{key}_ci95"] = counter[key] / total, wilson(counter[key], total)
         row["pairs"] = total
-        row["chosen_follows_good"] = _mean(side_scores.get(CHOSEN, []))
         rejected = side_scores.get(REJECTED, [])
-        row["rejected_breaks_good"] = _mean([1.0 - s for s in rejected])
-        row["original_follows_good"] = _mean(side_scores.get(ORIGINAL, []))
+        for key, scores in (
+            ("chosen_follows_good", side_scores.get(CHOSEN, [])),
+            ("rejected_breaks_good", [1.0 - s for s in rejected]),
+            ("original_follows_good", side_scores.get(ORIGINAL, [])),
+        ):
+            row[key], row[f"{key}_ci95"] = _mean(scores), wilson(sum(scores), len(scores))
         return row
 
     per_feature = {name: shares(outcomes[name], follows[name]) for name in sorted(outcomes)}
@@ -89,19 +98,21 @@ def accuracy(records: list[Mapping], features: Mapping[str, Any]) -> dict:
 
 
 def lengths(records: list[Mapping]) -> dict:
-    """Mean tokens of y+, y-, y_o, the ratio y+ / y_o, and the truncation rate where it was recorded."""
-    means, unit = {}, "tokens"
+    """Mean tokens of y+, y-, y_o (with bootstrap intervals), the ratio y+ / y_o, and the truncation rate where it
+    was recorded."""
+    means, intervals, unit = {}, {}, "tokens"
     for column in RESPONSE_COLUMNS:
         counts = [record.get(f"{column}_tokens") for record in records]
         if any(count is None for count in counts):
             unit = "words"
             counts = [len(response_text(record.get(column)).split()) for record in records]
-        means[column] = _mean(counts)
+        means[column], intervals[column] = _mean(counts), bootstrap_mean(counts)
     finished = [record[f"{c}_finished"] for record in records for c in RESPONSE_COLUMNS if f"{c}_finished" in record]
     ratio = means[CHOSEN] / means[ORIGINAL] if means.get(ORIGINAL) else None
     return {
         "unit": unit,
         "mean": means,
+        "mean_ci95": intervals,
         "chosen_to_original": ratio,
         "truncated": 1.0 - _mean([float(f) for f in finished]) if finished else None,
     }
@@ -154,16 +165,18 @@ def format_report(report: dict, title: str = "Signal report") -> str:
     overall = report["accuracy"]["overall"]
     if overall:
         lines.append(
-            f"accuracy on verifiable features ({overall['pairs']} pairs): correct {_pct(overall['correct'])}, "
-            f"tie {_pct(overall['tie'])}, wrong {_pct(overall['wrong'])}"
+            f"accuracy on verifiable features ({overall['pairs']} pairs): correct "
+            f"{with_interval(overall['correct'], overall['correct_ci95'])}, tie {_pct(overall['tie'])}, "
+            f"wrong {_pct(overall['wrong'])} (95% intervals in brackets)"
         )
         lines.append(
-            f"  {'feature':12} {'pairs':>5} {'correct':>8} {'tie':>7} {'wrong':>7} {'y+ good':>8} "
+            f"  {'feature':12} {'pairs':>5} {'correct [95% interval]':>22} {'tie':>7} {'wrong':>7} {'y+ good':>8} "
             f"{'y- not':>7} {'y_o good':>8}"
         )
         for name, row in report["accuracy"]["per_feature"].items():
             lines.append(
-                f"  {name:12} {row['pairs']:5d} {_pct(row['correct']):>8} {_pct(row['tie']):>7} "
+                f"  {name:12} {row['pairs']:5d} {with_interval(row['correct'], row['correct_ci95']):>22} "
+                f"{_pct(row['tie']):>7} "
                 f"{_pct(row['wrong']):>7} {_pct(row['chosen_follows_good']):>8} "
                 f"{_pct(row['rejected_breaks_good']):>7} {_pct(row['original_follows_good']):>8}"
             )
@@ -172,9 +185,11 @@ def format_report(report: dict, title: str = "Signal report") -> str:
     onpolicy = report.get("onpolicy")
     if onpolicy and "mean_logp" in onpolicy:
         a, gap = onpolicy["mean_logp"], onpolicy["gap_to_original"]
+        ci = onpolicy.get("gap_to_original_ci95") or {}
         lines.append(
             f"on-policyness under {onpolicy['model']}: A(x, y+) {_num(a[CHOSEN])}, A(x, y-) {_num(a[REJECTED])}, "
-            f"A(x, y_o) {_num(a[ORIGINAL])}; gap to y_o: y+ {_num(gap[CHOSEN])}, y- {_num(gap[REJECTED])}"
+            f"A(x, y_o) {_num(a[ORIGINAL])}; gap to y_o: y+ {with_interval(gap[CHOSEN], ci.get(CHOSEN))}, "
+            f"y- {with_interval(gap[REJECTED], ci.get(REJECTED))}"
         )
     elif onpolicy:
         lines.append(f"on-policyness: not measured ({onpolicy['skipped']})")
@@ -193,5 +208,8 @@ def format_report(report: dict, title: str = "Signal report") -> str:
     )
     if report.get("reward"):
         reward = report["reward"]
-        lines.append(f"reward model {reward['model']}: r(y+) > r(y-) in {_pct(reward['chosen_wins'])}")
+        lines.append(
+            f"reward model {reward['model']}: r(y+) > r(y-) in "
+            f"{with_interval(reward['chosen_wins'], reward.get('chosen_wins_ci95'))}"
+        )
     return "\n".join(lines)

@@ -66,13 +66,15 @@ def rewards(model, tokenizer, pairs: list[tuple], batch_size: int = 8) -> list[f
 
 
 def reward_report(model, tokenizer, records: list[Mapping], batch_size: int = 8) -> dict:
-    """The share of records with r(y+) > r(y-), and the mean reward of y+, y- and y_o."""
+    """The share of records with r(y+) > r(y-) (with its Wilson interval), and the mean reward of y+, y- and y_o."""
     from ..data import CHOSEN, ORIGINAL, PROMPT, REJECTED
+    from .intervals import wilson
 
     columns = [c for c in (CHOSEN, REJECTED, ORIGINAL) if c in records[0]]
     scores = {c: rewards(model, tokenizer, [(r[PROMPT], r[c]) for r in records], batch_size) for c in columns}
     wins = [a > b for a, b in zip(scores[CHOSEN], scores[REJECTED])]
     return {
         "chosen_wins": sum(wins) / len(wins),
+        "chosen_wins_ci95": wilson(sum(wins), len(wins)),
         "mean_reward": {c: sum(v) / len(v) for c, v in scores.items()},
     }
