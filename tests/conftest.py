@@ -210,3 +210,12 @@ def run_processes(command: list[str], timeout: int = 900) -> subprocess.Complete
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+@pytest.fixture(scope="session")
+def packaged_model():
+    """`(model, tokenizer)` of the packaged SmolLM2-135M-Instruct, in evaluation mode, loaded once per session."""
+    from trl_sso.offline import DEFAULT_MODEL_ID
+    from trl_sso.signal.onpolicy import load_policy
+
+    return load_policy(DEFAULT_MODEL_ID)

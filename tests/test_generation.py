@@ -39,7 +39,7 @@ class Echo:
 
 
 def make(tmp_path, tokenizer, sampler=None, **overrides):
-    kwargs = dict(output_dir=str(tmp_path / "out"), num_prompts=10, batch_size=4, seed=3)
+    kwargs = dict(output_dir=str(tmp_path / "out"), num_prompts=10, batch_size=4, seed=3, principle_placement="system")
     kwargs.update(overrides)
     return SSOGenerator(GenerateArguments(**kwargs), sampler=sampler or Echo(), tokenizer=tokenizer)
 

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .data import SSO_COLUMNS
+from .data import PLACEMENT, SSO_COLUMNS
 
 
 SSO_CITATION = textwrap.dedent("""\
@@ -402,7 +402,7 @@ def sso_dataset_card(
         config_name=config_name,
         config_names=config_names,
         num_records=len(dataset),
-        extra_columns=[c for c in dataset.column_names if c not in SSO_COLUMNS],
+        extra_columns=[c for c in dataset.column_names if c not in (*SSO_COLUMNS, PLACEMENT)],
         example=text if len(text) < 4000 else text[:4000] + "\n...",
         summary=summary,
         image=image,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from .data import PLACEMENTS
 from .hub_token import TokenFreePickle
 from .options import check_ranges
 from .runtime import accelerator_available, bf16_available
@@ -103,6 +104,12 @@ class SSOConfig(TokenFreePickle, DPOConfig):
             the principle. Models whose attention cannot take the shared-prompt mask (flash attention, unverified
             model types, prompt-learning adapters) keep the two-row layout, with one warning that names the reason.
 
+        sso_principle_placement (`str` or `None`, *optional*, defaults to `None`):
+            Where the principle goes in the steering prompts x+ and x-: `"system"` (the system message),
+            `"before_question"` or `"after_question"` (in the user turn). `None` follows the data: each record's
+            `principle_placement` column, written by the generator, or the system message where there is none. A
+            value that contradicts the data's column is an error, since x+ and x- must be rebuilt as they were sampled.
+
     > [!NOTE]
     > These parameters have default values different from [`~trl.DPOConfig`]:
     > - `bf16`: when not set, defaults to `True` only on an accelerator that supports it; elsewhere (e.g. a CPU) it
@@ -160,7 +167,21 @@ class SSOConfig(TokenFreePickle, DPOConfig):
         },
     )
 
+    sso_principle_placement: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the principle goes in x+ and x-: 'system', 'before_question' or 'after_question'. Default: "
+            "as the data record it (column 'principle_placement'; the system message where there is none).",
+            "choices": list(PLACEMENTS),
+        },
+    )
+
     def __post_init__(self):
+        if self.sso_principle_placement is not None and self.sso_principle_placement not in PLACEMENTS:
+            raise ValueError(
+                f"`sso_principle_placement` must be one of {list(PLACEMENTS)} or None, got "
+                f"{self.sso_principle_placement!r}. Leave it unset to follow the placement recorded in the data."
+            )
         if self.sso_objective not in SSO_OBJECTIVES:
             raise ValueError(
                 f"`sso_objective` must be one of {list(SSO_OBJECTIVES)}, got {self.sso_objective!r}. Use 'policy' to "

@@ -13,7 +13,9 @@ format (lists of `{"role", "content"}` messages):
 | `positive_system` | the positive principle prompt (a plain string)            |
 | `negative_system` | the negative principle prompt (a plain string)            |
 
-Other columns are kept and ignored. `prompt` / `chosen` / `rejected` alone form a valid preference dataset for TRL's
+An optional `principle_placement` column records where the principle went when the responses were sampled
+(`PLACEMENTS`; absent: the system message), so that x+ and x- are rebuilt exactly as they were. Other columns are kept
+and ignored. `prompt` / `chosen` / `rejected` alone form a valid preference dataset for TRL's
 `DPOTrainer` and `RewardTrainer`.
 
 This module imports neither torch nor TRL, so the generator and light tools can use it.
@@ -33,9 +35,19 @@ RESPONSE_COLUMNS = (CHOSEN, REJECTED, ORIGINAL)  # y+, y-, y_o
 TEXT_COLUMNS = (PROMPT, *RESPONSE_COLUMNS)  # string or message list, one format per record
 SYSTEM_COLUMNS = (POSITIVE_SYSTEM, NEGATIVE_SYSTEM)  # always plain strings
 
-# How a principle is joined to the query when it cannot be a system message (standard format, or a chat template that
-# rejects the system role).
+# How a principle is joined to the query when it is not a system message (placed in a user turn, standard format, or a
+# chat template that rejects the system role).
 PRINCIPLE_SEPARATOR = "\n\n"
+
+# Where the principle goes in x+ and x-, recorded per record in this column, so that training rebuilds x+ / x- exactly
+# as they were sampled. Data without the column (public SSO releases) put it in the system message.
+PLACEMENT = "principle_placement"
+PLACEMENTS = {
+    "system": "the system message (the start of the first user turn where the chat template has no system role)",
+    "before_question": "the start of the first user turn, followed by a blank line",
+    "after_question": "the end of the last user turn, after a blank line",
+}
+DEFAULT_PLACEMENT = "system"
 
 
 class SSODataError(ValueError):
@@ -77,10 +89,14 @@ def required_columns(objective: str = "policy", steer_coef: float = 0.1) -> tupl
 
 
 def pair_texts(
-    record: Mapping[str, Any], pairs: Iterable[str] = tuple(PAIRS), processing_class: Any = None
+    record: Mapping[str, Any],
+    pairs: Iterable[str] = tuple(PAIRS),
+    processing_class: Any = None,
+    placement: str | None = None,
 ) -> dict[str, tuple[Any, Any, Any]]:
     """`(prompt, winner, loser)` of each pair named in `pairs`, for one canonical record; the prompts of the steering
-    pairs are built by `build_steered_prompt`.
+    pairs are built by `build_steered_prompt`, with the principle where the record says it was sampled
+    (`principle_placement`; `placement` is the configured one, checked against it).
 
     Example:
     ```python
@@ -91,11 +107,12 @@ def pair_texts(
     ```
     """
     texts = {}
+    where = record_placement(record, placement)
     for name in pairs:
         principle, winner, loser = PAIRS[name]
         prompt = record[PROMPT]
         if principle is not None:
-            prompt = build_steered_prompt(prompt, record[principle], processing_class)
+            prompt = build_steered_prompt(prompt, record[principle], processing_class, where)
         texts[name] = (prompt, record[winner], record[loser])
     return texts
 
@@ -166,34 +183,70 @@ def supports_system_role(processing_class: Any) -> bool:
     return _template_renders_system(tokenizer, getattr(tokenizer, "chat_template", None))
 
 
-def build_steered_prompt(prompt: str | list[dict], system: str, processing_class: Any = None) -> str | list[dict]:
-    """Build `x+` or `x-`: the query `prompt` under the principle prompt `system`.
+def build_steered_prompt(
+    prompt: str | list[dict], system: str, processing_class: Any = None, placement: str = DEFAULT_PLACEMENT
+) -> str | list[dict]:
+    """Build `x+` or `x-`: the query `prompt` under the principle prompt `system`, placed as `placement` says.
 
     The one rule used by both the trainer and the generator, so that the model is trained on exactly what it was
-    sampled from:
-    - conversational prompt: the principle becomes the system message; if the chat template of `processing_class`
-      does not render a system role, it is prepended to the first user turn instead, separated by a blank line;
-    - standard (string) prompt: the principle is prepended to the prompt, separated by a blank line.
+    sampled from (`PLACEMENTS`):
+    - `"system"`: a conversational prompt gets the principle as its system message, or, where the chat template of
+      `processing_class` does not render a system role, at the start of its first user turn; a standard (string)
+      prompt gets it in front;
+    - `"before_question"`: at the start of the first user turn (in front of a string prompt);
+    - `"after_question"`: at the end of the last user turn (after a string prompt).
+    A principle joins the turn's text with a blank line.
 
     Example:
     ```python
     >>> build_steered_prompt([{"role": "user", "content": "Hi"}], "Be kind.")
     [{'role': 'system', 'content': 'Be kind.'}, {'role': 'user', 'content': 'Hi'}]
+    >>> build_steered_prompt([{"role": "user", "content": "Hi"}], "Be kind.", placement="after_question")
+    [{'role': 'user', 'content': 'Hi\\n\\nBe kind.'}]
     >>> build_steered_prompt("Hi", "Be kind.")
     'Be kind.\\n\\nHi'
 
     ```
     """
+    if placement not in PLACEMENTS:
+        raise SSODataError(f"Unknown principle placement {placement!r}; use one of {list(PLACEMENTS)}.")
+    after = placement == "after_question"
     if isinstance(prompt, str):
-        return f"{system}{PRINCIPLE_SEPARATOR}{prompt}"
-    if processing_class is None or supports_system_role(processing_class):
+        return f"{prompt}{PRINCIPLE_SEPARATOR}{system}" if after else f"{system}{PRINCIPLE_SEPARATOR}{prompt}"
+    if placement == "system" and (processing_class is None or supports_system_role(processing_class)):
         return [{"role": "system", "content": system}, *prompt]
     messages = [dict(message) for message in prompt]
-    for message in messages:
-        if message["role"] == "user":
-            message["content"] = f"{system}{PRINCIPLE_SEPARATOR}{message['content']}"
-            return messages
-    raise SSODataError("A conversational prompt needs at least one user turn to carry the principle.")
+    users = [message for message in messages if message["role"] == "user"]
+    if not users:
+        raise SSODataError("A conversational prompt needs at least one user turn to carry the principle.")
+    if after:
+        users[-1]["content"] = f"{users[-1]['content']}{PRINCIPLE_SEPARATOR}{system}"
+    else:
+        users[0]["content"] = f"{system}{PRINCIPLE_SEPARATOR}{users[0]['content']}"
+    return messages
+
+
+def record_placement(record: Mapping[str, Any], configured: str | None = None, index: int | None = None) -> str:
+    """Where the principle of `record` goes: its `principle_placement` column, else `configured`, else the system
+    message. A record whose column differs from a `configured` placement is refused (an `SSODataError` naming both):
+    training must rebuild x+ and x- exactly as they were sampled."""
+    recorded = record.get(PLACEMENT)
+    where = f"Row {index}" if index is not None else "A record"
+    if recorded is None:
+        return configured or DEFAULT_PLACEMENT
+    if recorded not in PLACEMENTS:
+        raise SSODataError(
+            f"{where}, column '{PLACEMENT}' holds {recorded!r}, which is no placement trl-sso knows: use one of "
+            f"{list(PLACEMENTS)}."
+        )
+    if configured is not None and configured != recorded:
+        raise SSODataError(
+            f"{where} was sampled with its principle placed at {recorded!r} (column '{PLACEMENT}'), but "
+            f"`sso_principle_placement` is {configured!r}. x+ and x- must be rebuilt as they were sampled: leave "
+            f"`sso_principle_placement` unset to follow the data, or regenerate the data with `--principle_placement "
+            f"{configured}`."
+        )
+    return recorded
 
 
 # ---------------------------------------------------------------------------------------------------------------------

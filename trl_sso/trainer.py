@@ -308,7 +308,8 @@ class SSOTrainer(DPOTrainer):
 
             def tokenize(example, index):
                 sso_data.validate_record(example, index, columns)
-                return self._tokenize_record(example, processing_class, pairs)
+                placement = sso_data.record_placement(example, args.sso_principle_placement, index)
+                return self._tokenize_record(example, processing_class, pairs, placement)
 
             if isinstance(dataset, Dataset):
                 map_kwargs["desc"] = f"Tokenizing SSO pairs of {dataset_name} dataset"
@@ -340,9 +341,12 @@ class SSOTrainer(DPOTrainer):
                     dataset = dataset.filter(fits)
         return dataset
 
-    def _tokenize_record(self, example: dict, processing_class, pairs: tuple[str, ...]) -> dict[str, list[int]]:
-        """Tokenize the pairs in use of one canonical record into the `PAIR_COLUMNS` columns."""
-        texts = sso_data.pair_texts(example, pairs, processing_class)
+    def _tokenize_record(
+        self, example: dict, processing_class, pairs: tuple[str, ...], placement: str | None = None
+    ) -> dict[str, list[int]]:
+        """Tokenize the pairs in use of one canonical record into the `PAIR_COLUMNS` columns, the principle placed as
+        `placement` (`trl_sso.data.record_placement`) says."""
+        texts = sso_data.pair_texts(example, pairs, processing_class, placement)
         kwargs = template_kwargs(example)
         output = {}
         for pair in pairs:

@@ -49,6 +49,9 @@ DESCRIPTIONS = {
     "policy, length drift, degeneracy and, with a reward model, its verdicts. Writes signal.json and PNG plots.",
     "evaluate": "Let policies answer held-out prompts with no principle and score the answers on the verifiable "
     "features (and a reward model): the table says whether a round of SSO moved the policy.",
+    "calibrate": "Check which principles a model follows and where: for each verifiable feature and placement of the "
+    "principle, how often answers follow the good side and break it under the bad side, and how often y+ beats y-, "
+    "with 95% intervals. Writes calibration.json and calibration.png and names the placement to generate with.",
     "env": "Print the versions of trl-sso and the libraries it runs on, and the accelerator: paste them into a bug "
     "report.",
 }
@@ -79,6 +82,10 @@ def parser(command: str):
         from ..scripts.evaluate import EvaluateArguments
 
         return DataclassParser((EvaluateArguments, LoggingArguments), prog=prog, description=description)
+    if command == "calibrate":
+        from ..scripts.calibrate import CalibrateArguments
+
+        return DataclassParser((CalibrateArguments, LoggingArguments), prog=prog, description=description)
 
     from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
 
@@ -184,6 +191,10 @@ def generate(argv: list[str]) -> int:
             f"{summary['principle_fallbacks']}). Mean tokens chosen/rejected/original: {lengths}. Load it with "
             f"`datasets.load_dataset({gen_args.output_dir!r})`; summary: {gen_args.output_dir}/summary.json"
         )
+        if summary["signal"].get("judge"):
+            from ..signal.judge import format_judge
+
+            print(format_judge(summary["signal"]["judge"]))
         if url:
             print(f"Published the dataset to {url} (config iteration_{gen_args.iteration}).")
     return 0
@@ -248,6 +259,16 @@ def evaluate(argv: list[str]) -> int:
     return 0
 
 
+def calibrate(argv: list[str]) -> int:
+    from ..scripts.calibrate import calibrate as check_principles
+    from ..scripts.calibrate import format_calibration
+
+    (args,) = parse("calibrate", argv)
+    print(format_calibration(check_principles(args)))
+    print(f"Wrote {args.output_dir}/calibration.json and calibration.png.")
+    return 0
+
+
 def env(argv: list[str]) -> int:
     from ..scripts.env import environment
 
@@ -293,7 +314,14 @@ def run(command: str, argv: list[str]) -> int:
     try:
         if command in SCRIPTS:
             return run_script(command, argv)
-        handlers = {"generate": generate, "push": push, "inspect": inspect, "evaluate": evaluate, "env": env}
+        handlers = {
+            "generate": generate,
+            "push": push,
+            "inspect": inspect,
+            "evaluate": evaluate,
+            "calibrate": calibrate,
+            "env": env,
+        }
         return handlers[command](argv)
     except (ValueError, OSError, ImportError, HubError, NoRecordsError, SSODataError) as error:
         # Bad options and inputs: the message says what to fix; a stack trace would only hide it

@@ -8,6 +8,7 @@
     trl-sso pipeline --config recipes/v2_generator_llama3_8b.yaml
     trl-sso inspect sso-data [--model MODEL] [--reward_model RM]
     trl-sso evaluate --model BEFORE --model AFTER
+    trl-sso calibrate [--model MODEL] [--features verifiable]
 
 Every command takes `--config recipe.yaml` and `--help`. This module imports nothing heavy.
 """
@@ -25,6 +26,7 @@ COMMANDS = {
     "push": "Publish a generated dataset, an SSO model or adapter, or a reward model, with its card.",
     "inspect": "Signal report of an SSO dataset: accuracy, on-policyness, length drift, degeneracy.",
     "evaluate": "Score how policies answer held-out prompts without a principle, to compare rounds.",
+    "calibrate": "Check which principles a model follows, and in which placement, before a long job.",
     "env": "Print the versions of trl-sso and its libraries, and the accelerator, for a bug report.",
 }
 

@@ -8,10 +8,12 @@
 
 from dataclasses import dataclass, field
 
+from ..data import PLACEMENTS
 from ..options import check_ranges
 
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")  # as TRL's `ModelConfig.dtype`
+DEFAULT_GENERATION_PLACEMENT = "after_question"  # chosen by `trl-sso calibrate` on the packaged model (README)
 
 
 @dataclass
@@ -56,6 +58,15 @@ class GenerationOptions:
         metadata={
             "help": "Where principles come from: 'library', 'policy' or 'model'.",
             "choices": ["library", "policy", "model"],
+        },
+    )
+    principle_placement: str = field(
+        default=DEFAULT_GENERATION_PLACEMENT,
+        metadata={
+            "help": "Where the principle goes in x+ and x-: 'system' (the system message), 'before_question' or "
+            "'after_question' (in the user turn). Recorded in each record, so training rebuilds x+ / x- alike. "
+            "`trl-sso calibrate` measures which placement your model follows.",
+            "choices": list(PLACEMENTS),
         },
     )
     principle_model: str | None = field(
@@ -144,6 +155,16 @@ class GenerateArguments(GenerationOptions):
     )
     seed: int = field(default=42, metadata={"help": "Seed of principle selection and sampling."})
     iteration: int = field(default=1, metadata={"help": "Online round this data belongs to (recorded as provenance)."})
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also judge y+ against y- in the summary (both orders; `trl_sso.signal.judge`): a causal LM (path "
+            "or Hub id) or the URL of an OpenAI-compatible endpoint. Does not change the data."
+        },
+    )
+    judge_model: str | None = field(
+        default=None, metadata={"help": "The model an endpoint `--judge` serves, when it serves several."}
+    )
 
     def __post_init__(self):
         super().__post_init__()

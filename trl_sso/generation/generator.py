@@ -50,10 +50,14 @@ class NoRecordsError(RuntimeError):
     """Every generated triple was filtered out."""
 
 
+# Options that shape what is reported about the data, not the data
+_REPORT_ONLY = ("output_dir", "judge", "judge_model")
+
+
 def _settings(args: GenerateArguments) -> dict:
-    """The settings that make the data: every option but the output folder. A rerun with other values must not reuse
-    earlier batches."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name != "output_dir"}
+    """The settings that make the data: every option but the output folder and the judge. A rerun with other values
+    must not reuse earlier batches."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name not in _REPORT_ONLY}
 
 
 def _public_settings(args: GenerateArguments) -> dict:
@@ -158,8 +162,13 @@ class SSOGenerator:
         queries = [" ".join(m["content"] for m in p if m["role"] == "user") for p in prompts]
         batch_seed = args.seed * 100_003 + batch_index
         principles = self.source.assign(indices, queries, batch_seed)
-        x_pos = [build_steered_prompt(p, pr.positive_system, self.tokenizer) for p, pr in zip(prompts, principles)]
-        x_neg = [build_steered_prompt(p, pr.negative_system, self.tokenizer) for p, pr in zip(prompts, principles)]
+        where = args.principle_placement
+        x_pos = [
+            build_steered_prompt(p, pr.positive_system, self.tokenizer, where) for p, pr in zip(prompts, principles)
+        ]
+        x_neg = [
+            build_steered_prompt(p, pr.negative_system, self.tokenizer, where) for p, pr in zip(prompts, principles)
+        ]
         steered = self.sampler.sample(x_pos + x_neg, args.temperature, args.top_p, args.max_new_tokens, batch_seed)
         chosen, rejected = steered[: len(prompts)], steered[len(prompts) :]
         original_temperature = args.temperature if args.original_temperature is None else args.original_temperature
@@ -201,6 +210,7 @@ class SSOGenerator:
                     originals[k].text,
                     pr.positive_system,
                     pr.negative_system,
+                    principle_placement=where,
                     features=pr.features,
                     principle_source=pr.source,
                     principle_fallback=pr.fallback,
@@ -332,6 +342,11 @@ class SSOGenerator:
             "signal": signal_report(records, self.features),
             "provenance": data_provenance(self.args.model_name_or_path, self.args.prompts),
         }
+        if self.args.judge:
+            from ..signal.judge import judge_report, make_judge
+
+            judge = make_judge(self.args.judge, self.args.judge_model, batch_size=self.args.batch_size)
+            summary["signal"]["judge"] = judge_report(judge, records, self.features)
         write_json_atomic(self.output_dir / SUMMARY_FILE, summary, indent=2)
         from ..cards import sso_dataset_card
         from ..signal.plots import plot_accuracy

@@ -46,14 +46,25 @@ class TransformersSampler:
         ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         return ids | {self.tokenizer.eos_token_id}
 
-    def sample(self, prompts: list[list[dict]], temperature: float, top_p: float, max_new_tokens: int, seed: int):
+    def sample(
+        self,
+        prompts: list[list[dict]],
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        desc: str | None = None,
+    ):
+        """Complete each chat of `prompts`; with `desc`, a progress bar over the batches."""
         import torch
+        from tqdm.auto import tqdm
 
         texts = [render(self.tokenizer, messages) for messages in prompts]
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])  # bucket by length: little padding per batch
         results: list[Completion | None] = [None] * len(texts)
-        for chunk_index, start in enumerate(range(0, len(order), self.batch_size)):
+        starts = range(0, len(order), self.batch_size)
+        for chunk_index, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None)):
             chunk = order[start : start + self.batch_size]
             inputs = self.tokenizer(
                 [texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
@@ -114,9 +125,9 @@ class VLLMSampler:
             ) from error
         return cls(LLM(model=model, **llm_kwargs), tokenizer)
 
-    def sample(self, prompts: list[list[dict]], temperature: float, top_p: float, max_new_tokens: int, seed: int):
+    def sample(self, prompts, temperature: float, top_p: float, max_new_tokens: int, seed: int, desc=None):
         params = self._sampling_params(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
-        outputs = self.llm.generate([render(self.tokenizer, m) for m in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([render(self.tokenizer, m) for m in prompts], params, use_tqdm=desc is not None)
         results = []
         for output in outputs:
             best = output.outputs[0]

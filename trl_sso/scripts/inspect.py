@@ -1,5 +1,6 @@
 """`trl-sso inspect`: the signal report of an SSO dataset (anything `load_sso_dataset` reads): accuracy on verifiable
-features, on-policyness under a policy, length drift, degeneracy and, with a reward model, its pairwise verdicts.
+features, on-policyness under a policy, length drift, degeneracy and, with a reward model or a judge (`--judge`,
+`trl_sso.signal.judge`), their pairwise verdicts.
 Writes `signal.json` and PNG plots, and returns the report."""
 
 import logging
@@ -32,6 +33,17 @@ class InspectArguments:
     skip_onpolicy: bool = field(default=False, metadata={"help": "Do not load a policy; skip on-policyness."})
     reward_model: str | None = field(
         default=None, metadata={"help": "A sequence-classification reward model that also judges y+ against y-."}
+    )
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pairwise judge of y+ against y- on each record's features (qualitative ones too), asked in "
+            "both orders: a causal LM (path or Hub id) or the URL of an OpenAI-compatible endpoint (vllm serve, TGI, "
+            "Inference Providers)."
+        },
+    )
+    judge_model: str | None = field(
+        default=None, metadata={"help": "The model an endpoint `--judge` serves, when it serves several."}
     )
     features_file: str | None = field(
         default=None, metadata={"help": "The features file the data were generated with, if any (for its checkers)."}
@@ -106,6 +118,12 @@ def inspect_dataset(args: InspectArguments) -> dict:
     if args.reward_model:
         verdicts = reward_report(reward_model, reward_tokenizer, records)
         report["reward"] = {"model": public_name(args.reward_model), **verdicts}
+    if args.judge:
+        from ..signal.judge import judge_report, make_judge
+
+        report["judge"] = judge_report(
+            make_judge(args.judge, args.judge_model, batch_size=args.batch_size), records, features
+        )
     plot_accuracy(report, output / "accuracy.png")
     write_json_atomic(output / "signal.json", report, indent=2)
     return report

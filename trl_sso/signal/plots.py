@@ -19,8 +19,8 @@ def _pyplot():
 
 def _error_bars(values: list, intervals: list) -> list[list[float]]:
     """Matplotlib's `yerr` (distances below and above each value) from `[low, high]` intervals; none: zero."""
-    below = [v - ci[0] if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]
-    above = [ci[1] - v if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]
+    below = [max(v - ci[0], 0.0) if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]
+    above = [max(ci[1] - v, 0.0) if v is not None and ci else 0.0 for v, ci in zip(values, intervals)]  # rounding
     return [below, above]
 
 

@@ -54,6 +54,11 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def outcome(plus: float, minus: float) -> str:
+    """The verdict on a pair from the scores of y+ and y- on the good side: `correct`, `tie` or `wrong`."""
+    return "correct" if plus > minus else "tie" if plus == minus else "wrong"
+
+
 def accuracy(records: list[Mapping], features: Mapping[str, Any]) -> dict:
     """Correct / tie / wrong shares of the (record, verifiable feature) pairs, per feature and overall, and how often
     y+, y-, y_o follow the good side. Features without a checker, or unknown to `features`, are skipped."""
@@ -66,9 +71,7 @@ def accuracy(records: list[Mapping], features: Mapping[str, Any]) -> dict:
             if checker is None:
                 continue
             scores = {column: checker(text) for column, text in texts.items()}
-            plus, minus = scores[CHOSEN], scores[REJECTED]
-            outcome = "correct" if plus > minus else "tie" if plus == minus else "wrong"
-            outcomes.setdefault(name, Counter())[outcome] += 1
+            outcomes.setdefault(name, Counter())[outcome(scores[CHOSEN], scores[REJECTED])] += 1
             for column, score in scores.items():
                 follows.setdefault(name, {}).setdefault(column, []).append(score)
 
@@ -212,4 +215,8 @@ def format_report(report: dict, title: str = "Signal report") -> str:
             f"reward model {reward['model']}: r(y+) > r(y-) in "
             f"{with_interval(reward['chosen_wins'], reward.get('chosen_wins_ci95'))}"
         )
+    if report.get("judge"):
+        from .judge import format_judge
+
+        lines.append(format_judge(report["judge"]))
     return "\n".join(lines)

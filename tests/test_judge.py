@@ -1,0 +1,178 @@
+"""The pairwise judge: both orders, order-dependent verdicts as ties, position bias, agreement with the checkers; the
+local backend on the packaged model and the HTTP backend against an OpenAI-compatible server on 127.0.0.1."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from trl_sso.data import make_record
+from trl_sso.principles import ALL_FEATURES
+from trl_sso.signal.judge import EndpointJudge, LocalJudge, judge_messages, judge_report
+
+
+def _records():
+    """Two records per feature kind: a verifiable one (Lowercase: y+ follows, y- does not) and a qualitative one."""
+    return [
+        make_record(
+            "Name a colour.", "GOOD red.", "Bad Red.", "red", "p", "n", conversational=True, features=["Lowercase"]
+        ),
+        make_record(
+            "Say hi.", "GOOD hello", "Bad Hello", "hi", "p", "n", conversational=True, features=["Helpfulness"]
+        ),
+    ]
+
+
+class Scripted:
+    """A judge whose verdict is a function of the question text."""
+
+    name = "scripted"
+
+    def __init__(self, rule):
+        self.rule, self.asked = rule, []
+
+    def verdicts(self, questions):
+        self.asked += questions
+        return [self.rule(q[0]["content"]) for q in questions]
+
+
+def _answer_a(text):
+    return text.split("[Answer A]\n")[1].split("\n[End of answer A]")[0]
+
+
+def _prefers_good(text):
+    return "A" if _answer_a(text).startswith("GOOD") else "B"
+
+
+def test_both_orders_are_asked_and_consistent_verdicts_count():
+    judge = Scripted(_prefers_good)
+    report = judge_report(judge, _records(), ALL_FEATURES)
+    assert len(judge.asked) == 4  # two pairs, each in both orders
+    first, second = judge.asked[:2]
+    assert _answer_a(first[0]["content"]) == "GOOD red." and _answer_a(second[0]["content"]) == "Bad Red."
+    assert "Quality: Every letter of the response is lowercase." in first[0]["content"]
+    assert report["overall"]["correct"] == 1.0 and report["qualitative"]["correct"] == 1.0
+    assert report["position_bias"]["first_answer_chosen"] == 0.5
+    # the checker decides the Lowercase pair (y+ lowercase... but "GOOD" is not): it says tie, so no agreement figure
+    assert report["agreement_with_checkers"]["pairs"] == 0
+
+
+def test_verdicts_that_follow_the_position_are_ties_and_bias_is_reported():
+    report = judge_report(Scripted(lambda text: "A"), _records(), ALL_FEATURES)
+    assert report["overall"]["tie"] == 1.0 and report["overall"]["correct"] == 0.0
+    assert report["position_bias"]["first_answer_chosen"] == 1.0
+    low, high = report["overall"]["tie_ci95"]
+    assert 0.0 < low < 1.0 == high  # two pairs: a wide interval, drawn from the counts
+
+
+def test_agreement_with_checkers_on_decided_pairs():
+    records = [
+        make_record("Q", "all lowercase", "Not Lowercase", "x", "p", "n", conversational=True, features=["Lowercase"]),
+        make_record("Q", "also lower", "Capital Here", "x", "p", "n", conversational=True, features=["Lowercase"]),
+    ]
+    agreeing = judge_report(Scripted(lambda t: "A" if _answer_a(t).islower() else "B"), records, ALL_FEATURES)
+    assert agreeing["agreement_with_checkers"] == {
+        "pairs": 2,
+        "agreement": 1.0,
+        "agreement_ci95": pytest.approx([0.3424, 1.0], abs=1e-4),
+    }
+    contrary = judge_report(Scripted(lambda t: "B" if _answer_a(t).islower() else "A"), records, ALL_FEATURES)
+    assert contrary["agreement_with_checkers"]["agreement"] == 0.0 and contrary["overall"]["wrong"] == 1.0
+
+
+def test_local_judge_reads_the_letter_log_probabilities(packaged_model):
+    import torch
+
+    model, tokenizer = packaged_model
+    judge = LocalJudge(model, tokenizer, batch_size=2)
+    records = _records()
+    report = judge_report(judge, records, ALL_FEATURES)
+    assert report["overall"]["pairs"] == 2 and report["position_bias"]["unreadable_verdicts"] == 0
+    # one verdict by hand: the logits of "A" and "B" after the rendered question
+    question = judge_messages("Name a colour.", "Every letter is lowercase.", "red.", "Red.")
+    ids = tokenizer.apply_chat_template(question, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        last = model(**ids).logits[0, -1]
+    a, b = (tokenizer.encode(letter, add_special_tokens=False)[0] for letter in "AB")
+    assert judge.verdicts([question]) == ["A" if last[a] >= last[b] else "B"]
+    assert judge.verdicts([question, question]) == judge.verdicts([question]) * 2  # batched alike
+
+
+class _ChatServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible `/v1/chat/completions`: it answers with `reply(question)`, or garbage when told to."""
+
+    reply = staticmethod(_prefers_good)
+    requests: list = []
+
+    def do_POST(self):  # noqa: N802 (the http.server name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append((self.path, body))
+        content = self.reply(body["messages"][-1]["content"])
+        payload = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model") or "judge",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def chat_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _ChatServer.requests = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", _ChatServer
+    server.shutdown()
+
+
+def test_endpoint_judge_over_http(chat_server):
+    url, handler = chat_server
+    handler.reply = staticmethod(lambda text: f"Answer {_prefers_good(text)}.")
+    report = judge_report(EndpointJudge(url, model="tiny-judge"), _records(), ALL_FEATURES)
+    assert report["overall"]["correct"] == 1.0 and report["judge"] == f"tiny-judge at {url}"
+    assert len(handler.requests) == 4
+    path, body = handler.requests[0]
+    assert path == "/v1/chat/completions" and body["model"] == "tiny-judge" and body["temperature"] == 0.0
+    handler.reply = staticmethod(lambda text: "I cannot decide.")  # unreadable verdicts are ties, and counted
+    report = judge_report(EndpointJudge(url), _records(), ALL_FEATURES)
+    assert report["overall"]["tie"] == 1.0 and report["position_bias"]["unreadable_verdicts"] == 4
+
+
+def test_inspect_with_an_endpoint_judge(chat_server, tmp_path):
+    from datasets import Dataset
+
+    from trl_sso.cli.main import main
+
+    url, handler = chat_server
+    handler.reply = staticmethod(_prefers_good)
+    Dataset.from_list(_records()).to_json(tmp_path / "data.jsonl")
+    code = main(
+        [
+            "inspect",
+            str(tmp_path / "data.jsonl"),
+            "--skip_onpolicy",
+            "--judge",
+            url,
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+    saved = json.loads((tmp_path / "out" / "signal.json").read_text())
+    assert (
+        saved["judge"]["qualitative"]["correct"] == 1.0
+        and saved["judge"]["position_bias"]["first_answer_chosen"] == 0.5
+    )

@@ -1,0 +1,240 @@
+"""`trl-sso calibrate`: which principles does a model follow, and where in the prompt? Run it before a long job.
+
+For each verifiable feature and each principle placement (`trl_sso.data.PLACEMENTS`), the model answers the same
+prompts under the feature's good principle (x+) and its bad principle (x-), built exactly as the generator builds
+them; it also answers each prompt once with no principle. The feature's checker then says, per placement:
+- how often the answer under x+ follows the good side, how often the answer under x- breaks it, and the base rate of
+  the plain answers (Wilson intervals);
+- the pair accuracy SSO depends on: y+ follows the good side better than y- (correct), as well (tie) or worse;
+- the *lift*, correct minus wrong per prompt, with its bootstrap interval: a feature carries a signal in a placement
+  when that interval lies above 0.
+The placement whose features carry the most signal (then the highest mean accuracy) is recommended. Everything is
+sampled in one batched pass. Writes `calibration.json` and `calibration.png`, and returns the report.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import PLACEMENTS
+from ..options import check_ranges
+
+
+@dataclass
+class CalibrateArguments:
+    """Options of `trl-sso calibrate`."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The model to check (path or Hub id). Default: the packaged SmolLM2-135M-Instruct.",
+            "aliases": ["--model"],
+        },
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts to answer (file, saved dataset or dataset name). Default: the packaged held-out set."
+        },
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompt set that holds the prompts."})
+    num_prompts: int = field(
+        default=8,
+        metadata={"help": "Prompts per feature and placement: more narrow the intervals, at a proportional cost."},
+    )
+    features: list[str] = field(
+        default_factory=lambda: ["verifiable"],
+        metadata={"help": "Verifiable features to check (names or the set 'verifiable')."},
+    )
+    features_file: str | None = field(default=None, metadata={"help": "A features file with more checkers."})
+    placements: list[str] = field(
+        default_factory=lambda: list(PLACEMENTS),
+        metadata={"help": f"Placements to compare, among {list(PLACEMENTS)}."},
+    )
+    max_new_tokens: int = field(
+        default=64,
+        metadata={"help": "Maximum new tokens per answer (features judged at the end, like Closing, need room)."},
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (as the generator's default)."})
+    top_p: float = field(default=0.8, metadata={"help": "Nucleus sampling threshold."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    seed: int = field(default=42, metadata={"help": "Seed of sampling."})
+    output_dir: str = field(default="calibration", metadata={"help": "Where calibration.json and the plot go."})
+
+    def __post_init__(self):
+        check_ranges(self)
+        unknown = [placement for placement in self.placements if placement not in PLACEMENTS]
+        if unknown or not self.placements:
+            raise ValueError(f"`--placements` must name some of {list(PLACEMENTS)}, got {self.placements}.")
+
+
+def score_cell(good: list[float], bad: list[float], plain: list[float]) -> dict:
+    """The figures of one feature in one placement from the checker's scores of the answers under the good principle,
+    the bad principle and none (one score per prompt, in prompt order)."""
+    from ..signal.intervals import bootstrap_mean, excludes_zero, wilson
+
+    n = len(good)
+    outcomes = [(g > b) - (g < b) for g, b in zip(good, bad, strict=True)]  # +1 correct, 0 tie, -1 wrong
+    correct, wrong = outcomes.count(1), outcomes.count(-1)
+    cell = {
+        "prompts": n,
+        "follows_good": sum(good) / n,
+        "follows_good_ci95": wilson(sum(good), n),
+        "breaks_good": 1 - sum(bad) / n,
+        "breaks_good_ci95": wilson(n - sum(bad), n),
+        "base_rate": sum(plain) / n,
+        "base_rate_ci95": wilson(sum(plain), n),
+        "correct": correct / n,
+        "correct_ci95": wilson(correct, n),
+        "tie": outcomes.count(0) / n,
+        "wrong": wrong / n,
+        "lift": (correct - wrong) / n,
+        "lift_ci95": bootstrap_mean(outcomes),
+    }
+    cell["signal"] = excludes_zero(cell["lift_ci95"]) and cell["lift"] > 0
+    return cell
+
+
+def recommend(cells: dict[str, dict[str, dict]]) -> dict:
+    """The placement whose features carry a signal most often (ties: the highest mean accuracy), and those features;
+    no placement (`None`) when no feature carries a signal anywhere."""
+    ranking = []
+    for placement, row in cells.items():
+        carrying = [name for name, cell in row.items() if cell["signal"]]
+        mean_correct = sum(cell["correct"] for cell in row.values()) / len(row)
+        ranking.append((len(carrying), mean_correct, placement, carrying))
+    count, mean_correct, placement, carrying = max(ranking)
+    if not count:  # nothing to recommend: say so rather than pick a placement at random
+        return {"placement": None, "features": [], "mean_correct": mean_correct}
+    return {"placement": placement, "features": carrying, "mean_correct": mean_correct}
+
+
+def calibrate(args: CalibrateArguments) -> dict:
+    """Answer, score and write the report (see the module docstring)."""
+    import time
+
+    from ..cards import public_name
+    from ..data import build_steered_prompt
+    from ..files import write_json_atomic
+    from ..generation.prompts import load_prompts
+    from ..generation.samplers import TransformersSampler
+    from ..offline import DEFAULT_MODEL_ID
+    from ..principles import contrastive_system_prompts, expand_feature_names, known_features
+    from ..signal.onpolicy import load_policy
+
+    features = known_features(args.features_file)
+    names = expand_feature_names(args.features, features)
+    unverifiable = [name for name in names if features[name].checker is None]
+    if unverifiable:
+        raise ValueError(
+            f"`--features` {unverifiable} have no checker: calibrate scores verifiable features. Judge qualitative "
+            "features on generated data with `trl-sso inspect --judge`."
+        )
+    prompts = load_prompts(args.prompts, args.prompt_column, num_prompts=args.num_prompts, packaged="eval_prompts")
+    model_name = args.model_name_or_path or DEFAULT_MODEL_ID
+    model, tokenizer = load_policy(model_name)
+    jobs = [("plain", None, None)]  # (side, feature, placement), each answering every prompt
+    jobs += [(side, name, where) for name in names for where in args.placements for side in ("good", "bad")]
+    inputs = []
+    for side, name, where in jobs:
+        if side == "plain":
+            inputs += prompts
+            continue
+        positive, negative = contrastive_system_prompts([features[name]])
+        principle = positive if side == "good" else negative
+        inputs += [build_steered_prompt(p, principle, tokenizer, where) for p in prompts]
+    start = time.perf_counter()
+    completions = TransformersSampler(model, tokenizer, args.batch_size).sample(
+        inputs, args.temperature, args.top_p, args.max_new_tokens, args.seed, desc="Answering"
+    )
+    seconds = time.perf_counter() - start
+    n = len(prompts)
+    answers = {job: [c.text for c in completions[i * n : (i + 1) * n]] for i, job in enumerate(jobs)}
+    plain = answers[("plain", None, None)]
+    cells = {
+        where: {
+            name: score_cell(
+                [features[name].checker(text) for text in answers[("good", name, where)]],
+                [features[name].checker(text) for text in answers[("bad", name, where)]],
+                [features[name].checker(text) for text in plain],
+            )
+            for name in names
+        }
+        for where in args.placements
+    }
+    report = {
+        "model": public_name(model_name),
+        "prompts": n,
+        "features": names,
+        "placements": list(args.placements),
+        "sampling": {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens},
+        "cells": cells,
+        "recommendation": recommend(cells),
+        "answers": len(completions),
+        "seconds": seconds,
+        "truncated": sum(not c.finished for c in completions) / len(completions),
+    }
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output / "calibration.json", report, indent=2)
+    plot_calibration(report, output / "calibration.png")
+    return report
+
+
+def format_calibration(report: dict) -> str:
+    """The report as a table: per feature and placement, the follow rates, the pair accuracy and the lift."""
+    from ..signal.intervals import with_interval
+
+    lines = [
+        f"Principle check of {report['model']}: {report['prompts']} prompts per cell, {report['answers']} answers in "
+        f"{report['seconds'] / 60:.1f} minutes (95% intervals in brackets)",
+        f"{'placement':16} {'feature':10} {'x+ follows':>10} {'x- breaks':>9} {'no principle':>12} "
+        f"{'y+ beats y- [95% interval]':>27} {'ties':>5} {'lift [95% interval]':>22} signal",
+    ]
+    for where, row in report["cells"].items():
+        for name, cell in row.items():
+            lines.append(
+                f"{where:16} {name:10} {cell['follows_good']:10.2f} {cell['breaks_good']:9.2f} "
+                f"{cell['base_rate']:12.2f} {with_interval(cell['correct'], cell['correct_ci95']):>27} "
+                f"{cell['tie']:5.2f} {with_interval(cell['lift'], cell['lift_ci95']):>22} "
+                f"{'yes' if cell['signal'] else 'no'}"
+            )
+    best = report["recommendation"]
+    if best["placement"] is None:
+        lines.append(
+            "No feature carries a signal in any placement with these prompts: y+ would not beat y- more often than "
+            "it loses. Try more prompts (`--num_prompts`), other features (`--features_file`) or a larger model."
+        )
+    else:
+        lines.append(
+            f"Recommended: --principle_placement {best['placement']} --features {' '.join(best['features'])} "
+            f"(the features with a signal there; mean y+ beats y- {best['mean_correct']:.2f} over all features)."
+        )
+    return "\n".join(lines)
+
+
+def plot_calibration(report: dict, path: Path) -> Path:
+    """Grouped bars: per feature, the share of prompts where y+ beats y- in each placement, with 95% intervals."""
+    from ..signal.plots import _error_bars, _pyplot, _save
+
+    plt = _pyplot()
+    names, placements = report["features"], report["placements"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 3.6))
+    width = 0.8 / len(placements)
+    for i, where in enumerate(placements):
+        cells = [report["cells"][where][name] for name in names]
+        values = [cell["correct"] for cell in cells]
+        ax.bar(
+            [j + i * width for j in range(len(names))],
+            values,
+            width,
+            yerr=_error_bars(values, [cell["correct_ci95"] for cell in cells]),
+            capsize=3,
+            label=where,
+        )
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("y+ follows the good side better\n(bars: 95% intervals)")
+    ax.set_title(f"Which principles does {report['model']} follow, and where?")
+    ax.legend(fontsize=7, title="placement", title_fontsize=7)
+    _save(plt, fig, path)
+    return path
