@@ -85,7 +85,7 @@ def run_method(name: str, cli: argparse.Namespace, root: Path, prompts: Path) ->
 def _column(folder: Path, column: str) -> list:
     from trl_sso.data import load_sso_dataset
 
-    return load_sso_dataset(str(folder))[column]
+    return list(load_sso_dataset(str(folder))[column])
 
 
 def _half(interval):
@@ -257,8 +257,10 @@ def plot(results: dict, path: Path) -> None:
             label=name,
         )
     ax.set_title("mean tokens of y+", fontsize=9)
+    last = len(next(iter(results.values()))["rounds"])
     for ax in axes:
         ax.set_xlabel("round")
+        ax.set_xticks(range(1, last + 2), [*map(str, range(1, last + 1)), "final"])
         ax.legend(fontsize=8)
     fig.suptitle("bars: 95% intervals", fontsize=8)
     fig.tight_layout()
