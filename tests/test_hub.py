@@ -72,6 +72,7 @@ def generated(tmp_path, tokenizer):
             batch_size=3,
             iteration=iteration,
             seed=iteration,
+            principle_placement=("system", "after_question")[iteration - 1],
         )
         SSOGenerator(args, sampler=Echo(), tokenizer=tokenizer).run()
         folders.append(tmp_path / f"round{iteration}")
@@ -100,6 +101,15 @@ def test_dataset_rounds_as_configs_both_loadable(hub, generated):
     from huggingface_hub import HfApi
 
     assert load_sso_dataset("tester/sso-data", "iteration_1").to_list() == first.to_list()
+    # each round's placement travels with it: x+ and x- rebuild from the pulled data exactly as from the local data
+    from trl_sso.data import pair_texts
+
+    pulled = load_sso_dataset("tester/sso-data", "iteration_2")
+    assert set(first["principle_placement"]) == {"system"} and set(pulled["principle_placement"]) == {"after_question"}
+    local = datasets.load_dataset(str(generated[1]), split="train")
+    assert [pair_texts(r) for r in pulled.to_list()] == [pair_texts(r) for r in local.to_list()]
+    assert pair_texts(pulled[0])["pos"][0][-1]["content"].endswith(pulled[0]["positive_system"])
+    assert "principle placement | after_question" in DatasetCard.load("tester/sso-data", repo_type="dataset").text
     commits = HfApi().list_repo_commits("tester/sso-data", repo_type="dataset")
     assert [c.title for c in commits][:2] == [
         "Add SSO dataset config iteration_2",

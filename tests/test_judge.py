@@ -176,3 +176,26 @@ def test_inspect_with_an_endpoint_judge(chat_server, tmp_path):
         saved["judge"]["qualitative"]["correct"] == 1.0
         and saved["judge"]["position_bias"]["first_answer_chosen"] == 0.5
     )
+
+
+def test_generation_summary_and_card_carry_the_judge_when_asked(chat_server, tmp_path, tokenizer):
+    from test_generation import make
+
+    url, handler = chat_server
+    handler.reply = staticmethod(lambda text: "A")  # always the first answer: every verdict flips with the order
+    _, summary = make(tmp_path, tokenizer, num_prompts=3, judge=url).run()
+    judged = summary["signal"]["judge"]
+    pairs = sum(len(features) for features in summary_features(tmp_path))
+    assert judged["overall"]["pairs"] == pairs and judged["overall"]["tie"] == 1.0
+    assert judged["position_bias"]["first_answer_chosen"] == 1.0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "**Pairwise judge**" in card and "picks\nanswer A in 100.0% [" in card
+    # the judge reports on the data, it does not make them: the same batches are reused without it
+    again, _ = make(tmp_path, tokenizer, num_prompts=3).run()
+    assert len(handler.requests) == 2 * pairs and len(again) == 3
+
+
+def summary_features(tmp_path):
+    from trl_sso.data import load_sso_dataset
+
+    return load_sso_dataset(str(tmp_path / "out"))["features"]

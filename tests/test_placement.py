@@ -123,3 +123,10 @@ def test_bad_placements_are_refused_at_the_boundary(tmp_path, tokenizer, tiny_mo
         )
     with pytest.raises(ValueError, match="`sso_principle_placement` must be one of"):
         sso_args(tmp_path, sso_principle_placement="middle")
+
+
+def test_the_generator_refuses_an_unknown_placement(tmp_path):
+    from trl_sso.generation import GenerateArguments
+
+    with pytest.raises(ValueError, match="`principle_placement` must be one of"):
+        GenerateArguments(output_dir=str(tmp_path), principle_placement="middle")

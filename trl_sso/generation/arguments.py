@@ -107,6 +107,11 @@ class GenerationOptions:
 
     def __post_init__(self):
         check_ranges(self)  # sampling, counts and probabilities (`trl_sso.options.RANGES`)
+        if self.principle_placement not in PLACEMENTS:
+            raise ValueError(
+                f"`principle_placement` must be one of {list(PLACEMENTS)}, got {self.principle_placement!r}. "
+                "`trl-sso calibrate` measures which one your model follows."
+            )
         if self.principle_source == "model" and not self.principle_model:
             raise ValueError(
                 "`principle_source='model'` needs `principle_model`, the model that writes the guidelines."
