@@ -120,6 +120,7 @@ def calibrate(args: CalibrateArguments) -> dict:
     from ..offline import DEFAULT_MODEL_ID
     from ..principles import contrastive_system_prompts, expand_feature_names, known_features
     from ..signal.onpolicy import load_policy
+    from ..signal.plots import plot_calibration
 
     features = known_features(args.features_file)
     names = expand_feature_names(args.features, features)
@@ -210,31 +211,3 @@ def format_calibration(report: dict) -> str:
             f"(the features with a signal there; mean y+ beats y- {best['mean_correct']:.2f} over all features)."
         )
     return "\n".join(lines)
-
-
-def plot_calibration(report: dict, path: Path) -> Path:
-    """Grouped bars: per feature, the share of prompts where y+ beats y- in each placement, with 95% intervals."""
-    from ..signal.plots import _error_bars, _pyplot, _save
-
-    plt = _pyplot()
-    names, placements = report["features"], report["placements"]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 3.6))
-    width = 0.8 / len(placements)
-    for i, where in enumerate(placements):
-        cells = [report["cells"][where][name] for name in names]
-        values = [cell["correct"] for cell in cells]
-        ax.bar(
-            [j + i * width for j in range(len(names))],
-            values,
-            width,
-            yerr=_error_bars(values, [cell["correct_ci95"] for cell in cells]),
-            capsize=3,
-            label=where,
-        )
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("y+ follows the good side better\n(bars: 95% intervals)")
-    ax.set_title(f"Which principles does {report['model']} follow, and where?")
-    ax.legend(fontsize=7, title="placement", title_fontsize=7)
-    _save(plt, fig, path)
-    return path

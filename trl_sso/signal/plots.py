@@ -120,27 +120,43 @@ def plot_rounds(rounds: list[dict], path: Path) -> Path:
     return path
 
 
-def plot_evaluation(report: dict, path: Path) -> Path:
-    """Grouped bars: per verifiable feature, the share of each model's held-out answers that follow the good side."""
+def _share_bars(names: list[str], groups: dict[str, tuple[list, list]], path: Path, ylabel: str, title: str) -> Path:
+    """Grouped bars of shares on a 0 to 1 axis: per name, one bar per group (`label -> (values, intervals)`), each
+    with its 95% interval."""
     plt = _pyplot()
-    names, rows = report["features"], report["models"]
-    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 3, 3.5))
-    width = 0.8 / len(rows)
-    for i, row in enumerate(rows):
-        values = [row["follows_good"][n] for n in names]
-        intervals = [(row.get("follows_good_ci95") or {}).get(n) for n in names]
-        ax.bar(
-            [j + i * width for j in range(len(names))],
-            values,
-            width,
-            yerr=_error_bars(values, intervals),
-            capsize=3,
-            label=Path(row["model"]).name or row["model"],
-        )
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 3.6))
+    width = 0.8 / len(groups)
+    for i, (label, (values, intervals)) in enumerate(groups.items()):
+        positions = [j + i * width for j in range(len(names))]
+        ax.bar(positions, values, width, yerr=_error_bars(values, intervals), capsize=3, label=label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("answers following the good side\n(bars: 95% intervals)")
-    ax.set_title("Held-out prompts, no principle")
+    ax.set_ylabel(f"{ylabel}\n(bars: 95% intervals)")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     _save(plt, fig, path)
     return path
+
+
+def plot_evaluation(report: dict, path: Path) -> Path:
+    """Grouped bars: per verifiable feature, the share of each model's held-out answers that follow the good side."""
+    names = report["features"]
+    groups = {
+        Path(row["model"]).name or row["model"]: (
+            [row["follows_good"][n] for n in names],
+            [(row.get("follows_good_ci95") or {}).get(n) for n in names],
+        )
+        for row in report["models"]
+    }
+    return _share_bars(names, groups, path, "answers following the good side", "Held-out prompts, no principle")
+
+
+def plot_calibration(report: dict, path: Path) -> Path:
+    """Grouped bars: per feature, the share of prompts where y+ beats y- in each placement of the principle."""
+    names = report["features"]
+    groups = {}
+    for where in report["placements"]:
+        cells = [report["cells"][where][name] for name in names]
+        groups[where] = ([cell["correct"] for cell in cells], [cell["correct_ci95"] for cell in cells])
+    title = f"Which principles does {report['model']} follow, and where?"
+    return _share_bars(names, groups, path, "y+ follows the good side better", title)
