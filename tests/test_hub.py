@@ -206,7 +206,7 @@ def test_full_model_and_reward_model_round_trip(hub, tiny_model_dir, tokenizer, 
     torch.testing.assert_close(again.score.weight, reward.score.weight)
     card = ModelCard.load("tester/sso-rm")
     assert card.data.pipeline_tag == "text-classification" and card.data.library_name == "transformers"
-    assert "0.7500" in card.text and "(40 pairs)" in card.text
+    assert "0.7500** (95% interval 0.60 to 0.86) (40 pairs)" in card.text  # 30 of 40: its Wilson interval
 
 
 def test_transient_errors_are_retried(hub, generated):

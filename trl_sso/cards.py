@@ -421,6 +421,15 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _pairwise_interval(accuracy: float | None, pairs: int | None) -> list[float] | None:
+    """The Wilson interval of a pairwise accuracy measured on `pairs` pairs (`None` where either is unknown)."""
+    from .signal.intervals import wilson
+
+    if accuracy is None or not pairs:
+        return None
+    return wilson(round(accuracy * pairs), int(pairs))
+
+
 def reward_model_card(path: Path, repo_id: str):
     """The card of a reward model folder (a full model, or a LoRA adapter on its base: `library_name: peft`), with
     the pairwise accuracy recorded next to it (`eval_results.json` or `all_results.json`, as `eval_accuracy`) as a
@@ -467,6 +476,7 @@ def reward_model_card(path: Path, repo_id: str):
         repo_id=repo_id,
         is_adapter=bool(adapter),
         accuracy=accuracy,
+        accuracy_ci95=_pairwise_interval(accuracy, results.get("eval_samples")),
         eval_size=results.get("eval_samples"),
         versions=framework_versions(),
         sso_citation=SSO_CITATION,
