@@ -97,6 +97,17 @@ def test_local_judge_reads_the_letter_log_probabilities(packaged_model):
     a, b = (tokenizer.encode(letter, add_special_tokens=False)[0] for letter in "AB")
     assert judge.verdicts([question]) == ["A" if last[a] >= last[b] else "B"]
     assert judge.verdicts([question, question]) == judge.verdicts([question]) * 2  # batched alike
+    # a shorter question padded on the left gets the verdict it gets alone
+    short = judge_messages("Hi?", "Polite.", "Hello.", "Go away.")
+    assert judge.verdicts([question, short]) == judge.verdicts([question]) + judge.verdicts([short])
+    inputs = tokenizer(
+        [tokenizer.apply_chat_template(q, tokenize=False, add_generation_prompt=True) for q in (question, short)],
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+        add_special_tokens=False,
+    )
+    assert inputs["attention_mask"][1, 0] == 0  # the batch really pads the short question
 
 
 class _ChatServer(BaseHTTPRequestHandler):

@@ -69,8 +69,10 @@ class LocalJudge:
                 inputs = self.tokenizer(
                     texts[start : start + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
                 ).to(self.model.device)
+                # left padding: positions count from each question's first token, as without padding
+                positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
                 with torch.no_grad():
-                    last = self.model(**inputs).logits[:, -1, :].float()
+                    last = self.model(**inputs, position_ids=positions).logits[:, -1, :].float()
                 a, b = last[:, self.letters[0]], last[:, self.letters[1]]
                 verdicts += ["A" if x >= y else "B" for x, y in zip(a.tolist(), b.tolist())]
         finally:
