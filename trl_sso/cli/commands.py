@@ -1,4 +1,6 @@
-"""The `trl-sso` sub-commands: each parses its options (`parser(command)`) and calls its script in `trl_sso.scripts`.
+"""Running a `trl-sso` command of the table (`trl_sso.cli.table.COMMANDS`): its parser, the checks every command's
+options pass before any model loads, and the runners of the light commands (the training commands run their script in
+`trl_sso.scripts` directly).
 
 Heavy libraries load inside the functions, and only `train`, `reward`, `iterate` and `pipeline` build TRL's parser,
 so `trl-sso generate --help` and `trl-sso push --help` answer at once.
@@ -10,10 +12,7 @@ import sys
 from ..hub_token import HUB_TOKEN_HELP
 from ..logs import LoggingArguments, configure_logging
 from .parser import DataclassParser, trl_parser
-
-
-# `trl-sso generate` flags renamed in 0.1.1 to TRL's names: accepted with a deprecation warning until 0.2
-GENERATE_RENAMED = {"model": "model_name_or_path", "hub_private": "hub_private_repo"}
+from .table import COMMANDS, load
 
 
 @dataclasses.dataclass
@@ -35,82 +34,21 @@ class PushArguments:
     hub_token: str | None = dataclasses.field(default=None, metadata={"help": HUB_TOKEN_HELP})
 
 
-DESCRIPTIONS = {
-    "generate": "Sample an on-policy SSO preference dataset (y+, y-, y_o) from a policy and a prompt set. Resumable: "
-    "rerun the same command to continue an interrupted run.",
-    "train": "Train a policy (or a data generator) with Self-Steering Optimization (full, LoRA or QLoRA).",
-    "reward": "Train a reward model on the preference pairs of an SSO dataset.",
-    "iterate": "Online SSO (paper v1): generate with the current policy, train, repeat for T rounds.",
-    "pipeline": "The SSO generator pipeline (paper v2): train a data generator, let it write pairs, then train the "
-    "policy with DPO.",
-    "push": "Publish a generated dataset (as config iteration_<t>), an SSO model, a LoRA/QLoRA adapter or a reward "
-    "model to the Hub, with its card. The token comes from `--hub_token`, `hf auth login` or HF_TOKEN.",
-    "inspect": "The signal report of an SSO dataset: accuracy on verifiable features, on-policyness A(x, y) under a "
-    "policy, length drift, degeneracy and, with a reward model, its verdicts. Writes signal.json and PNG plots.",
-    "evaluate": "Let policies answer held-out prompts with no principle and score the answers on the verifiable "
-    "features (and a reward model): the table says whether a round of SSO moved the policy.",
-    "calibrate": "Check which principles a model follows and where: for each verifiable feature and placement of the "
-    "principle, how often answers follow the good side and break it under the bad side, and how often y+ beats y-, "
-    "with 95% intervals. Writes calibration.json and calibration.png and names the placement to generate with.",
-    "env": "Print the versions of trl-sso and the libraries it runs on, and the accelerator: paste them into a bug "
-    "report.",
-}
-
-
 def parser(command: str):
     """The parser of `trl-sso COMMAND`; `parser(command).parse_args_and_config(argv)` gives its dataclasses."""
-    prog, description = f"trl-sso {command}", DESCRIPTIONS[command]
-    if command == "generate":
-        from ..generation.arguments import GenerateArguments
-        from ..scripts.generate import PublishArguments
-
+    entry = COMMANDS[command]
+    prog, types = f"trl-sso {command}", tuple(load(name) for name in entry.arguments)
+    if not entry.trl_parser:
+        logging_options = (LoggingArguments,) if types else ()
         return DataclassParser(
-            (GenerateArguments, PublishArguments, LoggingArguments),
-            renamed=GENERATE_RENAMED,
-            prog=prog,
-            description=description,
+            (*types, *logging_options), renamed=dict(entry.renamed), prog=prog, description=entry.description
         )
-    if command == "push":
-        return DataclassParser((PushArguments, LoggingArguments), prog=prog, description=description)
-    if command == "env":
-        return DataclassParser((), prog=prog, description=description)
-    if command == "inspect":
-        from ..scripts.inspect import InspectArguments
-
-        return DataclassParser((InspectArguments, LoggingArguments), prog=prog, description=description)
-    if command == "evaluate":
-        from ..scripts.evaluate import EvaluateArguments
-
-        return DataclassParser((EvaluateArguments, LoggingArguments), prog=prog, description=description)
-    if command == "calibrate":
-        from ..scripts.calibrate import CalibrateArguments
-
-        return DataclassParser((CalibrateArguments, LoggingArguments), prog=prog, description=description)
-
-    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
-
-    from ..config import SSOConfig
-
-    if command == "train":
-        types = (ScriptArguments, SSOConfig, ModelConfig, DatasetMixtureConfig)
-    elif command == "reward":
-        from ..scripts.reward import RewardScriptArguments, SSORewardConfig
-
-        types = (ScriptArguments, RewardScriptArguments, SSORewardConfig, ModelConfig)
-    else:
-        from ..generation.arguments import GenerationOptions
-        from ..scripts.stages import IterateArguments, PipelineArguments
-
-        arguments, sibling = (IterateArguments, PipelineArguments)
-        if command == "pipeline":
-            arguments, sibling = sibling, arguments
-        types = (arguments, GenerationOptions, SSOConfig, ModelConfig)
-        parser = trl_parser(types, prog=prog, description=description)
-        own = {f.name for f in dataclasses.fields(arguments)}
-        other = "pipeline" if command == "iterate" else "iterate"
-        parser.foreign = {f.name: other for f in dataclasses.fields(sibling) if f.name not in own}
-        return parser
-    return trl_parser(types, prog=prog, description=description)
+    parser = trl_parser(types, prog=prog, description=entry.description)
+    if entry.sibling:  # the sibling's own options are refused with a pointer to it
+        own = {f.name for f in dataclasses.fields(types[0])}
+        sibling = load(COMMANDS[entry.sibling].arguments[0])
+        parser.foreign = {f.name: entry.sibling for f in dataclasses.fields(sibling) if f.name not in own}
+    return parser
 
 
 # Options that name a model: a local folder or a Hub id
@@ -174,11 +112,10 @@ def parse(command: str, argv: list[str]) -> tuple:
     return tuple(p for p in parsed if not isinstance(p, LoggingArguments))
 
 
-def generate(argv: list[str]) -> int:
+def generate(gen_args, publish_args) -> int:
     from ..data import RESPONSE_COLUMNS
     from ..scripts.generate import generate_dataset
 
-    gen_args, publish_args = parse("generate", argv)
     _, summary, url = generate_dataset(gen_args, publish_args)
     from ..runtime import process_state
 
@@ -200,32 +137,9 @@ def generate(argv: list[str]) -> int:
     return 0
 
 
-# The script function each training command runs: (module of `trl_sso.scripts`, function)
-SCRIPTS = {
-    "train": ("train", "train_sso"),
-    "reward": ("reward", "train_reward"),
-    "iterate": ("iterate", "iterate"),
-    "pipeline": ("pipeline", "pipeline"),
-}
-
-
-def run_script(command: str, argv: list[str]) -> int:
-    """Parse the options of a training command and call its script function with the parsed dataclasses."""
-    from importlib import import_module
-
-    module, function = SCRIPTS[command]
-    script = getattr(import_module(f"trl_sso.scripts.{module}"), function)
-    script(*parse(command, argv))
-    from accelerate import PartialState
-
-    PartialState().destroy_process_group()  # as `trainer.end()` ends TRL's scripts (the trackers end with training)
-    return 0
-
-
-def push(argv: list[str]) -> int:
+def push(args) -> int:
     from ..hub import push as publish
 
-    (args,) = parse("push", argv)
     url = publish(
         args.path,
         args.repo_id,
@@ -239,40 +153,36 @@ def push(argv: list[str]) -> int:
     return 0
 
 
-def inspect(argv: list[str]) -> int:
+def inspect(args) -> int:
     from ..scripts.inspect import inspect_dataset
     from ..signal.report import format_report
 
-    (args,) = parse("inspect", argv)
     report = inspect_dataset(args)
     print(format_report(report, f"Signal report of {report['dataset']}"))
     print(f"Wrote {args.output_dir}/signal.json and the plots.")
     return 0
 
 
-def evaluate(argv: list[str]) -> int:
+def evaluate(args) -> int:
     from ..scripts.evaluate import evaluate_models, format_evaluation
 
-    (args,) = parse("evaluate", argv)
     print(format_evaluation(evaluate_models(args)))
     print(f"Wrote {args.output_dir}/evaluation.json and evaluation.png.")
     return 0
 
 
-def calibrate(argv: list[str]) -> int:
+def calibrate(args) -> int:
     from ..scripts.calibrate import calibrate as check_principles
     from ..scripts.calibrate import format_calibration
 
-    (args,) = parse("calibrate", argv)
     print(format_calibration(check_principles(args)))
     print(f"Wrote {args.output_dir}/calibration.json and calibration.png.")
     return 0
 
 
-def env(argv: list[str]) -> int:
+def env() -> int:
     from ..scripts.env import environment
 
-    parse("env", argv)
     print("Copy-paste the following information when reporting an issue:\n")
     print("\n".join(f"- {key}: {value}" for key, value in environment().items()))
     return 0
@@ -312,17 +222,13 @@ def run(command: str, argv: list[str]) -> int:
     from ..retries import HubError
 
     try:
-        if command in SCRIPTS:
-            return run_script(command, argv)
-        handlers = {
-            "generate": generate,
-            "push": push,
-            "inspect": inspect,
-            "evaluate": evaluate,
-            "calibrate": calibrate,
-            "env": env,
-        }
-        return handlers[command](argv)
+        entry = COMMANDS[command]
+        code = load(entry.runner)(*parse(command, argv))
+        if entry.trl_parser:
+            from accelerate import PartialState
+
+            PartialState().destroy_process_group()  # as `trainer.end()` ends TRL's scripts
+        return code or 0
     except (ValueError, OSError, ImportError, HubError, NoRecordsError, SSODataError) as error:
         # Bad options and inputs: the message says what to fix; a stack trace would only hide it
         message = explain_os_error(error) if isinstance(error, OSError) and error.errno else error

@@ -16,19 +16,7 @@ Every command takes `--config recipe.yaml` and `--help`. This module imports not
 import argparse
 import sys
 
-
-COMMANDS = {
-    "generate": "Sample an on-policy SSO dataset (y+, y-, y_o) from a policy.",
-    "train": "Train a policy or a data generator with SSO (full, LoRA or QLoRA).",
-    "reward": "Train a reward model on the preference pairs of an SSO dataset.",
-    "iterate": "Online SSO (paper v1): generate with the current policy, train, repeat for T rounds.",
-    "pipeline": "The generator pipeline (paper v2): train a generator, write pairs, DPO the policy.",
-    "push": "Publish a generated dataset, an SSO model or adapter, or a reward model, with its card.",
-    "inspect": "Signal report of an SSO dataset: accuracy, on-policyness, length drift, degeneracy.",
-    "evaluate": "Score how policies answer held-out prompts without a principle, to compare rounds.",
-    "calibrate": "Check which principles a model follows, and in which placement, before a long job.",
-    "env": "Print the versions of trl-sso and its libraries, and the accelerator, for a bug report.",
-}
+from .table import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action="version", version=f"trl-sso {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in COMMANDS.items():
-        commands.add_parser(name, help=help_text, add_help=False)
+    for name, command in COMMANDS.items():
+        commands.add_parser(name, help=command.summary, add_help=False)
     return parser
 
 
