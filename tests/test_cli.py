@@ -30,6 +30,7 @@ def test_every_command_has_help(command, capsys):
         "push": "--repo_id",
         "inspect": "--reward_model",
         "evaluate": "--max_new_tokens",
+        "calibrate": "--placements",
         "env": "bug report",
     }[command]
     assert expected in text

@@ -59,18 +59,36 @@ class SSODataError(ValueError):
 
 
 class Pair(NamedTuple):
-    """One SSO preference pair: the column of the principle that steers its prompt (`None`: the plain query `x`), and
-    the columns of its winner and its loser."""
+    """One SSO preference pair, and everything keyed by it:
+    - `principle`: the column of the principle that steers its prompt (`None`: the plain query `x`);
+    - `winner`, `loser`: the columns of its two responses;
+    - `prefix`: the prefix of its tokenized columns and of its collated block (the main pair keeps DPO's names);
+    - `term`: the name of its base loss among the loss terms (`loss/<term>`);
+    - `metrics`: the prefix of its logged metrics (the main pair logs under DPO's own names).
+    """
 
     principle: str | None
     winner: str
     loser: str
+    prefix: str
+    term: str
+    metrics: str
+
+    @property
+    def token_columns(self) -> tuple[str, str, str]:
+        """The tokenized columns of the pair: (prompt, winner, loser) token ids."""
+        return (f"{self.prefix}prompt_ids", f"{self.prefix}chosen_ids", f"{self.prefix}rejected_ids")
+
+    @property
+    def ref_columns(self) -> tuple[str, str]:
+        """The columns of its precomputed reference log-probabilities: (winner, loser)."""
+        return (f"ref_{self.prefix}chosen_logps", f"ref_{self.prefix}rejected_logps")
 
 
 PAIRS: dict[str, Pair] = {
-    "main": Pair(None, CHOSEN, REJECTED),  # (x; y+ > y-)
-    "pos": Pair(POSITIVE_SYSTEM, CHOSEN, REJECTED),  # (x+; y+ > y-)
-    "neg": Pair(NEGATIVE_SYSTEM, ORIGINAL, CHOSEN),  # (x-; y_o > y+)
+    "main": Pair(None, CHOSEN, REJECTED, "", "main", ""),  # (x; y+ > y-)
+    "pos": Pair(POSITIVE_SYSTEM, CHOSEN, REJECTED, "pos_", "steer_pos", "steer_pos/"),  # (x+; y+ > y-)
+    "neg": Pair(NEGATIVE_SYSTEM, ORIGINAL, CHOSEN, "neg_", "steer_neg", "steer_neg/"),  # (x-; y_o > y+)
 }
 
 
@@ -84,7 +102,8 @@ def pairs_in_use(objective: str = "policy", steer_coef: float = 0.1) -> tuple[st
 
 def required_columns(objective: str = "policy", steer_coef: float = 0.1) -> tuple[str, ...]:
     """The columns an SSO objective reads: the main pair alone needs only `prompt` / `chosen` / `rejected`."""
-    used = {PROMPT} | {column for name in pairs_in_use(objective, steer_coef) for column in PAIRS[name] if column}
+    pairs = [PAIRS[name] for name in pairs_in_use(objective, steer_coef)]
+    used = {PROMPT} | {column for pair in pairs for column in (pair.principle, pair.winner, pair.loser) if column}
     return tuple(column for column in SSO_COLUMNS if column in used)
 
 
@@ -109,11 +128,11 @@ def pair_texts(
     texts = {}
     where = record_placement(record, placement)
     for name in pairs:
-        principle, winner, loser = PAIRS[name]
+        pair = PAIRS[name]
         prompt = record[PROMPT]
-        if principle is not None:
-            prompt = build_steered_prompt(prompt, record[principle], processing_class, where)
-        texts[name] = (prompt, record[winner], record[loser])
+        if pair.principle is not None:
+            prompt = build_steered_prompt(prompt, record[pair.principle], processing_class, where)
+        texts[name] = (prompt, record[pair.winner], record[pair.loser])
     return texts
 
 

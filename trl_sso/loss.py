@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .data import PAIRS
+
 
 @dataclass
 class PairLogps:
@@ -208,7 +210,7 @@ def sso_loss(
     total, nll = 0.0, {}
     for name, pair in pairs.items():
         share, base, nll[name] = _share(name, pair, weight, s)
-        terms[_TERM[name]] = base
+        terms[PAIRS[name].term] = base
         total = total + share
     # SFT term before gamma: the NLL of y+ under x, plus c times (generator: once) those of the steering winners
     terms["sft"] = nll.get("main", 0.0)
@@ -218,7 +220,3 @@ def sso_loss(
     if weight is not None:
         terms["weight"] = weight
     return total.mean(), terms
-
-
-# Name of each pair's base loss among the terms of `sso_loss`
-_TERM = {"main": "main", "pos": "steer_pos", "neg": "steer_neg"}

@@ -38,27 +38,11 @@ from . import data as sso_data
 from . import sharing
 from .cards import SSO_CITATION, trainer_model_card
 from .config import SSOConfig
+from .data import PAIRS
 from .loss import PairLogps, pair_share, sso_loss
 
 
 logger = logging.get_logger(__name__)
-
-# Tokenized columns of each pair of `trl_sso.data.PAIRS`: (prompt, winner, loser). The main pair keeps DPO's names.
-PAIR_COLUMNS = {
-    "main": ("prompt_ids", "chosen_ids", "rejected_ids"),
-    "pos": ("pos_prompt_ids", "pos_chosen_ids", "pos_rejected_ids"),
-    "neg": ("neg_prompt_ids", "neg_chosen_ids", "neg_rejected_ids"),
-}
-# Precomputed reference log-probabilities of each pair: (winner, loser).
-REF_COLUMNS = {
-    "main": ("ref_chosen_logps", "ref_rejected_logps"),
-    "pos": ("ref_pos_chosen_logps", "ref_pos_rejected_logps"),
-    "neg": ("ref_neg_chosen_logps", "ref_neg_rejected_logps"),
-}
-# Key prefix of each pair's collated block (`{prefix}input_ids`, ...): the main pair keeps DPO's names.
-BLOCK_PREFIX = {"main": "", "pos": "pos_", "neg": "neg_"}
-# Metric prefix of each pair: the main pair logs under DPO's own names.
-METRIC_PREFIX = {"main": "", "pos": "steer_pos/", "neg": "steer_neg/"}
 
 
 def template_kwargs(example: dict) -> dict:
@@ -143,8 +127,8 @@ class DataCollatorForSSO(DataCollatorForPreference):
         return pad(tensors, padding_value=value, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of)
 
     def _collate_pair(self, examples: list[dict[str, Any]], pair: str) -> dict[str, torch.Tensor]:
-        prompt_key, winner_key, loser_key = PAIR_COLUMNS[pair]
-        prefix = BLOCK_PREFIX[pair]
+        prompt_key, winner_key, loser_key = PAIRS[pair].token_columns
+        prefix = PAIRS[pair].prefix
         if self.share_prompt:
             rows = [
                 sharing.pack(e[prompt_key], (e[winner_key], e[loser_key]), self.max_length, self.truncation_mode)
@@ -168,10 +152,10 @@ class DataCollatorForSSO(DataCollatorForPreference):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         output = {}
-        for pair, columns in PAIR_COLUMNS.items():
-            if columns[0] in examples[0]:
-                output.update(self._collate_pair(examples, pair))
-            for column in REF_COLUMNS[pair]:
+        for name, pair in PAIRS.items():
+            if pair.token_columns[0] in examples[0]:
+                output.update(self._collate_pair(examples, name))
+            for column in pair.ref_columns:
                 if column in examples[0]:
                     output[column] = torch.tensor([example[column] for example in examples])
         return output
@@ -291,7 +275,7 @@ class SSOTrainer(DPOTrainer):
         first = next(iter(dataset), None)
         if first is None:
             raise ValueError(f"The {dataset_name} dataset has no rows: there is nothing to train on.")
-        if all(column in first for pair in pairs for column in PAIR_COLUMNS[pair]):
+        if all(column in first for pair in pairs for column in PAIRS[pair].token_columns):
             return dataset  # already tokenized (e.g. passed again to `evaluate`)
         if any(key in first for key in ("image", "images")):
             raise ValueError("SSOTrainer supports text datasets only; the dataset has an 'image(s)' column.")
@@ -317,7 +301,7 @@ class SSOTrainer(DPOTrainer):
 
             # Drop examples whose prompt alone fills `max_length`: `keep_start` truncation would leave no completion
             if args.max_length is not None and args.truncation_mode == "keep_start":
-                prompt_columns = [PAIR_COLUMNS[pair][0] for pair in pairs]
+                prompt_columns = [PAIRS[pair].token_columns[0] for pair in pairs]
 
                 def fits(example):
                     return all(len(example[column]) < args.max_length for column in prompt_columns)
@@ -344,19 +328,21 @@ class SSOTrainer(DPOTrainer):
     def _tokenize_record(
         self, example: dict, processing_class, pairs: tuple[str, ...], placement: str | None = None
     ) -> dict[str, list[int]]:
-        """Tokenize the pairs in use of one canonical record into the `PAIR_COLUMNS` columns, the principle placed as
+        """Tokenize the pairs in use of one canonical record into their `token_columns`, the principle placed as
         `placement` (`trl_sso.data.record_placement`) says."""
         texts = sso_data.pair_texts(example, pairs, processing_class, placement)
         kwargs = template_kwargs(example)
         output = {}
         for pair in pairs:
             ids = tokenize_pair(processing_class, *texts[pair], kwargs)
-            output.update(zip(PAIR_COLUMNS[pair], ids, strict=True))
+            output.update(zip(PAIRS[pair].token_columns, ids, strict=True))
         return output
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = [c for p in self.sso_pairs for c in PAIR_COLUMNS[p] + REF_COLUMNS[p]]
+            self._signature_columns = [
+                c for p in self.sso_pairs for c in PAIRS[p].token_columns + PAIRS[p].ref_columns
+            ]
 
     # -----------------------------------------------------------------------------------------------------------------
     # Forward passes
@@ -364,7 +350,7 @@ class SSOTrainer(DPOTrainer):
     def _forward_pair(self, model, inputs: dict, pair: str):
         """One forward of a pair's collated block: the summed completion log-probs of `(winners, losers)`, and the
         model outputs."""
-        prefix = BLOCK_PREFIX[pair]
+        prefix = PAIRS[pair].prefix
         input_ids, completion_mask = inputs[f"{prefix}input_ids"], inputs[f"{prefix}completion_mask"]
         if f"{prefix}segment_ids" in inputs:  # shared-prompt rows
             segments, positions = inputs[f"{prefix}segment_ids"], inputs[f"{prefix}position_ids"]
@@ -398,7 +384,7 @@ class SSOTrainer(DPOTrainer):
     @staticmethod
     def _completion_tokens(inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The completion lengths `(winners, losers)` of a pair's collated block, after truncation."""
-        prefix = BLOCK_PREFIX[pair]
+        prefix = PAIRS[pair].prefix
         completion_mask = inputs[f"{prefix}completion_mask"]
         if f"{prefix}segment_ids" in inputs:
             return tuple(sharing.branch_sums(completion_mask, inputs[f"{prefix}segment_ids"], 2))
@@ -407,7 +393,7 @@ class SSOTrainer(DPOTrainer):
     @staticmethod
     def _scored_masks(inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the per-token outputs of a pair's forward hold scored completion tokens, and where winners' ones."""
-        prefix = BLOCK_PREFIX[pair]
+        prefix = PAIRS[pair].prefix
         completion_mask = inputs[f"{prefix}completion_mask"]
         if f"{prefix}segment_ids" in inputs:
             segments = inputs[f"{prefix}segment_ids"]
@@ -437,10 +423,10 @@ class SSOTrainer(DPOTrainer):
         return logps
 
     def compute_ref_log_probs(self, model, inputs) -> dict[str, torch.Tensor]:
-        """Reference log-probs of every pair in use in the collated batch `inputs`, keyed by `REF_COLUMNS` names."""
+        """Reference log-probs of every pair in use in the collated batch `inputs`, keyed by their `ref_columns`."""
         ref_logps = {}
         for pair in self.sso_pairs:
-            ref_logps.update(zip(REF_COLUMNS[pair], self._pair_ref_logps(model, inputs, pair), strict=True))
+            ref_logps.update(zip(PAIRS[pair].ref_columns, self._pair_ref_logps(model, inputs, pair), strict=True))
         return ref_logps
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
@@ -458,7 +444,7 @@ class SSOTrainer(DPOTrainer):
             return concatenate_datasets([dataset, Dataset.from_file(cache_file)], axis=1)
 
         loader = DataLoader(
-            dataset.select_columns([c for p in self.sso_pairs for c in PAIR_COLUMNS[p]]),
+            dataset.select_columns([c for p in self.sso_pairs for c in PAIRS[p].token_columns]),
             batch_size=batch_size,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
@@ -548,7 +534,7 @@ class SSOTrainer(DPOTrainer):
         for pair in self.sso_pairs:  # the main pair first: the weight of the steering pairs depends on it
             (chosen, rejected), outputs[pair] = self._forward_pair(model, inputs, pair)
             if self.precompute_ref_logps:
-                ref_chosen, ref_rejected = (inputs[column] for column in REF_COLUMNS[pair])
+                ref_chosen, ref_rejected = (inputs[column] for column in PAIRS[pair].ref_columns)
             else:
                 ref_chosen, ref_rejected = self._pair_ref_logps(self.ref_model or self.model, inputs, pair)
             chosen_tokens, rejected_tokens = self._completion_tokens(inputs, pair)
@@ -579,7 +565,7 @@ class SSOTrainer(DPOTrainer):
                 "logps/rejected": pair.rejected.detach(),
             }
             for name, value in per_example.items():
-                names.append(METRIC_PREFIX[pair_name] + name)
+                names.append(PAIRS[pair_name].metrics + name)
                 values.append(value)
         for term, value in terms.items():
             names.append("sso/weight" if term == "weight" else f"loss/{term}")
@@ -590,7 +576,7 @@ class SSOTrainer(DPOTrainer):
 
         counts = torch.zeros(5, device=means.device)
         for pair, output in outputs.items():
-            prefix = BLOCK_PREFIX[pair]
+            prefix = PAIRS[pair].prefix
             mask, winners = self._scored_masks(inputs, pair)
             counts += torch.stack(
                 [
