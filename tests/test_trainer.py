@@ -262,3 +262,24 @@ def test_dpo_internals_that_sso_overrides_still_match():
         "add_fused_lm_head(",
     ):
         assert attribute in source, attribute
+
+
+@pytest.mark.parametrize(
+    "overrides, plan",
+    [
+        ({}, ("pos",)),  # the gradient through W makes the main pair wait for the loss's backward
+        ({"sso_detach_weight": True}, ("main", "pos")),
+        ({"sso_objective": "generator"}, ("pos",)),
+        ({"sso_steer_coef": 0.0}, ()),
+    ],
+)
+def test_the_backward_plan_is_written_out_not_read_from_the_pair_table(
+    tiny_model_dir, tokenizer, tmp_path, monkeypatch, overrides, plan
+):
+    import trl_sso.data
+
+    monkeypatch.setattr(trl_sso.data, "PAIRS", dict(reversed(list(trl_sso.data.PAIRS.items()))))
+    args = sso_args(tmp_path, **overrides)
+    trainer = SSOTrainer(model=tiny_model_dir, args=args, train_dataset=sso_dataset(n=2), processing_class=tokenizer)
+    assert trainer._backward_plan() == plan
+    assert trainer.sso_pairs[0] == ("pos" if overrides.get("sso_objective") == "generator" else "main")

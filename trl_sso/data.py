@@ -93,11 +93,12 @@ PAIRS: dict[str, Pair] = {
 
 
 def pairs_in_use(objective: str = "policy", steer_coef: float = 0.1) -> tuple[str, ...]:
-    """The pairs an SSO objective trains on: `("main",)` (policy, steering off), `("main", "pos", "neg")` (policy) or
-    `("pos", "neg")` (generator)."""
+    """The pairs an SSO objective trains on, in the order they are forwarded: `("main",)` (policy, steering off),
+    `("main", "pos", "neg")` (policy: the main pair first, since the weight `W` of the steering pairs is a function of
+    it) or `("pos", "neg")` (generator)."""
     if objective == "generator":
         return ("pos", "neg")
-    return ("main",) if steer_coef == 0 else tuple(PAIRS)
+    return ("main",) if steer_coef == 0 else ("main", "pos", "neg")
 
 
 def required_columns(objective: str = "policy", steer_coef: float = 0.1) -> tuple[str, ...]:

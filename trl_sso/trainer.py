@@ -3,10 +3,11 @@
 Data path: canonical SSO records (`trl_sso.data`) -> `_prepare_dataset` tokenizes the pairs in use
 (main `(x; y+ > y-)`, positive steer `(x+; y+ > y-)`, negative steer `(x-; y_o > y+)`) -> `DataCollatorForSSO` lays
 each pair out as its own DPO block `[winners ; losers]` -> `_compute_loss` forwards each block once (policy and
-reference) and hands the summed log-probabilities to the pure `trl_sso.loss.sso_loss`. On a single process
-(`sso_backward_per_pair`), a pair is backpropagated right after its forward pass, so its activations are freed before
-the next pair runs (the main pair waits for the last one while the gradient through `W` needs the steering losses);
-the loss returned to `training_step` then carries the gradient of the pairs not yet backpropagated.
+reference) and hands the summed log-probabilities to the pure `trl_sso.loss.sso_loss`; it runs no backward pass. On a
+single process (`sso_backward_per_pair`), `training_step` follows an explicit plan (`_backward_plan`): a pair is
+backpropagated right after its forward pass, so its activations are freed before the next pair runs (the main pair
+waits for the last one while the gradient through `W` needs the steering losses), and the loss's own backward pass
+then carries the gradient of the pairs not yet backpropagated.
 
 One block per pair rather than one stacked batch: the steering prompts carry the principle and are much longer than
 the plain query, so stacking would pad the main pair to their length, and the per-token cost of TRL's fused LM head
@@ -216,7 +217,6 @@ class SSOTrainer(DPOTrainer):
                 "`DPOConfig(...)` with `SSOConfig(...)` (it accepts every DPOConfig field)."
             )
         self.sso_pairs = sso_data.pairs_in_use(args.sso_objective, args.sso_steer_coef)
-        self._in_training_step = False
         self._prompt_sharing = None  # settled once the models are loaded (`_shares_prompt`)
         super().__init__(
             model=model,
@@ -475,27 +475,53 @@ class SSOTrainer(DPOTrainer):
     # -----------------------------------------------------------------------------------------------------------------
     # Loss
 
-    def training_step(self, *args, **kwargs):
-        # Per-pair backward passes only happen inside a training step, whose caller backpropagates the returned loss
-        # at once; `compute_loss` called anywhere else leaves the gradients alone.
-        self._in_training_step = True
-        try:
-            return super().training_step(*args, **kwargs)
-        finally:
-            self._in_training_step = False
-
     def _backward_per_pair(self, model) -> bool:
-        """Whether this step backpropagates each pair on its own (`sso_backward_per_pair`): in a training step on a
-        single process, since DDP, FSDP and DeepSpeed expect one backward pass per step."""
+        """Whether a training step backpropagates each pair on its own (`sso_backward_per_pair`): on a single process,
+        since DDP, FSDP and DeepSpeed expect one backward pass per step, and with more than one pair."""
         return (
             self.args.sso_backward_per_pair
-            and self._in_training_step
             and model.training
             and torch.is_grad_enabled()
             and len(self.sso_pairs) > 1
             and self.accelerator.distributed_type == DistributedType.NO
             and self.args.n_gpu <= 1
+            and self.args.optim not in ("lomo", "adalomo")  # they take the learning rate in their backward
         )
+
+    def _backward_plan(self) -> tuple[str, ...]:
+        """The pairs a per-pair training step backpropagates right after their forward pass, so that their activations
+        are freed before the next pair runs. All but two kinds keep their graph for the loss's own backward pass:
+        - the last pair forwarded (that backward frees its activations at once);
+        - the main pair while the gradient through `W` needs the steering losses (`sso_use_weight` without
+          `sso_detach_weight`): `W` is a function of the main pair."""
+        main_waits = self.args.sso_use_weight and not self.args.sso_detach_weight
+        last = self.sso_pairs[-1]
+        return tuple(pair for pair in self.sso_pairs if pair != last and not (pair == "main" and main_waits))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """`Trainer.training_step`, with the pairs backpropagated one by one where `_backward_per_pair` says so: the
+        pairs of `_backward_plan` right after their forward pass (their share of the loss, `pair_share`, with `W`
+        detached), then the loss with those pairs detached, which carries the rest of the gradient. The gradient is
+        that of one backward pass of the loss (the objective is a sum of per-pair shares that meet only through `W`).
+        """
+        model.train()
+        if not self._backward_per_pair(model):
+            return super().training_step(model, inputs, num_items_in_batch)
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        at_once = self._backward_plan()
+        with self.compute_loss_context_manager():
+            pairs, outputs = {}, {}
+            for pair in self.sso_pairs:
+                pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
+                if pair in at_once:
+                    self._backward_share(pair, pairs)
+            loss = self._loss_and_metrics(inputs, pairs, outputs)
+        if not self.loss_is_scaled_for_ga:
+            loss = loss / self.current_gradient_accumulation_steps
+        self.accelerator.backward(loss)
+        return loss.detach()
 
     def _loss_settings(self) -> dict:
         """The settings of `trl_sso.loss.sso_loss` and `pair_share`, from the config."""
@@ -521,31 +547,34 @@ class SSOTrainer(DPOTrainer):
         self.accelerator.backward(share)
         pairs[name] = pairs[name].detach()
 
+    def _pair_logps(self, model, inputs: dict, pair: str) -> tuple[PairLogps, Any]:
+        """Forward pair `pair` of the collated batch: its log-probabilities under the policy and the reference, and
+        the policy's forward output (for the token metrics)."""
+        (chosen, rejected), output = self._forward_pair(model, inputs, pair)
+        if self.precompute_ref_logps:
+            ref_chosen, ref_rejected = (inputs[column] for column in PAIRS[pair].ref_columns)
+        else:
+            ref_chosen, ref_rejected = self._pair_ref_logps(self.ref_model or self.model, inputs, pair)
+        chosen_tokens, rejected_tokens = self._completion_tokens(inputs, pair)
+        return PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens), output
+
+    def _loss_and_metrics(self, inputs: dict, pairs: dict[str, PairLogps], outputs: dict) -> torch.Tensor:
+        loss, terms = sso_loss(pairs.get("main"), pairs.get("pos"), pairs.get("neg"), **self._loss_settings())
+        self._record_metrics(inputs, pairs, terms, outputs)
+        return loss
+
     def _compute_loss(self, model, inputs, return_outputs):
+        """The SSO loss of a collated batch: every pair in use forwarded (the main pair first: `W` depends on it), then
+        `trl_sso.loss.sso_loss`. No backward pass happens here; `training_step` plans those."""
         if return_outputs:
             raise NotImplementedError(
                 "SSOTrainer does not return logits for `compute_metrics`: its pairs span several forward passes. "
                 "Leave `compute_metrics` unset; the SSO metrics are logged under `eval_*`."
             )
-        backward_per_pair = self._backward_per_pair(model)
-        # The main pair waits for the steering pairs when the gradient through W needs their losses
-        main_waits = self.args.sso_use_weight and not self.args.sso_detach_weight
         pairs, outputs = {}, {}
-        for pair in self.sso_pairs:  # the main pair first: the weight of the steering pairs depends on it
-            (chosen, rejected), outputs[pair] = self._forward_pair(model, inputs, pair)
-            if self.precompute_ref_logps:
-                ref_chosen, ref_rejected = (inputs[column] for column in PAIRS[pair].ref_columns)
-            else:
-                ref_chosen, ref_rejected = self._pair_ref_logps(self.ref_model or self.model, inputs, pair)
-            chosen_tokens, rejected_tokens = self._completion_tokens(inputs, pair)
-            pairs[pair] = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
-            # The last pair forwarded keeps its graph: the returned loss backpropagates it (and a waiting main pair)
-            if backward_per_pair and pair != self.sso_pairs[-1] and not (pair == "main" and main_waits):
-                self._backward_share(pair, pairs)
-
-        loss, terms = sso_loss(pairs.get("main"), pairs.get("pos"), pairs.get("neg"), **self._loss_settings())
-        self._record_metrics(inputs, pairs, terms, outputs)
-        return loss
+        for pair in self.sso_pairs:
+            pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
+        return self._loss_and_metrics(inputs, pairs, outputs)
 
     def _record_metrics(self, inputs: dict, pairs: dict[str, PairLogps], terms: dict, outputs: dict) -> None:
         """Log DPO's metrics for the main pair, the same under `steer_pos/` and `steer_neg/` for the steering pairs,
