@@ -103,3 +103,18 @@ def test_fields_parse_from_the_command_line(tmp_path):
     )
     assert (args.sso_objective, args.sso_steer_coef, args.sso_use_weight) == ("generator", 0.2, False)
     assert args.sso_weight_alpha == 0.66 and args.loss_type == ["ipo"] and args.sso_sft_coef == 0.1
+
+
+def test_stage_settings_are_checked_and_resolved_like_the_constructor(tmp_path):
+    args = SSOConfig(str(tmp_path), report_to="none", sso_steer_coef=0.2)
+    generator = args.for_stage(sso_objective="generator")
+    assert generator.sso_sft_coef == 0.1 and args.sso_sft_coef == 0.0  # the new objective's default; args untouched
+    assert args.for_stage(sso_objective="generator", sso_sft_coef=0.3).sso_sft_coef == 0.3
+    tuned = SSOConfig(str(tmp_path), report_to="none", sso_objective="generator", sso_sft_coef=0.25)
+    assert tuned.for_stage(sso_objective="generator").sso_sft_coef == 0.25  # configured for that objective: kept
+    with pytest.raises(ValueError, match="`sso_weight_alpha`"):
+        args.for_stage(sso_weight_alpha=1.5)  # the same range check as the constructor's
+    with pytest.raises(ValueError, match="`sso_objective` must be one of"):
+        args.for_stage(sso_objective="critic")
+    with pytest.raises(TypeError, match="not `SSOConfig` fields"):
+        args.for_stage(sso_steer=0.1)

@@ -1,6 +1,8 @@
 """`SSOConfig`: the training arguments of the `SSOTrainer`, a `DPOConfig` with the Self-Steering Optimization
 fields."""
 
+import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -177,6 +179,38 @@ class SSOConfig(TokenFreePickle, DPOConfig):
     )
 
     def __post_init__(self):
+        self._check_sso()
+        settle_device_and_precision(self)
+        super().__post_init__()
+
+    def for_stage(self, **overrides) -> "SSOConfig":
+        """A copy of these arguments for one stage of `trl-sso iterate` or `pipeline`, with `overrides` set and the
+        SSO settings resolved and checked again as the constructor does. A stage that changes `sso_objective` without
+        setting `sso_sft_coef` gets the new objective's default coefficient: the one configured was for the other
+        objective.
+
+        Example:
+        ```python
+        >>> args = SSOConfig("out", report_to="none")
+        >>> args.sso_sft_coef, args.for_stage(sso_objective="generator").sso_sft_coef
+        (0.0, 0.1)
+
+        ```
+        """
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(f"{unknown} are not `SSOConfig` fields; a stage can only set fields of its arguments.")
+        if overrides.get("sso_objective", self.sso_objective) != self.sso_objective:
+            overrides.setdefault("sso_sft_coef", None)  # resolved to the new objective's default below
+        stage = copy.deepcopy(self)
+        for name, value in overrides.items():
+            setattr(stage, name, value)
+        stage._check_sso()
+        return stage
+
+    def _check_sso(self) -> None:
+        """Check the SSO settings and resolve the objective-dependent defaults (`sso_sft_coef`)."""
         if self.sso_principle_placement is not None and self.sso_principle_placement not in PLACEMENTS:
             raise ValueError(
                 f"`sso_principle_placement` must be one of {list(PLACEMENTS)} or None, got "
@@ -209,6 +243,3 @@ class SSOConfig(TokenFreePickle, DPOConfig):
                     f"`{name}={value!r}` is a DPO variant that SSO does not implement. Leave `{name}` at its "
                     f"default ({default!r}) when training with SSOTrainer."
                 )
-
-        settle_device_and_precision(self)
-        super().__post_init__()

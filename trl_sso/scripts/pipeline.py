@@ -49,7 +49,6 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
         seed=training_args.seed,
     )
     # 2. the generator: the policy trained with the generator objective
-    sft_coef = training_args.sso_sft_coef if training_args.sso_objective == "generator" else 0.1
     logger.info(f"Stage 2/4: training the generator on {seed_summary['num_records']} records.")
     generator_metrics = train_stage(
         policy,
@@ -59,8 +58,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
         root / "generator_train",
         callbacks,
         generation=seed_summary,
-        sso_objective="generator",
-        sso_sft_coef=sft_coef,
+        sso_objective="generator",  # with the generator's default SFT coefficient unless configured for it
     )
     if state.is_main_process and not (root / "generator").exists():
         save_next_policy(policy, root / "generator_train", root / "generator")

@@ -2,7 +2,6 @@
 training stage (resumed from its last checkpoint), and the next policy saved as a full checkpoint. Each stage's final
 artifact is written atomically, so a rerun skips the stages that finished."""
 
-import copy
 import dataclasses
 import gc
 from pathlib import Path
@@ -104,20 +103,15 @@ def train_stage(
 ):
     """Train with SSOTrainer into `output_dir` (resuming from its last checkpoint); returns the final metrics. The
     stage publishes nothing itself; `generation` (the summary of the data) is logged to the `--report_to` trackers
-    first; `overrides` set `SSOConfig` fields for this stage only."""
+    first; `overrides` set `SSOConfig` fields for this stage only, checked as the constructor checks them
+    (`SSOConfig.for_stage`)."""
     from ..cards import final_metrics
     from ..trainer import SSOTrainer
     from .common import train_and_save
 
-    args = copy.deepcopy(training_args)
-    args.output_dir, args.push_to_hub, args.hub_model_id, args.resume_from_checkpoint = (
-        str(output_dir),
-        False,
-        None,
-        None,
+    args = training_args.for_stage(
+        output_dir=str(output_dir), push_to_hub=False, hub_model_id=None, resume_from_checkpoint=None, **overrides
     )
-    for name, value in overrides.items():
-        setattr(args, name, value)
     trainer, _ = train_and_save(
         SSOTrainer,
         model_path,
