@@ -17,7 +17,7 @@ policies. Then SSO - PBAA for each figure, with its 95% interval and whether it 
 checkers on round 1's pairs, and its verdicts on pairs generated with the qualitative features.
 Prints the tables and writes `bench_signal.json`, `bench_signal.md` and `bench_signal.png`.
 
-    python tests/benchmarks/bench_signal.py       # 3 rounds, 32 prompts a round (about 50 minutes, 2 cores)
+    python tests/benchmarks/bench_signal.py       # 3 rounds, 24 prompts a round (under 60 minutes, 2 cores)
     python tests/benchmarks/bench_signal.py --rounds 1 --num_prompts 4 --max_steps 2 --judge_prompts 2   # a smoke run
 
 A finished run is skipped when run again (the rounds resume like any `trl-sso iterate`).
@@ -271,9 +271,9 @@ def plot(results: dict, path: Path) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num_prompts", type=int, default=32)
+    parser.add_argument("--num_prompts", type=int, default=24)
     parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--max_steps", type=int, default=16)
+    parser.add_argument("--max_steps", type=int, default=12)
     parser.add_argument("--eval_prompts", type=int, default=24)
     parser.add_argument("--eval_max_new_tokens", type=int, default=64)
     parser.add_argument("--judge_prompts", type=int, default=16, help="Prompts of the qualitative data judged.")
