@@ -116,13 +116,13 @@ def test_loss_matches_hand_computation(objective, loss_type, steer, use_weight, 
     if objective == "policy":
         expected_terms |= {"main"} | ({"weight"} if use_weight else set())
     if with_steering:
-        expected_terms |= {"steer_pos", "steer_neg"}
+        expected_terms |= {"pos", "neg"}
     assert set(terms) == expected_terms
     for i in range(2):
         if "main" in terms:
             assert terms["main"][i].item() == pytest.approx(hand_base("main", i, loss_type), rel=1e-12)
-        if "steer_neg" in terms:
-            assert terms["steer_neg"][i].item() == pytest.approx(hand_base("neg", i, loss_type), rel=1e-12)
+        if "neg" in terms:
+            assert terms["neg"][i].item() == pytest.approx(hand_base("neg", i, loss_type), rel=1e-12)
 
 
 def test_weight_range_and_value():
@@ -160,7 +160,7 @@ def test_steer_pairs_get_no_gradient_when_steering_off():
     main = make_pair("main", True)
     loss, terms = sso_loss(main, None, None, steer_coef=0.0)
     loss.backward()
-    assert main.chosen.grad is not None and "steer_pos" not in terms
+    assert main.chosen.grad is not None and "pos" not in terms
 
 
 def test_base_loss_rejects_unknown_type_and_missing_pairs():

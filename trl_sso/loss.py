@@ -25,8 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import PAIRS
-
 
 @dataclass
 class PairLogps:
@@ -193,8 +191,8 @@ def sso_loss(
             `weight_alpha`, `detach_weight`, `sft_coef`).
 
     Returns:
-        The scalar loss (mean over the batch) and its per-example terms, each of shape `(batch,)`: `main`, `steer_pos`,
-        `steer_neg` (the unscaled base losses of the pairs used), `sft` (the NLL sum before `gamma`) and `weight`
+        The scalar loss (mean over the batch) and its per-example terms, each of shape `(batch,)`: `main`, `pos`, `neg`
+        (the unscaled base losses of the pairs used, by pair name), `sft` (the NLL sum before `gamma`) and `weight`
         (`W`, `"policy"` only).
     """
     s = LossSettings(**settings)
@@ -210,7 +208,7 @@ def sso_loss(
     total, nll = 0.0, {}
     for name, pair in pairs.items():
         share, base, nll[name] = _share(name, pair, weight, s)
-        terms[PAIRS[name].term] = base
+        terms[name] = base
         total = total + share
     # SFT term before gamma: the NLL of y+ under x, plus c times (generator: once) those of the steering winners
     terms["sft"] = nll.get("main", 0.0)

@@ -596,8 +596,10 @@ class SSOTrainer(DPOTrainer):
             for name, value in per_example.items():
                 names.append(PAIRS[pair_name].metrics + name)
                 values.append(value)
-        for term, value in terms.items():
-            names.append("sso/weight" if term == "weight" else f"loss/{term}")
+        for term, value in terms.items():  # a pair's base loss under its term name, then `sft` and `W`
+            names.append(
+                f"loss/{PAIRS[term].term}" if term in PAIRS else "sso/weight" if term == "weight" else "loss/sft"
+            )
             values.append(value.detach())
         means = self.accelerator.gather_for_metrics(torch.stack(values, dim=1).float()).mean(dim=0)
         for name, mean in zip(names, means.tolist(), strict=True):
