@@ -215,7 +215,7 @@ def run_processes(command: list[str], timeout: int = 900) -> subprocess.Complete
 @pytest.fixture(scope="session")
 def packaged_model():
     """`(model, tokenizer)` of the packaged SmolLM2-135M-Instruct, in evaluation mode, loaded once per session."""
-    from trl_sso.offline import DEFAULT_MODEL_ID
+    from trl_sso.names import DEFAULT_MODEL_ID
     from trl_sso.signal.onpolicy import load_policy
 
     return load_policy(DEFAULT_MODEL_ID)

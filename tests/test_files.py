@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from trl_sso.cards import hub_id
 from trl_sso.files import save_folder_atomic, write_json_atomic
+from trl_sso.names import hub_id
 
 
 def test_save_folder_atomic_replaces_only_complete_folders(tmp_path):
@@ -68,8 +68,9 @@ def test_hub_id_rule(tmp_path, monkeypatch):
 def test_packaged_model_and_adapters_are_named_by_hub_id(tmp_path, monkeypatch):
     """The packaged SmolLM2's cache folder is shown as the Hub model it came from, and an adapter saved from a local
     folder is pointed at its base's Hub id (with the revision), so that it loads from the Hub alone."""
-    from trl_sso.cards import model_license, public_name
+    from trl_sso.cards import model_license
     from trl_sso.hub import point_adapter_at
+    from trl_sso.names import public_name
 
     monkeypatch.setenv("TRL_SSO_CACHE", str(tmp_path / "cache"))
     packaged = tmp_path / "cache" / "SmolLM2-135M-Instruct"
@@ -110,7 +111,7 @@ def test_licenses_are_complete_or_left_out(tmp_path):
 
 
 def test_public_names_tell_local_models_apart():
-    from trl_sso.cards import public_names
+    from trl_sso.names import public_names
 
     assert public_names(["/runs/a/round_1/policy", "/runs/a/round_2/policy"]) == ["round_1/policy", "round_2/policy"]
     assert public_names(["/x/model", "gpt2", "/x/model"]) == ["model", "gpt2", "model"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import PLACEMENT, SSO_COLUMNS
+from .names import DEFAULT_MODEL_ID, hub_id
 
 
 SSO_CITATION = textwrap.dedent("""\
@@ -54,40 +55,6 @@ _CARD_SETTINGS = (
 )
 
 
-def hub_id(name: str | None) -> str | None:
-    """`name` when it is a Hub repo id (`name` or `namespace/name`), `None` for a local path or anything else: a local
-    path says nothing to readers of a card or a report. The one rule trl-sso uses to tell them apart. The packaged
-    default model's cache folder is `HuggingFaceTB/SmolLM2-135M-Instruct`, the Hub model it was published as."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    from .offline import DEFAULT_MODEL_ID, packaged_model_folder
-
-    if name and os.path.isdir(name) and Path(name).resolve() == packaged_model_folder().resolve():
-        return DEFAULT_MODEL_ID  # the packaged SmolLM2, converted into trl-sso's cache: the Hub model it came from
-    if not name or name.startswith((".", "/", "~")) or os.path.exists(name):
-        return None
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return None
-    return name
-
-
-def public_name(name: str, parts: int = 1) -> str:
-    """How a model or file is named where others read it (cards, reports, summaries, dataset rows): its Hub id, else
-    only the last `parts` parts of its local path."""
-    return hub_id(name) or "/".join(Path(name).parts[-parts:])
-
-
-def public_names(names: list[str]) -> list[str]:
-    """`public_name` of each of `names`, with as many path parts as it takes to tell them apart."""
-    for parts in range(1, max((len(Path(name).parts) for name in names), default=1) + 1):
-        shown = [public_name(name, parts) for name in names]
-        if len(set(shown)) == len(set(names)):
-            return shown
-    return shown
-
-
 PACKAGED_MODEL_LICENSE = "apache-2.0"  # SmolLM2's license, for the offline default model
 
 
@@ -110,8 +77,6 @@ def model_license(name_or_path: str | None) -> dict[str, str]:
     `apache-2.0` for the packaged SmolLM2 (`None` names it). `{}` when it is not known: cards then name no
     license rather than a wrong or incomplete one."""
     from huggingface_hub import ModelCard
-
-    from .offline import DEFAULT_MODEL_ID
 
     if name_or_path is None or hub_id(name_or_path) == DEFAULT_MODEL_ID:
         return {"license": PACKAGED_MODEL_LICENSE}

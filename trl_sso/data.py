@@ -620,7 +620,7 @@ def load_dataset_split(
         if len(dataset) == 0:
             raise ValueError(f"{source!r} holds no rows (a header at most). Point to a file with data.")
         return dataset
-    from .cards import hub_id
+    from .names import hub_id
 
     if path.suffix.lower() in FILE_BUILDERS or hub_id(source) is None:
         raise FileNotFoundError(

@@ -91,7 +91,7 @@ def _published_adapter_config(path: Path) -> dict | None:
     """The adapter config to publish in place of `path`'s when its base is a local folder with a Hub id (the packaged
     model's cache); `None` when it needs no change. A base with no Hub id at all gets a warning: the adapter will not
     load from the Hub alone until its base is published and named (`point_adapter_at`)."""
-    from .cards import hub_id
+    from .names import hub_id
 
     file = path / "adapter_config.json"
     if not file.is_file():

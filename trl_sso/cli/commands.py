@@ -60,7 +60,7 @@ def check_model_references(parsed: tuple) -> None:
     path: say so, rather than let the Hub client reject it as a malformed repo id."""
     import os
 
-    from ..cards import hub_id
+    from ..names import hub_id
 
     for arguments in parsed:
         for option in MODEL_OPTIONS:

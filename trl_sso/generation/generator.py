@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..cards import data_provenance, public_name
+from ..cards import data_provenance
 from ..data import (
     GENERATED_DATA_DIR,
     GENERATED_DATA_FILE,
@@ -30,7 +30,7 @@ from ..data import (
     make_record,
 )
 from ..files import clear_leftovers, save_folder_atomic, write_json_atomic
-from ..offline import DEFAULT_MODEL_ID
+from ..names import DEFAULT_MODEL_ID, public_name
 from ..principles import expand_feature_names, known_features
 from ..runtime import process_state
 from ..signal.report import signal_report
@@ -62,8 +62,6 @@ def _settings(args: GenerateArguments) -> dict:
 
 def _public_settings(args: GenerateArguments) -> dict:
     """The settings as the summary and the card show them: local paths reduced to their last part (`public_name`)."""
-    from ..cards import public_name
-
     settings = _settings(args)
     for name in ("model_name_or_path", "prompts", "features_file", "principle_model"):
         if settings.get(name):

@@ -112,12 +112,11 @@ def calibrate(args: CalibrateArguments) -> dict:
     """Answer, score and write the report (see the module docstring)."""
     import time
 
-    from ..cards import public_name
     from ..data import build_steered_prompt
     from ..files import write_json_atomic
     from ..generation.prompts import load_prompts
     from ..generation.samplers import TransformersSampler
-    from ..offline import DEFAULT_MODEL_ID
+    from ..names import DEFAULT_MODEL_ID, public_name
     from ..principles import contrastive_system_prompts, expand_feature_names, known_features
     from ..signal.onpolicy import load_policy
     from ..signal.plots import plot_calibration

@@ -240,8 +240,8 @@ def train_and_save(trainer_class, model_name: str, model_args, training_args, be
     with removed_on_failure(training_args.output_dir):  # a failed save (a full disk) leaves no partial model
         trainer.save_model()
         if trainer.accelerator.is_main_process:  # an adapter names its base by Hub id, never by a local folder
-            from ..cards import hub_id
             from ..hub import point_adapter_at
+            from ..names import hub_id
 
             point_adapter_at(training_args.output_dir, hub_id(model_name), model_args.model_revision)
         trainer.save_state()  # last: its presence says the final model is saved (`finished_training`)

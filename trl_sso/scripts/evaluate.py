@@ -52,10 +52,9 @@ class EvaluateArguments:
 
 def evaluate_models(args: EvaluateArguments) -> dict:
     """Answer the prompts with each model and score the answers (see the module docstring). Returns the report."""
-    from ..cards import public_names
     from ..files import write_json_atomic
     from ..generation.prompts import load_prompts
-    from ..offline import DEFAULT_MODEL_ID
+    from ..names import DEFAULT_MODEL_ID, public_names
     from ..principles import expand_feature_names, known_features
     from ..signal.intervals import wilson
     from ..signal.onpolicy import load_policy

@@ -65,9 +65,9 @@ class InspectArguments:
 
 def inspect_dataset(args: InspectArguments) -> dict:
     """Compute, write and return the signal report of `args.dataset` (see the module docstring)."""
-    from ..cards import public_name
     from ..data import ORIGINAL, check_columns, load_sso_dataset, required_columns
     from ..files import write_json_atomic
+    from ..names import public_name
     from ..principles import known_features
     from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
     from ..signal.plots import plot_accuracy, plot_onpolicy

@@ -137,8 +137,9 @@ def publish_round(
 
     from trl import get_quantization_config
 
-    from ..cards import hub_id, model_license, quantization_summary, round_lineage, sso_model_card, tracker_links
+    from ..cards import model_license, quantization_summary, round_lineage, sso_model_card, tracker_links
     from ..hub import point_adapter_at, push_dataset, push_folder
+    from ..names import hub_id
 
     published, token = {}, training_args.hub_token
     if pipe_args.hub_dataset_id:

@@ -68,9 +68,10 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
     from transformers import AutoTokenizer
     from trl import RewardTrainer
 
-    from ..cards import hub_id, reward_model_card
+    from ..cards import reward_model_card
     from ..data import load_sso_dataset, required_columns, validate_source
     from ..hub import push_folder
+    from ..names import hub_id
     from .common import ignore_bias_buffers, require_model, train_and_save
 
     if not script_args.dataset_name:

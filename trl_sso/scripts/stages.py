@@ -55,9 +55,9 @@ class PipelineArguments:
 
 def starting_policy(model_args) -> tuple[str, str]:
     """`(path, name)` of the starting policy: the model given, or the packaged default; the name (its Hub id, else
-    the last part of its path: `trl_sso.cards.public_name`) is what provenance, reports and cards show."""
-    from ..cards import public_name
-    from ..offline import DEFAULT_MODEL_ID, default_model_path
+    the last part of its path: `trl_sso.names.public_name`) is what provenance, reports and cards show."""
+    from ..names import DEFAULT_MODEL_ID, public_name
+    from ..offline import default_model_path
 
     if model_args.model_name_or_path:
         return model_args.model_name_or_path, public_name(model_args.model_name_or_path)
@@ -154,7 +154,8 @@ def policy_card(base_path: str) -> str:
     the data it generates in the next round inherits in turn."""
     from huggingface_hub import ModelCardData
 
-    from ..cards import hub_id, model_license
+    from ..cards import model_license
+    from ..names import hub_id
 
     data = ModelCardData(base_model=hub_id(base_path), tags=["trl", "sso"], **model_license(base_path))
     return (

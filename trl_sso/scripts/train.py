@@ -60,8 +60,8 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
     from accelerate.utils import is_peft_model
     from trl import DatasetMixtureConfig
 
-    from ..cards import hub_id, public_name
     from ..hub import push_folder
+    from ..names import hub_id, public_name
     from ..trainer import SSOTrainer
     from .common import ignore_bias_buffers, require_model, train_and_save
 

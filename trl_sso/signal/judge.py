@@ -130,7 +130,7 @@ def make_judge(spec: str, model_name: str | None = None, token: str | None = Non
     anything else a causal LM to load (a path or Hub id)."""
     if spec.startswith(("http://", "https://")):
         return EndpointJudge(spec, model_name, token)
-    from ..cards import public_name
+    from ..names import public_name
     from .onpolicy import load_policy
 
     model, tokenizer = load_policy(spec)

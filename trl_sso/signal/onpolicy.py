@@ -18,7 +18,8 @@ def load_policy(name: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..offline import DEFAULT_MODEL_ID, default_model_path
+    from ..names import DEFAULT_MODEL_ID
+    from ..offline import default_model_path
     from ..runtime import process_state
 
     path = default_model_path() if name == DEFAULT_MODEL_ID else name
