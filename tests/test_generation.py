@@ -9,9 +9,10 @@ from datasets import Dataset
 
 from trl_sso.data import validate_dataset
 from trl_sso.generation import GenerateArguments, SSOGenerator
-from trl_sso.generation.filters import drop_reason, logprob_keep, normalize
+from trl_sso.generation.filters import drop_reason, logprob_keep
 from trl_sso.generation.prompts import default_prompts, load_prompts
 from trl_sso.generation.samplers import Completion, VLLMSampler, require_chat_template
+from trl_sso.signal.report import normalize
 
 
 class Echo:

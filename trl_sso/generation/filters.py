@@ -7,13 +7,10 @@ the first that fails names the reason.
 import re
 from collections.abc import Sequence
 
+from ..signal.report import normalize
 from .samplers import Completion
 
 
-# Leading labels a model may put before its answer ("Helpful Response:", "**Answer:**", "Good answer -")
-_LABEL = re.compile(
-    r"^\s*[*_#>\s]*(?:[\w'-]+\s+){0,3}(?:response|answer|reply)\s*[*_]*\s*[:\-–]\s*[*_]*\s*", re.IGNORECASE
-)
 _REVEAL = re.compile(r"\b(guidelines?|principles?|system prompt|i was (?:told|instructed))\b", re.IGNORECASE)
 
 REASONS = (
@@ -25,11 +22,6 @@ REASONS = (
     "reveals_guidelines",
     "logprob",
 )
-
-
-def normalize(text: str) -> str:
-    """The response without a leading label, case and surrounding whitespace, for equality checks."""
-    return " ".join(_LABEL.sub("", text, count=1).split()).lower()
 
 
 def drop_reason(

@@ -14,6 +14,7 @@ Every share carries its 95% Wilson interval (`<name>_ci95`) and every mean its b
   distinct-1 / distinct-2 of each side (distinct n-grams over all n-grams).
 """
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,6 +23,10 @@ from ..data import CHOSEN, ORIGINAL, REJECTED, RESPONSE_COLUMNS
 from .intervals import bootstrap_mean, wilson, with_interval
 
 
+# Leading labels a model may put before its answer ("Helpful Response:", "**Answer:**", "Good answer -")
+_LABEL = re.compile(
+    r"^\s*[*_#>\s]*(?:[\w'-]+\s+){0,3}(?:response|answer|reply)\s*[*_]*\s*[:\-–]\s*[*_]*\s*", re.IGNORECASE
+)
 NEAR_DUPLICATE = 0.9  # word-trigram Jaccard similarity from which y+ and y- count as near-identical
 SIDE = {CHOSEN: "y+", REJECTED: "y-", ORIGINAL: "y_o"}
 
@@ -31,6 +36,12 @@ def response_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return "\n".join(m["content"] for m in value or [] if m.get("role") == "assistant" and m.get("content"))
+
+
+def normalize(text: str) -> str:
+    """The response without a leading label, case and surrounding whitespace, for equality checks (the generator's
+    filters and the degeneracy report)."""
+    return " ".join(_LABEL.sub("", text, count=1).split()).lower()
 
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
@@ -123,8 +134,6 @@ def lengths(records: list[Mapping]) -> dict:
 
 def degeneracy(records: list[Mapping]) -> dict:
     """Shares of identical and near-identical (y+, y-) pairs, and distinct-1 / distinct-2 of each side."""
-    from ..generation.filters import normalize
-
     chosen = [response_text(record[CHOSEN]) for record in records]
     rejected = [response_text(record[REJECTED]) for record in records]
     identical = [normalize(a) == normalize(b) for a, b in zip(chosen, rejected)]
