@@ -16,7 +16,6 @@ objective does not use are neither tokenized, collated nor forwarded.
 """
 
 import contextlib
-import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader
 from transformers.utils import logging
 from trl import DPOTrainer
-from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
+from trl.data_utils import extract_prompt
 from trl.models import prepare_deepspeed
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -41,37 +40,10 @@ from .cards import SSO_CITATION, trainer_model_card
 from .config import SSOConfig
 from .data import PAIRS
 from .loss import PairLogps, pair_share, sso_loss
+from .tokens import template_kwargs, tokenize_pair
 
 
 logger = logging.get_logger(__name__)
-
-
-def template_kwargs(example: dict) -> dict:
-    """The chat-template options of a record: its `tools` (a list, or JSON as DPOTrainer reads it) and its
-    `chat_template_kwargs`."""
-    tools = example.get("tools")
-    tools = json.loads(tools) if isinstance(tools, str) else tools
-    return {"tools": tools, **(example.get("chat_template_kwargs") or {})}
-
-
-def tokenize_pair(processing_class, prompt, chosen, rejected, kwargs: dict | None = None):
-    """Tokenize `(prompt; chosen, rejected)` as DPOTrainer does: chat template for messages, EOS for text, and the
-    completion starting where the prompt and prompt+completion token sequences diverge. Returns the token ids of the
-    prompt, the chosen and the rejected completion."""
-    kwargs = kwargs or {}
-    if isinstance(prompt, list):
-        prompt_ids = _tokenize(processing_class, prompt, add_generation_prompt=True, **kwargs)
-        full_ids = [_tokenize(processing_class, prompt + c, **kwargs) for c in (chosen, rejected)]
-    else:
-        eos = getattr(processing_class, "tokenizer", processing_class).eos_token
-        prompt_ids = _tokenize(processing_class, prompt)
-        full_ids = [
-            _tokenize(processing_class, prompt + c + ("" if c.endswith(eos) else eos)) for c in (chosen, rejected)
-        ]
-    prompt_ids = prompt_ids["input_ids"]
-    full_ids = [ids["input_ids"] for ids in full_ids]
-    prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
-    return prompt_ids[:prompt_len], full_ids[0][prompt_len:], full_ids[1][prompt_len:]
 
 
 @dataclass

@@ -41,7 +41,7 @@ def mean_logps(model, tokenizer, records: list[Mapping], batch_size: int = 8) ->
     second. The plain prompt is forwarded once for its three responses (`trl_sso.sharing`), `batch_size` prompts at a
     time."""
     from ..sharing import completion_logps
-    from ..trainer import template_kwargs, tokenize_pair
+    from ..tokens import template_kwargs, tokenize_pair
 
     rows, owners = [], []  # (prompt ids, [completion ids]); owners: the (record, columns) of each row
     for index, record in enumerate(records):
