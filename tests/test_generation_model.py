@@ -121,7 +121,8 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "one-row-per-response"])
 def test_mean_logps_match_a_direct_computation(tiny_model_dir, shared, monkeypatch):
     """Each prompt is forwarded once for its responses (shared prompt); for a model that cannot take the mask, each
-    response gets a row of its own."""
+    response gets a row of its own. Responses are tokenized as the trainer tokenizes them: an assistant turn, with
+    its end-of-turn tokens, after the prompt's generation prompt."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,15 +141,15 @@ def test_mean_logps_match_a_direct_computation(tiny_model_dir, shared, monkeypat
     expected_values = []
     for prompt, rs in zip(prompts, responses):
         for response in rs:
-            prompt_ids = tokenizer(
-                tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
-                add_special_tokens=False,
-            )["input_ids"]
-            response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt_ids + response_ids])
+            turn = [*prompt, {"role": "assistant", "content": response}]
+            full_ids = tokenizer(tokenizer.apply_chat_template(turn, tokenize=False), add_special_tokens=False)
+            full_ids = full_ids["input_ids"]
+            start = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)["input_ids"])
+            assert tokenizer.decode(full_ids[start:]).startswith(response)  # the response, then its end of turn
+            ids = torch.tensor([full_ids])
             with torch.no_grad():
                 logps = torch.log_softmax(reference(ids).logits[0, :-1].float(), -1)
-            expected_values.append(logps[len(prompt_ids) - 1 :].gather(-1, ids[0, len(prompt_ids) :, None]).mean())
+            expected_values.append(logps[start - 1 :].gather(-1, ids[0, start:, None]).mean())
     # token means batched with other responses and padding: 1e-6 of the largest (tests/numerics.py)
     flat = torch.tensor([value for values in got for value in values])
     assert_close_to_scale(flat, torch.stack(expected_values), 1e-6, name="mean log-probs")

@@ -32,7 +32,7 @@ def tokenize_completions(
         full_ids = [_tokenize(processing_class, prompt + c + ("" if c.endswith(eos) else eos)) for c in completions]
     prompt_ids = prompt_ids["input_ids"]
     full_ids = [ids["input_ids"] for ids in full_ids]
-    prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
+    prompt_len = min((common_prefix_length(prompt_ids, ids) for ids in full_ids), default=len(prompt_ids))
     return prompt_ids[:prompt_len], [ids[prompt_len:] for ids in full_ids]
 
 

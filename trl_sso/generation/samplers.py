@@ -91,17 +91,14 @@ class TransformersSampler:
 
     def mean_logps(self, prompts: list[list[dict]], responses: list[list[str]]) -> list[list[float]]:
         """Token-mean log-probability of each response of `responses[i]` after `prompts[i]` (teacher forcing), for
-        the log-prob filter. Each prompt is forwarded once for all its responses (`trl_sso.sharing`)."""
+        the log-prob filter: tokenized as the trainer tokenizes a pair (`trl_sso.tokens`, the response as an
+        assistant turn with its end-of-turn token), each prompt forwarded once for all its responses
+        (`trl_sso.sharing`)."""
         from ..sharing import completion_logps
+        from ..tokens import tokenize_completions
 
         rows = [
-            (
-                self.tokenizer(render(self.tokenizer, prompt), add_special_tokens=False)["input_ids"],
-                [
-                    self.tokenizer(r, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
-                    for r in rs
-                ],
-            )
+            tokenize_completions(self.tokenizer, prompt, [[{"role": "assistant", "content": r}] for r in rs])
             for prompt, rs in zip(prompts, responses, strict=True)
         ]
         scores = completion_logps(self.model, rows, self.tokenizer.pad_token_id, self.batch_size)
