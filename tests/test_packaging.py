@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
-
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,9 +26,34 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_card_templates_ship_in_the_wheel():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]["cards"] == "trl_sso/cards"
+def test_the_wheel_holds_the_package_and_its_resources(tmp_path):
+    """Build the wheel as a release would (hatchling, the build backend) and list what it holds: the package, its
+    packaged files in one home (`trl_sso/resources/`: the prompt sets and the card templates), no tests."""
+    import zipfile
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("trl_sso-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for template in (ROOT / "cards").glob("*.md"):
+        assert f"trl_sso/resources/cards/{template.name}" in names
+    for prompts in ("default_prompts", "eval_prompts"):
+        assert f"trl_sso/resources/{prompts}.jsonl" in names
+    assert {"trl_sso/__init__.py", "trl_sso/cli/table.py", "trl_sso/names.py"} <= names
+    assert not any(name.startswith(("tests/", "recipes/")) or name.startswith("trl_sso/cards/") for name in names)
     from trl_sso.cards import template_path
 
     assert template_path("sso_model_card.md").is_file()

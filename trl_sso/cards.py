@@ -1,5 +1,5 @@
-"""Cards rendered from the templates in `cards/` (shipped in the wheel as `trl_sso/cards`), filled from the metadata
-the artifacts carry (the trainer's config and state), never typed by hand and never holding secrets."""
+"""Cards rendered from the templates in `cards/` (shipped in the wheel as `trl_sso/resources/cards`), filled from
+the metadata the artifacts carry (the trainer's config and state), never typed by hand and never holding secrets."""
 
 import functools
 import os
@@ -115,12 +115,20 @@ def tracker_links() -> dict[str, str]:
     return {name: url for name, url in links.items() if url}
 
 
+# Packaged files live in `trl_sso/resources/`: the card templates of the repository's `cards/` folder are shipped
+# there (`pyproject.toml`); a source checkout (an editable install) reads them where they are written.
+_CARDS = Path(__file__).parent / "resources" / "cards"
+_SOURCE_CARDS = Path(__file__).parent.parent / "cards"
+
+
 def template_path(name: str) -> Path:
-    """Path of a card template: inside the installed package, or in the source tree's `cards/` folder."""
-    for folder in (Path(__file__).parent / "cards", Path(__file__).parent.parent / "cards"):
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"Card template {name!r} not found; the trl-sso installation is incomplete.")
+    """Path of a card template: in the installed package's resources, or in a source checkout's `cards/` folder."""
+    folder = _CARDS if _CARDS.is_dir() else _SOURCE_CARDS
+    if not (folder / name).is_file():
+        raise FileNotFoundError(
+            f"Card template {name!r} not found in {folder}; the trl-sso installation is incomplete."
+        )
+    return folder / name
 
 
 def framework_versions() -> list[tuple[str, str]]:
