@@ -11,7 +11,7 @@ from conftest import accelerate_launch, run_processes, sso_args
 from datasets import load_dataset
 from numerics import assert_close_to_scale
 
-from trl_sso.generation import GenerateArguments, SSOGenerator
+from trl_sso.generation import GenerateArguments, SSOGenerator, filters
 from trl_sso.generation.samplers import TransformersSampler
 
 
@@ -155,10 +155,27 @@ def test_mean_logps_match_a_direct_computation(tiny_model_dir, shared, monkeypat
     assert_close_to_scale(flat, torch.stack(expected_values), 1e-6, name="mean log-probs")
 
 
-def test_logprob_filter_end_to_end(tiny_model_dir, tmp_path):
+def test_logprob_filter_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
+    """The filter scores each surviving triple with the model and drops exactly the ones `logprob_keep` refuses; a
+    random model may refuse them all, and the run then stops with a message that says so."""
+    from trl_sso.generation import generator as generator_module
+    from trl_sso.generation.generator import NoRecordsError
+
+    verdicts = []
+
+    def recording_keep(scores):
+        keep = filters.logprob_keep(scores)
+        assert all(set(score) == {f"{p}_{c}" for p in "pon" for c in ("chosen", "rejected")} for score in scores)
+        verdicts.extend(keep)
+        return keep
+
+    monkeypatch.setattr(generator_module, "logprob_keep", recording_keep)
     try:
         _, summary = tiny_generator(tiny_model_dir, tmp_path, logprob_filter=True, num_prompts=8).run()
-    except RuntimeError as error:  # a random model may fail every record; the message then says so
-        assert "filtered out" in str(error) and "'logprob'" in str(error)
-        return
-    assert summary["num_records"] + sum(summary["dropped"].values()) == 8
+    except NoRecordsError as error:
+        assert not any(verdicts) and "filtered out" in str(error) and "'logprob'" in str(error)
+    else:
+        assert summary["dropped"]["logprob"] == verdicts.count(False)
+        assert summary["num_records"] == verdicts.count(True) > 0
+        assert summary["num_records"] + sum(summary["dropped"].values()) == 8
+    assert verdicts  # the filter ran on real scores

@@ -85,11 +85,18 @@ def hand_loss(objective, loss_type, steer, use_weight, alpha, sft):
     return total / 2
 
 
-GRID = list(
-    itertools.product(
-        ["policy", "generator"], ["sigmoid", "ipo"], [0.0, 0.3], [True, False], [True, False], [0.0, 0.25]
+# Each switch combination whose loss differs once: the policy objective over its switches (detaching W changes the
+# gradient, not the value, and is tested on the gradient below), the generator objective over the two that apply
+# to it (it has no W, and its steering pairs are always on).
+GRID = [
+    ("policy", loss_type, steer, use_weight, False, sft)
+    for loss_type, steer, use_weight, sft in itertools.product(
+        ["sigmoid", "ipo"], [0.0, 0.3], [True, False], [0.0, 0.25]
     )
-)
+] + [
+    ("generator", loss_type, 0.3, False, False, sft)
+    for loss_type, sft in itertools.product(["sigmoid", "ipo"], [0.0, 0.25])
+]
 
 
 @pytest.mark.parametrize("objective,loss_type,steer,use_weight,detach,sft", GRID)
@@ -157,10 +164,12 @@ def test_gradient_flows_through_weight_unless_detached():
 
 
 def test_steer_pairs_get_no_gradient_when_steering_off():
-    main = make_pair("main", True)
-    loss, terms = sso_loss(main, None, None, steer_coef=0.0)
+    main, pos, neg = (make_pair(name, requires_grad=True) for name in ("main", "pos", "neg"))
+    loss, terms = sso_loss(main, pos, neg, steer_coef=0.0)
     loss.backward()
-    assert main.chosen.grad is not None and "pos" not in terms
+    assert main.chosen.grad is not None and main.rejected.grad is not None
+    assert all(pair.chosen.grad is None and pair.rejected.grad is None for pair in (pos, neg))
+    assert not {"pos", "neg"} & set(terms)
 
 
 def test_base_loss_rejects_unknown_type_and_missing_pairs():
@@ -174,13 +183,7 @@ def test_base_loss_rejects_unknown_type_and_missing_pairs():
 
 @pytest.mark.parametrize(
     "objective,loss_type,steer,use_weight,sft",
-    [
-        (o, lt, s, w, g)
-        for o, lt, s, w, g in itertools.product(
-            ["policy", "generator"], ["sigmoid", "ipo"], [0.0, 0.3], [True, False], [0.0, 0.25]
-        )
-        if not (o == "generator" and s == 0.0)
-    ],
+    [(o, lt, s, w, g) for o, lt, s, w, g, _ in GRID],
 )
 def test_pair_shares_sum_to_the_loss_with_w_detached(objective, loss_type, steer, use_weight, sft):
     """Each pair's `pair_share` is its term of `sso_loss`: with W detached they add up to the loss, per example."""

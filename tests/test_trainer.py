@@ -218,7 +218,11 @@ def test_dpo_config_is_refused_with_the_fix(tiny_model_dir, tokenizer, tmp_path)
         SSOTrainer(model=tiny_model_dir, args=DPOConfig(str(tmp_path), bf16=False), train_dataset=sso_dataset())
 
 
-def test_too_long_prompts_are_dropped_with_a_warning(tiny_model_dir, tokenizer, tmp_path):
+def test_too_long_prompts_are_dropped_with_a_warning(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    import trl_sso.trainer
+
+    warnings = []
+    monkeypatch.setattr(trl_sso.trainer.logger, "warning", lambda message, *args, **kwargs: warnings.append(message))
     rows = sso_rows()
     rows[0]["positive_system"] = "Be careful. " * 100
     trainer = SSOTrainer(
@@ -228,6 +232,7 @@ def test_too_long_prompts_are_dropped_with_a_warning(tiny_model_dir, tokenizer, 
         processing_class=tokenizer,
     )
     assert len(trainer.train_dataset) == len(rows) - 1
+    assert any(f"Dropped 1 of {len(rows)} examples" in w and "`max_length=64`" in w for w in warnings), warnings
 
 
 def test_dpo_internals_that_sso_overrides_still_match():
