@@ -219,3 +219,171 @@ def packaged_model():
     from trl_sso.signal.onpolicy import load_policy
 
     return load_policy(DEFAULT_MODEL_ID)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A scripted policy for the generator, and generated data
+
+
+# Where a principle prompt of trl-sso starts (`trl_sso.principles`), wherever it is placed
+PRINCIPLE_OPENINGS = ("Your response should be", "Write a relatively")
+
+
+def principle_of(messages: list[dict]) -> str | None:
+    """The principle a chat carries: its system message, or the principle inside a user turn."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), None)
+    if system:
+        return system
+    for message in messages:
+        starts = [message["content"].find(opening) for opening in PRINCIPLE_OPENINGS]
+        starts = [start for start in starts if start >= 0]
+        if message["role"] == "user" and starts:
+            return message["content"][min(starts) :]
+    return None
+
+
+class Echo:
+    """A deterministic stand-in policy: the answer depends on the principle (if any, wherever it is placed), the
+    query and the seed."""
+
+    def __init__(self, fail_after=None, answer=None):
+        self.calls, self.fail_after, self.answer = 0, fail_after, answer
+
+    def sample(self, prompts, temperature, top_p, max_new_tokens, seed):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated crash")
+        import hashlib
+
+        from trl_sso.generation.samplers import Completion
+
+        out = []
+        for messages in prompts:
+            principle = principle_of(messages)
+            user = messages[-1]["content"]
+            tag = principle.split(".")[0] if principle else "plain"
+            text = (
+                self.answer(tag, user)
+                if self.answer
+                else f"{tag} / {hashlib.md5(f'{user}{seed}'.encode()).hexdigest()[:8]}"
+            )
+            out.append(Completion(text, len(text.split()), True))
+        return out
+
+
+def make(tmp_path, tokenizer, sampler=None, **overrides):
+    """The generator over the packaged prompts with the scripted policy (`Echo`), writing to `tmp_path / "out"`."""
+    from trl_sso.generation import GenerateArguments, SSOGenerator
+
+    kwargs = dict(output_dir=str(tmp_path / "out"), num_prompts=10, batch_size=4, seed=3, principle_placement="system")
+    kwargs.update(overrides)
+    return SSOGenerator(GenerateArguments(**kwargs), sampler=sampler or Echo(), tokenizer=tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Commands on generated data
+
+
+COMMON = (
+    "--per_device_train_batch_size 2 --gradient_checkpointing false --report_to none --logging_steps 1 "
+    "--learning_rate 1e-3 --max_length 128 --dataloader_pin_memory false"
+).split()
+
+
+def argv(command, model, data, out, extra=""):
+    """`trl-sso COMMAND` on `model` and `data` into `out`, with the `extra` flags (one string) and the common ones."""
+    return [
+        command,
+        "--model_name_or_path",
+        model,
+        "--dataset_name",
+        data,
+        "--output_dir",
+        str(out),
+        *extra.split(),
+        *COMMON,
+    ]
+
+
+@pytest.fixture
+def data_folder(tmp_path, tokenizer):
+    """A folder written by the generator (scripted policy, fast): what `trl-sso generate` leaves behind."""
+    from trl_sso.generation import GenerateArguments, SSOGenerator
+
+    args = GenerateArguments(output_dir=str(tmp_path / "sso-data"), num_prompts=8, batch_size=4, seed=1)
+    SSOGenerator(args, sampler=Echo(), tokenizer=tokenizer).run()
+    return str(tmp_path / "sso-data")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The local Hub
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A local Hub on 127.0.0.1, with HF_ENDPOINT, a dummy HF_TOKEN, HF_HUB_DISABLE_XET=1 and a temporary HF_HOME.
+    The libraries read some of these at import, so their module constants are pointed at the server too."""
+    import datasets.config
+    import huggingface_hub.constants as constants
+    from hub_server import LocalHub
+
+    with LocalHub(tmp_path / "hub-root") as server:
+        env = server.environ()
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        endpoint = server.endpoint
+        patches = {
+            constants: dict(
+                ENDPOINT=endpoint,
+                HUGGINGFACE_CO_URL_TEMPLATE=endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+                HF_HUB_OFFLINE=False,
+                HF_HUB_DISABLE_XET=True,
+                HF_HOME=env["HF_HOME"],
+                HF_HUB_CACHE=os.path.join(env["HF_HOME"], "hub"),
+            ),
+            datasets.config: dict(
+                HF_ENDPOINT=endpoint,
+                HUB_DATASETS_URL=endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+                HF_HUB_OFFLINE=False,
+                HF_DATASETS_OFFLINE=False,
+                HF_DATASETS_CACHE=tmp_path / "datasets-cache",
+            ),
+        }
+        for module, values in patches.items():
+            for name, value in values.items():
+                monkeypatch.setattr(module, name, value)
+        import huggingface_hub.hf_api
+
+        monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)  # the instance behind upload_file & co
+        import transformers.utils.hub
+
+        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared HfApi, built per endpoint
+        monkeypatch.setattr("trl_sso.retries.time.sleep", lambda seconds: None)  # no real waiting between retries
+        yield server
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Records in the two public SSO formats (`trl_sso.data.convert_reference_dataset`)
+
+
+V1 = {
+    "instruction": "Explain rainbows.",
+    "p_system": "Be accurate.",
+    "n_system": "Be inaccurate.",
+    "system": "You are a helpful assistant.",
+    "chosen": "Light refracts in droplets.",
+    "rejected": "Rainbows are painted.",
+    "raw": "Sunlight and rain make them.",
+    "source": "v1",
+}
+V2 = {
+    "prompt": "Explain rainbows.",
+    "p_system": "Generate a relatively good response.",
+    "n_system": "Generate a relatively bad response.",
+    "chosen": [
+        {"from": "human", "value": "Explain rainbows."},
+        {"from": "gpt", "value": "Light refracts in droplets."},
+    ],
+    "rejected": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Rainbows are painted."}],
+    "raw": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Sunlight and rain make them."}],
+}

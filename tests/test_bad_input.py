@@ -8,7 +8,7 @@ import json
 import subprocess
 
 import pytest
-from test_commands import argv, data_folder  # noqa: F401  (the generated-data fixture)
+from conftest import argv
 
 from trl_sso.cli.main import main
 

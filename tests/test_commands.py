@@ -8,43 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import accelerate_launch, run_processes
-from test_hub import hub  # noqa: F401  (the local Hub fixture)
+from conftest import accelerate_launch, argv, run_processes
 
 from trl_sso.cli.main import main
-
-
-COMMON = (
-    "--per_device_train_batch_size 2 --gradient_checkpointing false --report_to none --logging_steps 1 "
-    "--learning_rate 1e-3 --max_length 128 --dataloader_pin_memory false"
-).split()
-
-
-def argv(command, model, data, out, extra=""):
-    """`trl-sso COMMAND` on `model` and `data` into `out`, with the `extra` flags (one string) and the common ones."""
-    return [
-        command,
-        "--model_name_or_path",
-        model,
-        "--dataset_name",
-        data,
-        "--output_dir",
-        str(out),
-        *extra.split(),
-        *COMMON,
-    ]
-
-
-@pytest.fixture
-def data_folder(tmp_path, tokenizer):
-    """A folder written by the generator (scripted policy, fast): what `trl-sso generate` leaves behind."""
-    from test_generation import Echo
-
-    from trl_sso.generation import GenerateArguments, SSOGenerator
-
-    args = GenerateArguments(output_dir=str(tmp_path / "sso-data"), num_prompts=8, batch_size=4, seed=1)
-    SSOGenerator(args, sampler=Echo(), tokenizer=tokenizer).run()
-    return str(tmp_path / "sso-data")
 
 
 def python_blocks(card: str) -> list[str]:

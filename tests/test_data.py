@@ -3,7 +3,7 @@
 import copy
 
 import pytest
-from conftest import PRINCIPLE_NEG, PRINCIPLE_POS, sso_rows
+from conftest import PRINCIPLE_NEG, PRINCIPLE_POS, V1, V2, sso_rows
 
 from trl_sso.data import (
     SSODataError,
@@ -101,29 +101,6 @@ def test_template_that_drops_system_messages_counts_as_unsupported(tokenizer):
         "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
     )
     assert not supports_system_role(tokenizer)
-
-
-V1 = {
-    "instruction": "Explain rainbows.",
-    "p_system": "Be accurate.",
-    "n_system": "Be inaccurate.",
-    "system": "You are a helpful assistant.",
-    "chosen": "Light refracts in droplets.",
-    "rejected": "Rainbows are painted.",
-    "raw": "Sunlight and rain make them.",
-    "source": "v1",
-}
-V2 = {
-    "prompt": "Explain rainbows.",
-    "p_system": "Generate a relatively good response.",
-    "n_system": "Generate a relatively bad response.",
-    "chosen": [
-        {"from": "human", "value": "Explain rainbows."},
-        {"from": "gpt", "value": "Light refracts in droplets."},
-    ],
-    "rejected": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Rainbows are painted."}],
-    "raw": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Sunlight and rain make them."}],
-}
 
 
 @pytest.mark.parametrize("record", [V1, V2], ids=["v1", "v2"])

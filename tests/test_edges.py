@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from test_commands import argv, data_folder  # noqa: F401  (the generated-data fixture)
+from conftest import argv
 
 from trl_sso.cli.main import main
 from trl_sso.scripts.common import whole_run_train_loss

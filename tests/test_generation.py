@@ -1,48 +1,18 @@
 """The generator's logic with scripted samplers (fast, exact): schema and provenance, filters and their counts,
 resume after a crash, the vLLM adapter, prompt loading and bad input."""
 
-import hashlib
 import json
 
 import pytest
+from conftest import Echo, make
 from datasets import Dataset
 
 from trl_sso.data import validate_dataset
-from trl_sso.generation import GenerateArguments, SSOGenerator
+from trl_sso.generation import GenerateArguments
 from trl_sso.generation.filters import drop_reason, logprob_keep
 from trl_sso.generation.prompts import default_prompts, load_prompts
 from trl_sso.generation.samplers import Completion, VLLMSampler, require_chat_template
 from trl_sso.signal.report import normalize
-
-
-class Echo:
-    """A deterministic stand-in policy: the answer depends on the principle (if any), the query and the seed."""
-
-    def __init__(self, fail_after=None, answer=None):
-        self.calls, self.fail_after, self.answer = 0, fail_after, answer
-
-    def sample(self, prompts, temperature, top_p, max_new_tokens, seed):
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise RuntimeError("simulated crash")
-        out = []
-        for messages in prompts:
-            system = next((m["content"] for m in messages if m["role"] == "system"), "")
-            user = messages[-1]["content"]
-            tag = system.split(".")[0] if system else "plain"
-            text = (
-                self.answer(tag, user)
-                if self.answer
-                else f"{tag} / {hashlib.md5(f'{user}{seed}'.encode()).hexdigest()[:8]}"
-            )
-            out.append(Completion(text, len(text.split()), True))
-        return out
-
-
-def make(tmp_path, tokenizer, sampler=None, **overrides):
-    kwargs = dict(output_dir=str(tmp_path / "out"), num_prompts=10, batch_size=4, seed=3, principle_placement="system")
-    kwargs.update(overrides)
-    return SSOGenerator(GenerateArguments(**kwargs), sampler=sampler or Echo(), tokenizer=tokenizer)
 
 
 def test_dataset_schema_provenance_and_summary(tmp_path, tokenizer):

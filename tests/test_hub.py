@@ -10,57 +10,14 @@ import sys
 import pytest
 import torch
 from conftest import load_tiny_model, sso_args, sso_dataset
-from hub_server import LocalHub
 
 from trl_sso.hub import HubPushError, detect_artifact, load_sso_dataset, push
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A local Hub on 127.0.0.1, with HF_ENDPOINT, a dummy HF_TOKEN, HF_HUB_DISABLE_XET=1 and a temporary HF_HOME.
-    The libraries read some of these at import, so their module constants are pointed at the server too."""
-    import datasets.config
-    import huggingface_hub.constants as constants
-
-    with LocalHub(tmp_path / "hub-root") as server:
-        env = server.environ()
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        endpoint = server.endpoint
-        patches = {
-            constants: dict(
-                ENDPOINT=endpoint,
-                HUGGINGFACE_CO_URL_TEMPLATE=endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-                HF_HUB_OFFLINE=False,
-                HF_HUB_DISABLE_XET=True,
-                HF_HOME=env["HF_HOME"],
-                HF_HUB_CACHE=os.path.join(env["HF_HOME"], "hub"),
-            ),
-            datasets.config: dict(
-                HF_ENDPOINT=endpoint,
-                HUB_DATASETS_URL=endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
-                HF_HUB_OFFLINE=False,
-                HF_DATASETS_OFFLINE=False,
-                HF_DATASETS_CACHE=tmp_path / "datasets-cache",
-            ),
-        }
-        for module, values in patches.items():
-            for name, value in values.items():
-                monkeypatch.setattr(module, name, value)
-        import huggingface_hub.hf_api
-
-        monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)  # the instance behind upload_file & co
-        import transformers.utils.hub
-
-        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared HfApi, built per endpoint
-        monkeypatch.setattr("trl_sso.retries.time.sleep", lambda seconds: None)  # no real waiting between retries
-        yield server
-
-
-@pytest.fixture
 def generated(tmp_path, tokenizer):
     """Two generated rounds (scripted policy, fast), as `trl-sso generate` writes them."""
-    from test_generation import Echo
+    from conftest import Echo
 
     from trl_sso.generation import GenerateArguments, SSOGenerator
 
@@ -126,8 +83,8 @@ def test_dataset_rounds_as_configs_both_loadable(hub, generated):
 
 
 def test_reference_format_datasets_are_pulled_into_the_schema(hub):
+    from conftest import V1, V2
     from datasets import Dataset
-    from test_data import V1, V2
 
     Dataset.from_list([V1, V1]).push_to_hub("tester/sso-v1")
     Dataset.from_list([V2]).push_to_hub("tester/sso-v2")
@@ -297,8 +254,8 @@ def test_dataset_card_metadata_from_hub_prompts(hub, tmp_path, tokenizer):
     """Prompts from a Hub dataset: the card names it as `source_datasets` and takes its language; the license comes
     from the generator (the packaged SmolLM2 here: apache-2.0); the card parses with huggingface_hub."""
     import datasets
+    from conftest import Echo
     from huggingface_hub import DatasetCard, HfApi
-    from test_generation import Echo
 
     from trl_sso.generation import GenerateArguments, SSOGenerator
 

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-from test_hub import hub  # noqa: F401  (the local Hub fixture)
 
 from trl_sso.cli.main import main
 
@@ -13,7 +12,7 @@ from trl_sso.cli.main import main
 @pytest.fixture
 def verifiable_data(tmp_path, tokenizer):
     """A generated folder whose records carry verifiable features (scripted policy, fast)."""
-    from test_generation import make
+    from conftest import make
 
     make(tmp_path, tokenizer, features=["verifiable"], num_features=1, concision_prob=0.0, num_prompts=6).run()
     return tmp_path / "out"

@@ -190,7 +190,7 @@ def test_inspect_with_an_endpoint_judge(chat_server, tmp_path):
 
 
 def test_generation_summary_and_card_carry_the_judge_when_asked(chat_server, tmp_path, tokenizer):
-    from test_generation import make
+    from conftest import make
 
     url, handler = chat_server
     handler.reply = staticmethod(lambda text: "A")  # always the first answer: every verdict flips with the order

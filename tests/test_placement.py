@@ -2,9 +2,8 @@
 configuration."""
 
 import pytest
-from conftest import sso_args
+from conftest import Echo, make, sso_args
 from datasets import Dataset
-from test_generation import Echo, make
 
 from trl_sso import SSOTrainer
 from trl_sso.data import PLACEMENTS, SSODataError, build_steered_prompt, load_sso_dataset, pair_texts

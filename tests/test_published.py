@@ -13,9 +13,8 @@ import sys
 
 import pytest
 import torch
+from conftest import argv
 from numerics import assert_close_to_scale
-from test_commands import argv
-from test_hub import hub  # noqa: F401  (the local Hub fixture)
 
 from trl_sso.cli.main import main
 

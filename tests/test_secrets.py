@@ -3,8 +3,7 @@ Hub (transformers' pushes during training included), no local file and no log.""
 
 from pathlib import Path
 
-from test_commands import argv, data_folder  # noqa: F401  (the generated-data fixture)
-from test_hub import hub  # noqa: F401  (the local Hub fixture)
+from conftest import argv
 
 from trl_sso.cli.main import main
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import free_port, run_processes
+from conftest import argv, free_port, run_processes
 from numerics import assert_close_to_scale
-from test_commands import argv, data_folder  # noqa: F401  (the generated-data fixture)
 
 from trl_sso.cli.main import main
 

@@ -131,7 +131,7 @@ def test_features_file_can_name_a_checker(tmp_path):
 
 
 def test_generator_draws_verifiable_features_when_named(tmp_path, tokenizer):
-    from test_generation import make
+    from conftest import make
 
     dataset, summary = make(tmp_path, tokenizer, features=["verifiable"], num_features=1, concision_prob=0.0).run()
     assert {name for row in dataset for name in row["features"]} <= set(VERIFIABLE)
@@ -232,7 +232,7 @@ def test_signal_report_needs_records():
 
 
 def test_generate_writes_the_signal_into_its_summary(tmp_path, tokenizer):
-    from test_generation import Echo, make
+    from conftest import Echo, make
 
     def answer(tag, user):  # follows the good side of Brevity and JSON under the positive principle only
         if tag.startswith("Your response should be brief") or tag.startswith("Your response should be machine"):
@@ -255,8 +255,8 @@ def test_generate_writes_the_signal_into_its_summary(tmp_path, tokenizer):
 
 
 def test_dataset_card_has_a_signal_quality_section(tmp_path, tokenizer):
+    from conftest import make
     from huggingface_hub import DatasetCard
-    from test_generation import make
 
     make(tmp_path / "v", tokenizer, features=["verifiable"], num_features=1, concision_prob=0.0).run()
     card = DatasetCard.load(tmp_path / "v" / "out" / "README.md")
