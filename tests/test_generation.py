@@ -12,7 +12,7 @@ from trl_sso.generation import GenerateArguments
 from trl_sso.generation.filters import drop_reason, logprob_keep
 from trl_sso.generation.prompts import default_prompts, load_prompts
 from trl_sso.generation.samplers import Completion, VLLMSampler, require_chat_template
-from trl_sso.signal.report import normalize
+from trl_sso.signal.responses import normalize
 
 
 def test_dataset_schema_provenance_and_summary(tmp_path, tokenizer):

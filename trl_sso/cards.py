@@ -2,6 +2,7 @@
 the metadata the artifacts carry (the trainer's config and state), never typed by hand and never holding secrets."""
 
 import functools
+import json
 import os
 import re
 import textwrap
@@ -11,6 +12,7 @@ from typing import Any
 
 from .data import PLACEMENT, SSO_COLUMNS
 from .names import DEFAULT_MODEL_ID, hub_id
+from .signal.intervals import wilson
 
 
 SSO_CITATION = textwrap.dedent("""\
@@ -336,8 +338,6 @@ def sso_dataset_card(
     `dataset_info` (written by `push_to_hub`) are kept, so every pushed round stays loadable. `image` is the path of
     the accuracy plot, relative to the card. With `local`, the card of a `trl-sso generate` folder, `repo_id` being
     the folder: its snippets load the folder itself."""
-    import json
-
     from huggingface_hub import DatasetCard, DatasetCardData
 
     metadata = {k: v for k, v in existing.items() if k not in ("license", "license_name", "license_link")}
@@ -389,15 +389,12 @@ def sso_dataset_card(
 
 
 def _read_json(path: Path) -> dict:
-    import json
 
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _pairwise_interval(accuracy: float | None, pairs: int | None) -> list[float] | None:
     """The Wilson interval of a pairwise accuracy measured on `pairs` pairs (`None` where either is unknown)."""
-    from .signal.intervals import wilson
-
     if accuracy is None or not pairs:
         return None
     return wilson(round(accuracy * pairs), int(pairs))

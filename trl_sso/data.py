@@ -21,10 +21,13 @@ and ignored. `prompt` / `chosen` / `rejected` alone form a valid preference data
 This module imports neither torch nor TRL, so the generator and light tools can use it.
 """
 
+import json
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from .names import hub_id
 
 
 PROMPT, CHOSEN, REJECTED, ORIGINAL = "prompt", "chosen", "rejected", "original"
@@ -192,6 +195,11 @@ def _template_renders_system(tokenizer: Any, chat_template: str | None) -> bool:
     except Exception:  # jinja2's TemplateError or a template's own raise: the role is refused
         return False
     return _SYSTEM_PROBE in str(rendered)
+
+
+def render(tokenizer: Any, messages: list[dict]) -> str:
+    """The prompt text a model continues: the chat template of `tokenizer` with the generation prompt."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def supports_system_role(processing_class: Any) -> bool:
@@ -533,8 +541,6 @@ def _check_text_file(path: Path, builder: str) -> None:
 def _find_bad_json_line(path: Path) -> None:
     """After the JSON builder failed on `path`: raise a `ValueError` naming the first line of a JSON Lines file that
     does not parse (a single JSON document that parses passes)."""
-    import json
-
     text = path.read_text(encoding="utf-8")
     try:
         json.loads(text)
@@ -620,13 +626,11 @@ def load_dataset_split(
         if len(dataset) == 0:
             raise ValueError(f"{source!r} holds no rows (a header at most). Point to a file with data.")
         return dataset
-    from .names import hub_id
 
     if path.suffix.lower() in FILE_BUILDERS or hub_id(source) is None:
         raise FileNotFoundError(
             f"{source!r} does not exist: no such file or folder, and not a Hub dataset id. Check the path."
         )
-    from .retries import with_retries
 
     return with_retries(
         lambda: datasets.load_dataset(source, config_name, split=split, revision=revision, token=token),

@@ -11,14 +11,19 @@ harmless. Tokens are passed to huggingface_hub only: never printed, logged, or w
 
 import json
 import logging
+import re
+import tempfile
 from pathlib import Path
 
+from .cards import folder_card, sso_dataset_card
 from .data import (
     GENERATED_DATA_DIR,
     GENERATED_DATA_FILE,
     load_dataset_split,
     load_sso_dataset,  # noqa: F401  (pulling, documented here before 0.2; its home is `trl_sso.data`)
 )
+from .files import write_json_atomic
+from .names import hub_id
 from .retries import HubError, with_retries
 
 
@@ -76,8 +81,6 @@ def point_adapter_at(folder: str | Path, base_model: str | None, revision: str |
     `AutoPeftModelFor*.from_pretrained` loads it from the Hub alone. PEFT records the path the base was loaded from,
     which for a local folder (the packaged model's cache, an earlier round's policy) means nothing elsewhere. Does
     nothing when `folder` holds no adapter or `base_model` is `None`."""
-    from .files import write_json_atomic
-
     path = Path(folder) / "adapter_config.json"
     if base_model is None or not path.is_file():
         return
@@ -91,8 +94,6 @@ def _published_adapter_config(path: Path) -> dict | None:
     """The adapter config to publish in place of `path`'s when its base is a local folder with a Hub id (the packaged
     model's cache); `None` when it needs no change. A base with no Hub id at all gets a warning: the adapter will not
     load from the Hub alone until its base is published and named (`point_adapter_at`)."""
-    from .names import hub_id
-
     file = path / "adapter_config.json"
     if not file.is_file():
         return None
@@ -184,10 +185,6 @@ def push_dataset(path, repo_id, *, config_name=None, private=False, revision=Non
     `default`) with its dataset card and accuracy plot, keeping the other configs. One commit; nothing is committed
     when the repo already holds exactly this (a rerun after a partial or a finished push adds only what is missing).
     Returns the repo URL."""
-    import tempfile
-
-    from .cards import sso_dataset_card
-
     summary = _summary(Path(path))
     dataset = load_dataset_split(str(path))
     if config_name is None:
@@ -227,8 +224,6 @@ def push_dataset(path, repo_id, *, config_name=None, private=False, revision=Non
 def _pushed_checkpoint(path_in_repo: str) -> bool:
     """A checkpoint that transformers pushed during training (`hub_strategy` "checkpoint" or "all_checkpoints"), kept
     so that training can resume from the Hub."""
-    import re
-
     top = path_in_repo.split("/")[0]
     return "/" in path_in_repo and (top == "last-checkpoint" or re.fullmatch(r"checkpoint-\d+", top) is not None)
 
@@ -240,8 +235,6 @@ def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commi
     rerun that changes nothing commits nothing. Checkpoints, `training_args.bin` and logs stay local. Returns the
     repo URL."""
     from huggingface_hub.utils import filter_repo_objects
-
-    from .cards import folder_card
 
     path = Path(path)
     kind = kind or detect_artifact(path)

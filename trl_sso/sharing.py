@@ -30,6 +30,9 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+import trl.trainer.utils as trl_utils
+from tqdm.auto import tqdm
+from trl.trainer.utils import add_fused_lm_head, pad
 
 
 SHARED = 0  # segment id of the shared part of a row
@@ -99,8 +102,6 @@ def pack(
 
 def collate(rows: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_multiple_of: int | None = None):
     """Right-pad `pack` rows into `(rows, length)` tensors, with a 2D `attention_mask` (1 on real tokens)."""
-    from trl.trainer.utils import pad
-
     padding = {"input_ids": pad_token_id, "position_ids": 0, "segment_ids": PADDING, "completion_mask": 0}
     batch = {
         key: pad(
@@ -224,8 +225,6 @@ def compact_lm_head():
     included, costs a fifth of a small model's step (its vocabulary projection) plus the memory of its logits. The
     log-probabilities are the same: each scored position is computed as before.
     """
-    import trl.trainer.utils as trl_utils
-
     original = trl_utils._use_triton
     trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
     try:
@@ -248,9 +247,6 @@ def completion_logps(
     completion gets a row of its own. Rows are forwarded `batch_size` at a time, shortest first, through TRL's fused LM
     head, so the `(rows, length, vocabulary)` logits are never materialised. A progress bar shows when `desc` is set.
     """
-    from tqdm.auto import tqdm
-    from trl.trainer.utils import add_fused_lm_head
-
     if not getattr(model, "_sso_fused_lm_head", False):
         add_fused_lm_head(model)
         model._sso_fused_lm_head = True

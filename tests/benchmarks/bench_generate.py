@@ -41,7 +41,7 @@ class Recording(TransformersSampler):
         self.batches = []
 
     def sample(self, prompts, temperature, top_p, max_new_tokens, seed):
-        from trl_sso.generation.samplers import render
+        from trl_sso.data import render
 
         texts = [render(self.tokenizer, m) for m in prompts]
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]

@@ -7,10 +7,26 @@ so `trl-sso generate --help` and `trl-sso push --help` answer at once.
 """
 
 import dataclasses
+import errno
+import os
 import sys
 
+from ..data import RESPONSE_COLUMNS, SSODataError
+from ..generation.generator import NoRecordsError
+from ..hub import push as publish
 from ..hub_token import HUB_TOKEN_HELP
 from ..logs import LoggingArguments, configure_logging
+from ..names import hub_id
+from ..options import check_ranges
+from ..retries import HubError
+from ..runtime import process_state
+from ..scripts.calibrate import calibrate as check_principles
+from ..scripts.calibrate import format_calibration
+from ..scripts.env import environment
+from ..scripts.evaluate import evaluate_models, format_evaluation
+from ..scripts.generate import generate_dataset
+from ..scripts.inspect import inspect_dataset
+from ..signal.report import format_report
 from .parser import DataclassParser, trl_parser
 from .table import COMMANDS, load
 
@@ -58,10 +74,6 @@ MODEL_OPTIONS = ("model_name_or_path", "principle_model", "reward_model")
 def check_model_references(parsed: tuple) -> None:
     """A model option that names neither an existing folder nor a possible Hub id (`namespace/name`) is a missing
     path: say so, rather than let the Hub client reject it as a malformed repo id."""
-    import os
-
-    from ..names import hub_id
-
     for arguments in parsed:
         for option in MODEL_OPTIONS:
             values = getattr(arguments, option, None)
@@ -76,8 +88,6 @@ def check_model_references(parsed: tuple) -> None:
 def check_output_dir(path: str) -> None:
     """The output folder can be written: it is a folder (or can be made one) in a writable place. Checked before any
     model loads, so that a run does not fail at its first save."""
-    import os
-
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"`--output_dir {path}` is a file, not a folder. Choose another path or remove the file.")
     existing = os.path.abspath(path)
@@ -98,8 +108,6 @@ def parse(command: str, argv: list[str]) -> tuple:
     """The parsed options of `trl-sso COMMAND argv`, with trl-sso's logging configured from them (`--log_level`),
     every value checked against its rule (`trl_sso.options.check_ranges`), the model options checked
     (`check_model_references`) and the output folder checked (`check_output_dir`): all before any model loads."""
-    from ..options import check_ranges
-
     parsed = parser(command).parse_args_and_config(args=argv)
     levels = [(p.log_level, getattr(p, "log_level_replica", None)) for p in parsed if hasattr(p, "log_level")]
     configure_logging(*(levels[0] if levels else (None, None)))
@@ -113,11 +121,8 @@ def parse(command: str, argv: list[str]) -> tuple:
 
 
 def generate(gen_args, publish_args) -> int:
-    from ..data import RESPONSE_COLUMNS
-    from ..scripts.generate import generate_dataset
 
     _, summary, url = generate_dataset(gen_args, publish_args)
-    from ..runtime import process_state
 
     if process_state().is_main_process:
         dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items() if v) or "none"
@@ -138,7 +143,6 @@ def generate(gen_args, publish_args) -> int:
 
 
 def push(args) -> int:
-    from ..hub import push as publish
 
     url = publish(
         args.path,
@@ -154,8 +158,6 @@ def push(args) -> int:
 
 
 def inspect(args) -> int:
-    from ..scripts.inspect import inspect_dataset
-    from ..signal.report import format_report
 
     report = inspect_dataset(args)
     print(format_report(report, f"Signal report of {report['dataset']}"))
@@ -164,7 +166,6 @@ def inspect(args) -> int:
 
 
 def evaluate(args) -> int:
-    from ..scripts.evaluate import evaluate_models, format_evaluation
 
     print(format_evaluation(evaluate_models(args)))
     print(f"Wrote {args.output_dir}/evaluation.json and evaluation.png.")
@@ -172,8 +173,6 @@ def evaluate(args) -> int:
 
 
 def calibrate(args) -> int:
-    from ..scripts.calibrate import calibrate as check_principles
-    from ..scripts.calibrate import format_calibration
 
     print(format_calibration(check_principles(args)))
     print(f"Wrote {args.output_dir}/calibration.json and calibration.png.")
@@ -181,7 +180,6 @@ def calibrate(args) -> int:
 
 
 def env() -> int:
-    from ..scripts.env import environment
 
     print("Copy-paste the following information when reporting an issue:\n")
     print("\n".join(f"- {key}: {value}" for key, value in environment().items()))
@@ -196,8 +194,6 @@ DISK_FULL = (
 
 def explain_os_error(error: OSError) -> str:
     """One sentence for an error of the file system, naming the path and the fix."""
-    import errno
-
     path = error.filename or "a file"
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (
@@ -217,10 +213,6 @@ def explain_os_error(error: OSError) -> str:
 def run(command: str, argv: list[str]) -> int:
     """Run `trl-sso COMMAND argv`; bad options and inputs, and errors of the file system, end in one line on stderr
     and exit code 2."""
-    from ..data import SSODataError
-    from ..generation.generator import NoRecordsError
-    from ..retries import HubError
-
     try:
         entry = COMMANDS[command]
         code = load(entry.runner)(*parse(command, argv))

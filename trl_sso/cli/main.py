@@ -16,13 +16,12 @@ Every command takes `--config recipe.yaml` and `--help`. This module imports not
 import argparse
 import sys
 
+from .. import __version__
 from .table import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: the command name, and its own options passed on untouched."""
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="trl-sso",
         description="Self-Steering Optimization (SSO) for TRL.",

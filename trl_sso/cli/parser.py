@@ -22,6 +22,8 @@ import types
 import typing
 import warnings
 
+from ..options import typed_config
+
 
 CONFIG_HELP = "Every option can also be set in a YAML file given with `--config FILE.yaml`; flags override the file."
 
@@ -75,8 +77,6 @@ class _Conventions:
 
     def typed(self, config: dict, source: str) -> dict:
         """`config`'s values converted to their fields' types (`trl_sso.options.typed_config`), or a one-line error."""
-        from ..options import typed_config
-
         try:
             return typed_config(self.dataclass_types, config, source)
         except ValueError as error:

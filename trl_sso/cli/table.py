@@ -6,6 +6,7 @@ runs, so that `trl-sso --help` imports nothing heavy.
 """
 
 from dataclasses import dataclass
+from importlib import import_module
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,5 @@ COMMANDS: dict[str, Command] = {
 
 def load(reference: str):
     """The object a `"module:attribute"` reference names."""
-    from importlib import import_module
-
     module, attribute = reference.split(":")
     return getattr(import_module(module), attribute)

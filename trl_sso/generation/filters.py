@@ -7,7 +7,7 @@ the first that fails names the reason.
 import re
 from collections.abc import Sequence
 
-from ..signal.report import normalize
+from ..signal.responses import normalize
 from .samplers import Completion
 
 

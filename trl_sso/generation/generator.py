@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..cards import data_provenance
+from ..cards import data_provenance, sso_dataset_card
 from ..data import (
     GENERATED_DATA_DIR,
     GENERATED_DATA_FILE,
@@ -33,6 +33,7 @@ from ..files import clear_leftovers, save_folder_atomic, write_json_atomic
 from ..names import DEFAULT_MODEL_ID, public_name
 from ..principles import expand_feature_names, known_features
 from ..runtime import process_state
+from ..signal.plots import plot_accuracy
 from ..signal.report import signal_report
 from .arguments import GenerateArguments
 from .filters import REASONS, drop_reason, logprob_keep
@@ -346,8 +347,6 @@ class SSOGenerator:
             judge = make_judge(self.args.judge, self.args.judge_model, batch_size=self.args.batch_size)
             summary["signal"]["judge"] = judge_report(judge, records, self.features)
         write_json_atomic(self.output_dir / SUMMARY_FILE, summary, indent=2)
-        from ..cards import sso_dataset_card
-        from ..signal.plots import plot_accuracy
 
         plot = plot_accuracy(summary["signal"], self.output_dir / ACCURACY_PLOT)
         # The card travels with the data (a push renders it anew for the repo). It lists no `configs`: datasets 5.2

@@ -10,17 +10,14 @@ Prompts are message lists; the chat template turns them into text. Each result i
 from dataclasses import dataclass
 from typing import Any
 
+from ..data import render
+
 
 @dataclass
 class Completion:
     text: str
     num_tokens: int
     finished: bool  # ended with an end-of-sequence token rather than at `max_new_tokens`
-
-
-def render(tokenizer, messages: list[dict]) -> str:
-    """The prompt text the model continues: the chat template with the generation prompt."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def require_chat_template(tokenizer, model_name: str) -> None:

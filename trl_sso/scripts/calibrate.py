@@ -12,11 +12,20 @@ The placement whose features carry the most signal (then the highest mean accura
 sampled in one batched pass. Writes `calibration.json` and `calibration.png`, and returns the report.
 """
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import PLACEMENTS
+from ..data import PLACEMENTS, build_steered_prompt
+from ..files import write_json_atomic
+from ..generation.prompts import load_prompts
+from ..generation.samplers import TransformersSampler
+from ..names import DEFAULT_MODEL_ID, public_name
 from ..options import check_ranges
+from ..principles import contrastive_system_prompts, expand_feature_names, known_features
+from ..signal.intervals import bootstrap_mean, excludes_zero, wilson, with_interval
+from ..signal.onpolicy import load_policy
+from ..signal.plots import plot_calibration
 
 
 @dataclass
@@ -70,8 +79,6 @@ class CalibrateArguments:
 def score_cell(good: list[float], bad: list[float], plain: list[float]) -> dict:
     """The figures of one feature in one placement from the checker's scores of the answers under the good principle,
     the bad principle and none (one score per prompt, in prompt order)."""
-    from ..signal.intervals import bootstrap_mean, excludes_zero, wilson
-
     n = len(good)
     outcomes = [(g > b) - (g < b) for g, b in zip(good, bad, strict=True)]  # +1 correct, 0 tie, -1 wrong
     correct, wrong = outcomes.count(1), outcomes.count(-1)
@@ -110,17 +117,6 @@ def recommend(cells: dict[str, dict[str, dict]]) -> dict:
 
 def calibrate(args: CalibrateArguments) -> dict:
     """Answer, score and write the report (see the module docstring)."""
-    import time
-
-    from ..data import build_steered_prompt
-    from ..files import write_json_atomic
-    from ..generation.prompts import load_prompts
-    from ..generation.samplers import TransformersSampler
-    from ..names import DEFAULT_MODEL_ID, public_name
-    from ..principles import contrastive_system_prompts, expand_feature_names, known_features
-    from ..signal.onpolicy import load_policy
-    from ..signal.plots import plot_calibration
-
     features = known_features(args.features_file)
     names = expand_feature_names(args.features, features)
     unverifiable = [name for name in names if features[name].checker is None]
@@ -182,8 +178,6 @@ def calibrate(args: CalibrateArguments) -> dict:
 
 def format_calibration(report: dict) -> str:
     """The report as a table: per feature and placement, the follow rates, the pair accuracy and the lift."""
-    from ..signal.intervals import with_interval
-
     lines = [
         f"Principle check of {report['model']}: {report['prompts']} prompts per cell, {report['answers']} answers in "
         f"{report['seconds'] / 60:.1f} minutes (95% intervals in brackets)",

@@ -2,9 +2,13 @@
 build-train-save sequence that resumes from the last checkpoint of the output folder."""
 
 import importlib.util
+import json
 import logging
 import math
 import os
+import re
+
+from ..files import removed_on_failure
 
 
 logger = logging.getLogger(__name__)
@@ -52,8 +56,6 @@ def peft_and_quantization(model_args):
 
 def _read_state(folder) -> dict | None:
     """The `trainer_state.json` of `folder`, or `None` when it is missing or cut short."""
-    import json
-
     try:
         with open(os.path.join(str(folder), "trainer_state.json")) as file:
             return json.load(file)
@@ -64,8 +66,6 @@ def _read_state(folder) -> dict | None:
 def last_checkpoint(output_dir: str) -> str | None:
     """The newest complete `checkpoint-*` folder in `output_dir` (its `trainer_state.json`, written last, reads
     back), or `None`. A checkpoint cut short by a kill while saving is passed over with a warning."""
-    import re
-
     if not os.path.isdir(output_dir):
         return None
     steps = sorted(
@@ -235,7 +235,6 @@ def train_and_save(trainer_class, model_name: str, model_args, training_args, be
         output = trainer.train(resume_from_checkpoint=resume)
         if resume and trainer.state.log_history:
             output = _report_whole_run(trainer, output, resume)
-    from ..files import removed_on_failure
 
     with removed_on_failure(training_args.output_dir):  # a failed save (a full disk) leaves no partial model
         trainer.save_model()

@@ -9,7 +9,15 @@ first model. Writes `evaluation.json` and `evaluation.png`."""
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import write_json_atomic
+from ..generation.prompts import load_prompts
+from ..generation.samplers import TransformersSampler
+from ..names import DEFAULT_MODEL_ID, public_names
 from ..options import check_ranges
+from ..principles import expand_feature_names, known_features
+from ..signal.intervals import bootstrap_mean, excludes_zero, wilson, with_interval
+from ..signal.onpolicy import load_policy
+from ..signal.plots import plot_evaluation
 
 
 @dataclass
@@ -52,14 +60,6 @@ class EvaluateArguments:
 
 def evaluate_models(args: EvaluateArguments) -> dict:
     """Answer the prompts with each model and score the answers (see the module docstring). Returns the report."""
-    from ..files import write_json_atomic
-    from ..generation.prompts import load_prompts
-    from ..names import DEFAULT_MODEL_ID, public_names
-    from ..principles import expand_feature_names, known_features
-    from ..signal.intervals import wilson
-    from ..signal.onpolicy import load_policy
-    from ..signal.plots import plot_evaluation
-
     features = known_features(args.features_file)
     names = expand_feature_names(args.features, features)
     unverifiable = [name for name in names if features[name].checker is None]
@@ -108,9 +108,6 @@ def score_answers(model, tokenizer, prompts, features, max_new_tokens=128, tempe
     """Let `model` answer `prompts` (no principle) and score the answers with the checkers of `features` (name ->
     `Feature`). Returns the scores (share following each good side with its Wilson interval; their mean per prompt, its
     mean and bootstrap interval; mean tokens, truncation rate) and the answers."""
-    from ..generation.samplers import TransformersSampler
-    from ..signal.intervals import bootstrap_mean, wilson
-
     sampler = TransformersSampler(model, tokenizer, batch_size)
     completions = sampler.sample(prompts, temperature, 1.0, max_new_tokens, seed)
     n = len(completions)
@@ -134,8 +131,6 @@ def compare_with_first(rows: list[dict]) -> None:
     """Add to each row after the first the change of `follows_good_mean` against the first model, its paired
     bootstrap interval (the models answered the same prompts) and whether the change is larger than that
     uncertainty."""
-    from ..signal.intervals import bootstrap_mean, excludes_zero
-
     base = rows[0]["follows_good_per_prompt"]
     for row in rows[1:]:
         differences = [a - b for a, b in zip(row["follows_good_per_prompt"], base, strict=True)]
@@ -147,8 +142,6 @@ def compare_with_first(rows: list[dict]) -> None:
 def format_evaluation(report: dict) -> str:
     """The evaluation as a one-screen table: one row per model, the mean with its 95% interval and, after the first
     model, the change against it and whether it is larger than its uncertainty."""
-    from ..signal.intervals import with_interval
-
     names = report["features"]
     header = f"{'model':32} " + " ".join(f"{n[:9]:>9}" for n in names) + f" {'mean [95% interval]':>19}"
     header += f" {'tokens':>6} {'cut':>4} {'change vs first [95% interval]':>30}"

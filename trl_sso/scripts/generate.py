@@ -5,7 +5,10 @@ This module stays light (no torch, no transformers at import) so that `trl-sso g
 
 from dataclasses import dataclass, field
 
+from ..generation import generate
+from ..hub import push_dataset
 from ..hub_token import HUB_TOKEN_HELP
+from ..runtime import process_state
 
 
 @dataclass
@@ -29,10 +32,6 @@ class PublishArguments:
 def generate_dataset(gen_args, publish_args: PublishArguments | None = None):
     """Generate the dataset of `gen_args` (resuming an interrupted run) and, with `publish_args.push_to_hub`, publish
     it from the main process. Returns `(dataset, summary, url)`, `url` being `None` when nothing was published."""
-    from ..generation import generate
-    from ..hub import push_dataset
-    from ..runtime import process_state
-
     dataset, summary = generate(gen_args)
     state, url = process_state(), None
     if publish_args is not None and publish_args.push_to_hub and state.is_main_process:

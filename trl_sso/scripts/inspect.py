@@ -7,7 +7,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import ORIGINAL, check_columns, load_sso_dataset, required_columns
+from ..files import write_json_atomic
+from ..names import public_name
 from ..options import check_ranges
+from ..principles import known_features
+from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
+from ..signal.plots import plot_accuracy, plot_onpolicy
+from ..signal.report import signal_report
 
 
 logger = logging.getLogger(__name__)
@@ -65,14 +72,6 @@ class InspectArguments:
 
 def inspect_dataset(args: InspectArguments) -> dict:
     """Compute, write and return the signal report of `args.dataset` (see the module docstring)."""
-    from ..data import ORIGINAL, check_columns, load_sso_dataset, required_columns
-    from ..files import write_json_atomic
-    from ..names import public_name
-    from ..principles import known_features
-    from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
-    from ..signal.plots import plot_accuracy, plot_onpolicy
-    from ..signal.report import signal_report
-
     dataset = load_sso_dataset(args.dataset, args.dataset_config, split=args.dataset_split)
     check_columns(dataset.column_names, [*required_columns(steer_coef=0.0), ORIGINAL])
     records = dataset.select(range(min(len(dataset), args.num_records or len(dataset)))).to_list()

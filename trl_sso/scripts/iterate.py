@@ -20,6 +20,17 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+
+from ..cards import model_license, quantization_summary, round_lineage, sso_model_card, tracker_links
+from ..data import RESPONSE_COLUMNS
+from ..files import write_json_atomic
+from ..hub import point_adapter_at, push_dataset, push_folder
+from ..names import hub_id
+from ..runtime import process_state
+from ..signal.intervals import bootstrap_mean, excludes_zero, share_difference, with_interval
+from ..signal.plots import plot_rounds
+from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage
 
 
 logger = logging.getLogger(__name__)
@@ -49,8 +60,6 @@ def round_row(report: dict) -> dict:
 
 def _held_out_change(after: dict | None, before: dict | None) -> tuple[float | None, list | None]:
     """The change of the held-out follow rate between two evaluations of the same prompts: paired bootstrap."""
-    from ..signal.intervals import bootstrap_mean
-
     if not (after and before and "follows_good_per_prompt" in after and "follows_good_per_prompt" in before):
         return None, None
     differences = [a - b for a, b in zip(after["follows_good_per_prompt"], before["follows_good_per_prompt"])]
@@ -62,8 +71,6 @@ def rounds_summary(reports: list[dict], final: dict | None) -> dict:
     policy's evaluation with its change against the starting policy. A change carries its 95% interval and
     `..._significant`: whether that interval excludes 0 (accuracy: Newcombe's interval for two independent sets of
     pairs; held-out follow rate: paired bootstrap over the same prompts)."""
-    from ..signal.intervals import excludes_zero, share_difference
-
     rows = [round_row(report) for report in reports]
     for previous, row, before, after in zip(rows, rows[1:], reports, reports[1:]):
         if row["accuracy_pairs"] and previous["accuracy_pairs"]:
@@ -90,7 +97,6 @@ def rounds_summary(reports: list[dict], final: dict | None) -> dict:
 def format_rounds(rounds: dict) -> str:
     """`rounds.json` as a table: one line per round, then the final policy. Figures carry their 95% interval; a `*`
     marks a change against the previous round that is larger than its uncertainty."""
-    from ..signal.intervals import with_interval
 
     def cell(value, pattern="{:.2f}"):
         return "n/a" if value is None else pattern.format(value)
@@ -133,13 +139,7 @@ def publish_round(
     t: int, round_dir: Path, start: tuple[str, str], metrics: dict, pipe_args, training_args, model_args
 ) -> dict:
     """Publish round `t` as the module docstring says; returns where each artifact went (for the report)."""
-    from types import SimpleNamespace
-
     from trl import get_quantization_config
-
-    from ..cards import model_license, quantization_summary, round_lineage, sso_model_card, tracker_links
-    from ..hub import point_adapter_at, push_dataset, push_folder
-    from ..names import hub_id
 
     published, token = {}, training_args.hub_token
     if pipe_args.hub_dataset_id:
@@ -208,12 +208,6 @@ def publish_round(
 
 def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -> list[dict]:
     """Run the online rounds; returns the per-round reports."""
-    from ..data import RESPONSE_COLUMNS
-    from ..files import write_json_atomic
-    from ..runtime import process_state
-    from ..signal.plots import plot_rounds
-    from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage
-
     state = process_state()
     root = Path(training_args.output_dir)
     start = starting_policy(model_args)

@@ -15,19 +15,19 @@ import json
 import logging
 from pathlib import Path
 
+from ..data import MAIN_PAIR_COLUMNS
+from ..files import write_json_atomic
+from ..hub import point_adapter_at, push_dataset, push_folder
+from ..names import hub_id
+from ..runtime import process_state
+from .stages import generate_stage, save_next_policy, starting_policy, train_stage
+
 
 logger = logging.getLogger(__name__)
 
 
 def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) -> dict:
     """Run the generator pipeline; returns its report."""
-    from ..data import MAIN_PAIR_COLUMNS
-    from ..files import write_json_atomic
-    from ..hub import point_adapter_at, push_dataset, push_folder
-    from ..names import hub_id
-    from ..runtime import process_state
-    from .stages import generate_stage, save_next_policy, starting_policy, train_stage
-
     state = process_state()
     root = Path(training_args.output_dir)
     report_path = root / "report.json"

@@ -6,12 +6,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import RewardConfig
+from datasets import Dataset
+from transformers import AutoTokenizer
+from trl import RewardConfig, RewardTrainer
 
+from ..cards import reward_model_card
 from ..config import settle_device_and_precision
-from ..data import MAIN_PAIR_COLUMNS, PAIRS, pair_texts
+from ..data import MAIN_PAIR_COLUMNS, PAIRS, load_sso_dataset, pair_texts, required_columns, validate_source
+from ..hub import push_folder
 from ..hub_token import TokenFreePickle
+from ..names import hub_id
 from ..options import check_ranges
+from .common import ignore_bias_buffers, require_model, train_and_save
 
 
 @dataclass
@@ -49,8 +55,6 @@ class RewardScriptArguments:
 def reward_pairs(dataset, use_steering_pairs: bool, processing_class=None):
     """prompt/chosen/rejected pairs of an SSO dataset: the main pair, plus with `use_steering_pairs` the positive and
     negative steering pairs (`trl_sso.data.PAIRS`), their principle in the prompt as the trainer puts it."""
-    from datasets import Dataset
-
     if not use_steering_pairs:
         return dataset.select_columns(list(MAIN_PAIR_COLUMNS))
     return Dataset.from_list(
@@ -65,15 +69,6 @@ def reward_pairs(dataset, use_steering_pairs: bool, processing_class=None):
 def train_reward(script_args, reward_args: RewardScriptArguments, training_args, model_args):
     """Train, evaluate (pairwise accuracy), save and optionally publish a reward model. Returns `(trainer,
     metrics)`."""
-    from transformers import AutoTokenizer
-    from trl import RewardTrainer
-
-    from ..cards import reward_model_card
-    from ..data import load_sso_dataset, required_columns, validate_source
-    from ..hub import push_folder
-    from ..names import hub_id
-    from .common import ignore_bias_buffers, require_model, train_and_save
-
     if not script_args.dataset_name:
         raise ValueError(
             "`--dataset_name` is required: a `trl-sso generate` folder, a dataset file or a Hub dataset id."

@@ -4,10 +4,21 @@ artifact is written atomically, so a rerun skips the stages that finished."""
 
 import dataclasses
 import gc
+import json
 from pathlib import Path
 
+from ..cards import final_metrics, model_license
+from ..files import save_folder_atomic, write_json_atomic
+from ..generation import generate
 from ..generation.arguments import GenerateArguments, GenerationOptions
+from ..generation.prompts import load_prompts
+from ..names import DEFAULT_MODEL_ID, hub_id, public_name
+from ..offline import default_model_path
 from ..options import check_ranges
+from ..principles import VERIFIABLE, expand_feature_names, known_features
+from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
+from .common import train_and_save
+from .evaluate import score_answers
 
 
 @dataclasses.dataclass
@@ -56,9 +67,6 @@ class PipelineArguments:
 def starting_policy(model_args) -> tuple[str, str]:
     """`(path, name)` of the starting policy: the model given, or the packaged default; the name (its Hub id, else
     the last part of its path: `trl_sso.names.public_name`) is what provenance, reports and cards show."""
-    from ..names import DEFAULT_MODEL_ID, public_name
-    from ..offline import default_model_path
-
     if model_args.model_name_or_path:
         return model_args.model_name_or_path, public_name(model_args.model_name_or_path)
     return default_model_path(), DEFAULT_MODEL_ID
@@ -67,8 +75,6 @@ def starting_policy(model_args) -> tuple[str, str]:
 def generate_stage(options: GenerationOptions, model_args, training_args, *, model: str, **settings):
     """Generate with `model` under `options`; `settings` gives the output folder and the provenance. The starting
     policy is loaded with the revision of `model_args`; later policies are local folders."""
-    from ..generation import generate
-
     revision = model_args.model_revision if model == model_args.model_name_or_path else "main"
     args = GenerateArguments(
         **dataclasses.asdict(options),
@@ -105,9 +111,7 @@ def train_stage(
     stage publishes nothing itself; `generation` (the summary of the data) is logged to the `--report_to` trackers
     first; `overrides` set `SSOConfig` fields for this stage only, checked as the constructor checks them
     (`SSOConfig.for_stage`)."""
-    from ..cards import final_metrics
     from ..trainer import SSOTrainer
-    from .common import train_and_save
 
     args = training_args.for_stage(
         output_dir=str(output_dir), push_to_hub=False, hub_model_id=None, resume_from_checkpoint=None, **overrides
@@ -132,8 +136,6 @@ def save_next_policy(base_path: str, trained_dir: Path, target: Path) -> None:
     merged into the full-precision base (also for QLoRA, whose base was quantized only for training)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..files import save_folder_atomic
-
     def save(folder):
         if (trained_dir / "adapter_config.json").exists():
             from peft import PeftModel
@@ -154,9 +156,6 @@ def policy_card(base_path: str) -> str:
     the data it generates in the next round inherits in turn."""
     from huggingface_hub import ModelCardData
 
-    from ..cards import model_license
-    from ..names import hub_id
-
     data = ModelCardData(base_model=hub_id(base_path), tags=["trl", "sso"], **model_license(base_path))
     return (
         f"---\n{data.to_yaml()}\n---\n\nA policy after a round of Self-Steering Optimization, saved by trl-sso as a "
@@ -166,8 +165,6 @@ def policy_card(base_path: str) -> str:
 
 def evaluation_features(options: GenerationOptions) -> dict:
     """The verifiable features a policy is evaluated on: those the data were generated with, else all of them."""
-    from ..principles import VERIFIABLE, expand_feature_names, known_features
-
     features = known_features(options.features_file)
     names = expand_feature_names(options.features, features) if options.features else []
     names = [name for name in names if features[name].checker is not None] or list(VERIFIABLE)
@@ -177,13 +174,6 @@ def evaluation_features(options: GenerationOptions) -> dict:
 def signal_stage(policy: str, records: list | None, options: GenerationOptions, pipe_args, path: Path) -> dict:
     """Under `policy`: on-policyness of `records` (the data it generated; `None` for the final policy) and its
     evaluation on held-out prompts. Written to `path` (JSON) and reused by a rerun."""
-    import json
-
-    from ..files import write_json_atomic
-    from ..generation.prompts import load_prompts
-    from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
-    from .evaluate import score_answers
-
     if path.exists():
         return json.loads(path.read_text())
     model, tokenizer = load_policy(policy)

@@ -4,6 +4,11 @@ saving and publishing."""
 
 import logging
 
+from ..data import load_sso_dataset, required_columns, to_canonical, validate_source
+from ..hub import push_folder
+from ..names import hub_id, public_name
+from .common import ignore_bias_buffers, require_model, train_and_save
+
 
 logger = logging.getLogger(__name__)
 
@@ -12,8 +17,6 @@ def training_data(script_args, training_args, dataset_args):
     """`(train, eval)` datasets in the SSO schema: the `--datasets` mixture (TRL's `get_dataset`, with `--streaming`
     and `--test_split_size`) when given, else `--dataset_name` (with `--dataset_config`, the split names and
     `--dataset_streaming`); `eval` is `None` when `--eval_strategy no`."""
-    from ..data import load_sso_dataset, required_columns, to_canonical, validate_source
-
     streaming = dataset_args.streaming if dataset_args.datasets else script_args.dataset_streaming
     if streaming and training_args.max_steps <= 0:
         flag = "--streaming" if dataset_args.datasets else "--dataset_streaming"
@@ -60,10 +63,7 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
     from accelerate.utils import is_peft_model
     from trl import DatasetMixtureConfig
 
-    from ..hub import push_folder
-    from ..names import hub_id, public_name
     from ..trainer import SSOTrainer
-    from .common import ignore_bias_buffers, require_model, train_and_save
 
     require_model(model_args, "train")
     train, evaluation = training_data(script_args, training_args, dataset_args or DatasetMixtureConfig())

@@ -20,10 +20,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlparse
 
-from ..data import CHOSEN, PROMPT, REJECTED
-from .intervals import wilson
-from .report import response_text
+from ..data import CHOSEN, PROMPT, REJECTED, render
+from ..names import public_name
+from .intervals import wilson, with_interval
+from .onpolicy import load_policy
+from .responses import outcome as checked_outcome
+from .responses import response_text
 
 
 QUESTION = (
@@ -59,8 +63,6 @@ class LocalJudge:
         """`"A"` or `"B"` for each chat in `questions` (`None` never: the two log-probabilities always compare)."""
         import torch
 
-        from ..generation.samplers import render
-
         texts = [render(self.tokenizer, messages) for messages in questions]
         side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
         verdicts = []
@@ -84,7 +86,6 @@ class EndpointJudge:
     """An OpenAI-compatible chat endpoint as judge, through `huggingface_hub.InferenceClient(base_url=...)`."""
 
     def __init__(self, base_url: str, model: str | None = None, token: str | None = None, max_tokens: int = 8):
-        from urllib.parse import urlparse
 
         from huggingface_hub import InferenceClient, constants
 
@@ -130,8 +131,6 @@ def make_judge(spec: str, model_name: str | None = None, token: str | None = Non
     anything else a causal LM to load (a path or Hub id)."""
     if spec.startswith(("http://", "https://")):
         return EndpointJudge(spec, model_name, token)
-    from ..names import public_name
-    from .onpolicy import load_policy
 
     model, tokenizer = load_policy(spec)
     return LocalJudge(model, tokenizer, batch_size, name=public_name(spec))
@@ -151,8 +150,6 @@ def judge_report(judge, records: Sequence[Mapping], features: Mapping[str, Any])
     Returns the accuracy over all pairs, on qualitative features and per feature; the position bias; and, on
     verifiable features, the share of the pairs the checker decides (y+ and y- score differently) where the judge
     reaches the same verdict (a judge tie counts as a disagreement)."""
-    from .report import outcome as checked_outcome
-
     items, questions = [], []
     for record in records:
         request = _request_text(record[PROMPT])
@@ -202,8 +199,6 @@ def judge_report(judge, records: Sequence[Mapping], features: Mapping[str, Any])
 
 def format_judge(report: dict) -> str:
     """The judge's figures in a few lines, its agreement with the checkers first."""
-    from .intervals import with_interval
-
     agreement, bias = report["agreement_with_checkers"], report["position_bias"]
     lines = [
         f"judge {report['judge']}: agreement with the checkers on {agreement['pairs']} decided verifiable pairs "

@@ -6,10 +6,15 @@ y_o is the policy's own answer, so `A(x, y+) - A(x, y_o)` and `A(x, y-) - A(x, y
 from what the policy would say anyway; `exp(A)` is the paper's "average response probability".
 """
 
+import math
 import time
 from collections.abc import Mapping
 
 from ..data import CHOSEN, ORIGINAL, PROMPT, REJECTED, RESPONSE_COLUMNS
+from ..names import DEFAULT_MODEL_ID
+from ..offline import default_model_path
+from ..runtime import process_state
+from .intervals import bootstrap_mean
 
 
 def load_policy(name: str):
@@ -17,10 +22,6 @@ def load_policy(name: str):
     evaluation mode, in fp32 on a CPU. A model that does not load is a `ValueError` naming the fix."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..names import DEFAULT_MODEL_ID
-    from ..offline import default_model_path
-    from ..runtime import process_state
 
     path = default_model_path() if name == DEFAULT_MODEL_ID else name
     try:
@@ -69,9 +70,6 @@ def mean_logps(model, tokenizer, records: list[Mapping], batch_size: int = 8) ->
 def onpolicy_report(values: Mapping[str, list[float]]) -> dict:
     """Means of `A(x, y)` and of `exp(A)` for y+, y-, y_o, and the mean gaps of y+ and y- to y_o with their bootstrap
     intervals (per-record differences: the three responses share their prompt)."""
-    import math
-
-    from .intervals import bootstrap_mean
 
     def mean(xs):
         return sum(xs) / len(xs) if xs else None

@@ -14,34 +14,18 @@ Every share carries its 95% Wilson interval (`<name>_ci95`) and every mean its b
   distinct-1 / distinct-2 of each side (distinct n-grams over all n-grams).
 """
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..data import CHOSEN, ORIGINAL, REJECTED, RESPONSE_COLUMNS
 from .intervals import bootstrap_mean, wilson, with_interval
+from .judge import format_judge
+from .responses import normalize, outcome, response_text
 
 
-# Leading labels a model may put before its answer ("Helpful Response:", "**Answer:**", "Good answer -")
-_LABEL = re.compile(
-    r"^\s*[*_#>\s]*(?:[\w'-]+\s+){0,3}(?:response|answer|reply)\s*[*_]*\s*[:\-–]\s*[*_]*\s*", re.IGNORECASE
-)
 NEAR_DUPLICATE = 0.9  # word-trigram Jaccard similarity from which y+ and y- count as near-identical
 SIDE = {CHOSEN: "y+", REJECTED: "y-", ORIGINAL: "y_o"}
-
-
-def response_text(value: Any) -> str:
-    """The text of a response column: a string, or the contents of the assistant turns of a message list."""
-    if isinstance(value, str):
-        return value
-    return "\n".join(m["content"] for m in value or [] if m.get("role") == "assistant" and m.get("content"))
-
-
-def normalize(text: str) -> str:
-    """The response without a leading label, case and surrounding whitespace, for equality checks (the generator's
-    filters and the degeneracy report)."""
-    return " ".join(_LABEL.sub("", text, count=1).split()).lower()
 
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
@@ -63,11 +47,6 @@ def _distinct(texts: Iterable[str], n: int) -> float:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def outcome(plus: float, minus: float) -> str:
-    """The verdict on a pair from the scores of y+ and y- on the good side: `correct`, `tie` or `wrong`."""
-    return "correct" if plus > minus else "tie" if plus == minus else "wrong"
 
 
 def accuracy(records: list[Mapping], features: Mapping[str, Any]) -> dict:
@@ -225,7 +204,5 @@ def format_report(report: dict, title: str = "Signal report") -> str:
             f"{with_interval(reward['chosen_wins'], reward.get('chosen_wins_ci95'))}"
         )
     if report.get("judge"):
-        from .judge import format_judge
-
         lines.append(format_judge(report["judge"]))
     return "\n".join(lines)

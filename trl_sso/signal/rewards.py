@@ -3,6 +3,9 @@ response to its plain prompt, as TRL's `RewardTrainer` reads a pair (chat templa
 
 from collections.abc import Mapping
 
+from ..data import CHOSEN, ORIGINAL, PROMPT, REJECTED
+from .intervals import wilson
+
 
 def load_reward_model(name: str):
     """`(model, tokenizer)` of a reward model (a full model or a PEFT adapter folder); a `ValueError` naming the fix
@@ -67,9 +70,6 @@ def rewards(model, tokenizer, pairs: list[tuple], batch_size: int = 8) -> list[f
 
 def reward_report(model, tokenizer, records: list[Mapping], batch_size: int = 8) -> dict:
     """The share of records with r(y+) > r(y-) (with its Wilson interval), and the mean reward of y+, y- and y_o."""
-    from ..data import CHOSEN, ORIGINAL, PROMPT, REJECTED
-    from .intervals import wilson
-
     columns = [c for c in (CHOSEN, REJECTED, ORIGINAL) if c in records[0]]
     scores = {c: rewards(model, tokenizer, [(r[PROMPT], r[c]) for r in records], batch_size) for c in columns}
     wins = [a > b for a, b in zip(scores[CHOSEN], scores[REJECTED])]
