@@ -20,7 +20,8 @@ Prints the tables and writes `bench_signal.json`, `bench_signal.md` and `bench_s
     python tests/benchmarks/bench_signal.py       # 3 rounds, 24 prompts a round (under 60 minutes, 2 cores)
     python tests/benchmarks/bench_signal.py --rounds 1 --num_prompts 4 --max_steps 2 --judge_prompts 2   # a smoke run
 
-A finished run is skipped when run again (the rounds resume like any `trl-sso iterate`).
+The prompts are the first packaged generation prompts with "Answer briefly." appended, so that most responses end
+before the token limit. A finished run is skipped when run again (the rounds resume like any `trl-sso iterate`).
 """
 
 import argparse
@@ -50,7 +51,7 @@ FEATURES = ["Brevity", "Bullets"]
 def write_prompts(path: Path, n: int) -> None:
     from trl_sso.generation.prompts import packaged_prompts
 
-    rows = [{"prompt": r["prompt"]} for r in packaged_prompts("default_prompts")[:n]]
+    rows = [{"prompt": f"{r['prompt']} Answer briefly."} for r in packaged_prompts("default_prompts")[:n]]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
