@@ -215,12 +215,13 @@ def run(command: str, argv: list[str]) -> int:
     and exit code 2."""
     try:
         entry = COMMANDS[command]
-        code = load(entry.runner)(*parse(command, argv))
-        if entry.trl_parser:
+        result = load(entry.runner)(*parse(command, argv))
+        if entry.trl_parser:  # a training script: its result is a report, not an exit code
             from accelerate import PartialState
 
             PartialState().destroy_process_group()  # as `trainer.end()` ends TRL's scripts
-        return code or 0
+            return 0
+        return result or 0
     except (ValueError, OSError, ImportError, HubError, NoRecordsError, SSODataError) as error:
         # Bad options and inputs: the message says what to fix; a stack trace would only hide it
         message = explain_os_error(error) if isinstance(error, OSError) and error.errno else error

@@ -15,7 +15,8 @@ class Command:
 
     - `summary`: its line in `trl-sso --help`; `description`: the text of `trl-sso COMMAND --help`.
     - `arguments`: its option dataclasses, parsed in this order and passed to `runner` in it.
-    - `runner`: called with the parsed dataclasses; returns the exit code (`None`: 0).
+    - `runner`: called with the parsed dataclasses; a light command's runner returns the exit code (`None`: 0), a
+      training script's result is its report and the command exits with 0.
     - `trl_parser`: parsed by TRL's `TrlParser` (the training commands, with `SSOConfig` and `ModelConfig`), which
       ends the process group after the run as TRL's scripts do; otherwise by trl-sso's light parser.
     - `sibling`: the command whose own options this one refuses with a pointer to it (`iterate` and `pipeline`).

@@ -37,7 +37,8 @@ def wilson(successes: float, n: int, z: float = Z95) -> list[float] | None:
     p = successes / n
     center = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [max(0.0, center - half), min(1.0, center + half)]
+    # exact at the ends: no successes give a lower bound of 0, all successes an upper bound of 1 (no rounding dust)
+    return [0.0 if successes <= 0 else max(0.0, center - half), 1.0 if successes >= n else min(1.0, center + half)]
 
 
 def share_difference(k1: float, n1: int, k2: float, n2: int) -> list[float] | None:
