@@ -30,9 +30,10 @@ ROWS = [
 ]
 
 
-@pytest.fixture(params=["1-thread", "default-threads"])
+@pytest.fixture(params=["1-thread", pytest.param("default-threads", marks=pytest.mark.slow)])
 def each_thread_count(request):
-    """Run a numerical test once with torch on 1 thread and once with its default thread count.
+    """Run a numerical test once with torch on 1 thread and once with its default thread count (the second run is
+    left out of the fast subset, `-m "not slow"`).
 
     The thread count changes the order of float32 reductions much as another CPU does, so a numerical test that
     passes under both is not tuned to this machine's summation order. Numerical test modules request it with
@@ -310,7 +311,11 @@ def data_folder(tmp_path, tokenizer):
     """A folder written by the generator (scripted policy, fast): what `trl-sso generate` leaves behind."""
     from trl_sso.generation import GenerateArguments, SSOGenerator
 
-    args = GenerateArguments(output_dir=str(tmp_path / "sso-data"), num_prompts=8, batch_size=4, seed=1)
+    # the system message holds the principle in place of the template's default one, so every prompt stays within
+    # the commands' `--max_length 128` (`COMMON`); the other placements are tested in test_placement.py
+    args = GenerateArguments(
+        output_dir=str(tmp_path / "sso-data"), num_prompts=8, batch_size=4, seed=1, principle_placement="system"
+    )
     SSOGenerator(args, sampler=Echo(), tokenizer=tokenizer).run()
     return str(tmp_path / "sso-data")
 

@@ -29,6 +29,7 @@ def test_the_recommendation_counts_features_with_a_signal():
     assert recommend({"system": {"A": none}})["placement"] is None  # nothing to recommend, and it says so
 
 
+@pytest.mark.slow
 def test_calibrate_command_with_the_packaged_model(tmp_path, capsys):
     from trl_sso.cli.main import main
 

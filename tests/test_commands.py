@@ -23,6 +23,7 @@ def state(folder):
     return json.loads(open(os.path.join(folder, "trainer_state.json")).read())
 
 
+@pytest.mark.slow
 def test_train_full_then_resume(tiny_model_dir, data_folder, tmp_path, capsys):
     out = str(tmp_path / "policy")
     base = argv("train", tiny_model_dir, data_folder, out, "--save_steps 1")
@@ -88,6 +89,7 @@ def test_impossible_combinations_are_clear_errors(tiny_model_dir, data_folder, t
     assert "or a `--datasets` mixture is required" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_process_train(tiny_model_dir, data_folder, tmp_path):
     out = str(tmp_path / "ddp")
     command = [
@@ -103,6 +105,7 @@ def test_two_process_train(tiny_model_dir, data_folder, tmp_path):
     assert os.path.isdir(os.path.join(out, "checkpoint-4")) and os.path.exists(os.path.join(out, "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_trl_dpo_trains_on_a_generate_folder(tiny_model_dir, data_folder, tmp_path):
     """A `trl-sso generate` folder reads like a Hub dataset: plain `load_dataset(folder)`, also a second folder of the
     same name (no shared cache), and TRL's own `trl dpo --dataset_name folder`, run as TRL ships it."""

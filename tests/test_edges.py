@@ -16,6 +16,9 @@ from trl_sso.cli.main import main
 from trl_sso.scripts.common import whole_run_train_loss
 
 
+pytestmark = pytest.mark.slow  # end-to-end: outside the fast subset (`-m "not slow"`)
+
+
 def kill_when(command: list[str], ready, timeout: float = 300) -> None:
     """Start `command`, SIGKILL it as soon as `ready()` holds, and check that it was still running then."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}

@@ -15,6 +15,9 @@ from trl_sso.generation import GenerateArguments, SSOGenerator, filters
 from trl_sso.generation.samplers import TransformersSampler
 
 
+pytestmark = pytest.mark.slow  # end-to-end: outside the fast subset (`-m "not slow"`)
+
+
 def tiny_generator(model_dir, output_dir, sampler_wrapper=None, **overrides):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

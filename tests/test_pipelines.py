@@ -54,6 +54,7 @@ def weights(folder):
     return load_file(os.path.join(folder, "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_dir, tmp_path, caplog, capsys):
     import logging
 
@@ -98,6 +99,7 @@ def test_iterate_killed_in_round_two_resumes_to_the_same_artifacts(tiny_model_di
     assert (tmp_path / "run" / "round_2" / "policy" / "rounds.png").exists()  # published with the round's policy
 
 
+@pytest.mark.slow
 def test_iterate_with_lora_merges_the_adapter_into_the_next_policy(tiny_model_dir, tmp_path):
     from trl_sso.scripts.iterate import iterate
 
@@ -118,6 +120,7 @@ def test_iterate_with_lora_merges_the_adapter_into_the_next_policy(tiny_model_di
     assert any(not torch.equal(merged[k], base[k]) for k in merged if "q_proj" in k)
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end(tiny_model_dir, tmp_path, caplog):
     import logging
 
@@ -143,6 +146,7 @@ def test_pipeline_end_to_end(tiny_model_dir, tmp_path, caplog):
     assert pipeline(*parse("pipeline", argv)) == report  # finished: a rerun does nothing
 
 
+@pytest.mark.slow
 def test_two_process_iterate(tiny_model_dir, tmp_path):
     port = free_port()
     command = [

@@ -19,6 +19,7 @@ from numerics import assert_close_to_scale
 from trl_sso.cli.main import main
 
 
+pytestmark = pytest.mark.slow  # end-to-end: outside the fast subset (`-m "not slow"`)
 INPUT_IDS = [[1, 17, 250, 3000, 42, 7]]
 ROUND = (
     "--num_prompts 4 --batch_size 2 --max_new_tokens 8 --drop_revealing false --max_steps 2 "

@@ -14,6 +14,9 @@ from conftest import argv
 from trl_sso.cli.main import main
 
 
+pytestmark = pytest.mark.slow  # end-to-end: outside the fast subset (`-m "not slow"`)
+
+
 def hashes(folder) -> dict[str, str]:
     """The sha256 of every file under `folder`, by relative path (checkpoints included)."""
     folder = Path(folder)

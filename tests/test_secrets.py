@@ -3,9 +3,13 @@ Hub (transformers' pushes during training included), no local file and no log.""
 
 from pathlib import Path
 
+import pytest
 from conftest import argv
 
 from trl_sso.cli.main import main
+
+
+pytestmark = pytest.mark.slow  # end-to-end: outside the fast subset (`-m "not slow"`)
 
 
 TOKEN = "hf_commandlinesecret0123456789"

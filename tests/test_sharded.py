@@ -17,6 +17,9 @@ from numerics import assert_close_to_scale
 from trl_sso.cli.main import main
 
 
+pytestmark = pytest.mark.slow  # end-to-end: outside the fast subset (`-m "not slow"`)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = "--max_steps 2 --save_steps 1 --logging_steps 1"
 # The final models' logits, to 1e-4 of their largest entry (tests/numerics.py): the sharded runs sum gradients across

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .names import hub_id
+from .retries import with_retries
 
 
 PROMPT, CHOSEN, REJECTED, ORIGINAL = "prompt", "chosen", "rejected", "original"
@@ -575,8 +576,6 @@ def load_dataset_split(
         dataset = load_dataset_split(source, config_name, split, revision, token) if Path(source).exists() else None
         if dataset is not None:  # local data is read as a whole; streaming it is iterating it
             return dataset.to_iterable_dataset()
-        from .retries import with_retries
-
         return with_retries(
             lambda: datasets.load_dataset(
                 source, config_name, split=split, revision=revision, token=token, streaming=True
