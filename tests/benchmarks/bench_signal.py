@@ -97,7 +97,7 @@ def differences(results: dict) -> list[dict]:
     """SSO - PBAA per round: accuracy (Newcombe), held-out follow rate (paired bootstrap: the same prompts), the
     on-policyness gap (independent samples: the half-widths of the two intervals combined in quadrature) and the mean
     tokens of y+ (bootstrap of each method's records, combined alike)."""
-    from trl_sso.signal.intervals import bootstrap_mean, excludes_zero, share_difference
+    from trl_sso.signal.intervals import bootstrap_mean, excludes_zero, paired_change, share_difference
 
     sso, pbaa = results["SSO"], results["PBAA"]
     rows = []
@@ -108,8 +108,7 @@ def differences(results: dict) -> list[dict]:
             row["accuracy"] = a["accuracy"] - b["accuracy"]
             row["accuracy_ci95"] = share_difference(k[0], a["accuracy_pairs"], k[1], b["accuracy_pairs"])
         if a.get("per_prompt_eval") and b.get("per_prompt_eval"):
-            diffs = [x - y for x, y in zip(a["per_prompt_eval"], b["per_prompt_eval"])]
-            row["held_out"], row["held_out_ci95"] = sum(diffs) / len(diffs), bootstrap_mean(diffs)
+            row["held_out"], row["held_out_ci95"], _ = paired_change(a["per_prompt_eval"], b["per_prompt_eval"])
         if a["onpolicy_gap"] is not None and b["onpolicy_gap"] is not None and a.get("onpolicy_gap_ci95"):
             d, h = (
                 a["onpolicy_gap"] - b["onpolicy_gap"],
@@ -126,15 +125,9 @@ def differences(results: dict) -> list[dict]:
         rows.append(row)
     final = [results[m]["final_evaluation"] for m in ("SSO", "PBAA")]
     if all(f and f.get("follows_good_per_prompt") for f in final):
-        diffs = [x - y for x, y in zip(final[0]["follows_good_per_prompt"], final[1]["follows_good_per_prompt"])]
-        interval = bootstrap_mean(diffs)
+        change, interval, significant = paired_change(*(f["follows_good_per_prompt"] for f in final))
         rows.append(
-            {
-                "round": "final",
-                "held_out": sum(diffs) / len(diffs),
-                "held_out_ci95": interval,
-                "held_out_significant": excludes_zero(interval),
-            }
+            {"round": "final", "held_out": change, "held_out_ci95": interval, "held_out_significant": significant}
         )
     return rows
 

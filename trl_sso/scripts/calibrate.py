@@ -13,6 +13,7 @@ sampled in one batched pass. Writes `calibration.json` and `calibration.png`, an
 """
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..principles import contrastive_system_prompts, expand_feature_names, known
 from ..signal.intervals import bootstrap_mean, excludes_zero, wilson, with_interval
 from ..signal.onpolicy import load_policy
 from ..signal.plots import plot_calibration
+from ..signal.responses import outcome, outcome_shares
 
 
 @dataclass
@@ -80,8 +82,8 @@ def score_cell(good: list[float], bad: list[float], plain: list[float]) -> dict:
     """The figures of one feature in one placement from the checker's scores of the answers under the good principle,
     the bad principle and none (one score per prompt, in prompt order)."""
     n = len(good)
-    outcomes = [(g > b) - (g < b) for g, b in zip(good, bad, strict=True)]  # +1 correct, 0 tie, -1 wrong
-    correct, wrong = outcomes.count(1), outcomes.count(-1)
+    verdicts = Counter(outcome(g, b) for g, b in zip(good, bad, strict=True))
+    lifts = [(g > b) - (g < b) for g, b in zip(good, bad)]  # per prompt: +1 correct, 0 tie, -1 wrong
     cell = {
         "prompts": n,
         "follows_good": sum(good) / n,
@@ -90,12 +92,9 @@ def score_cell(good: list[float], bad: list[float], plain: list[float]) -> dict:
         "breaks_good_ci95": wilson(n - sum(bad), n),
         "base_rate": sum(plain) / n,
         "base_rate_ci95": wilson(sum(plain), n),
-        "correct": correct / n,
-        "correct_ci95": wilson(correct, n),
-        "tie": outcomes.count(0) / n,
-        "wrong": wrong / n,
-        "lift": (correct - wrong) / n,
-        "lift_ci95": bootstrap_mean(outcomes),
+        **outcome_shares(verdicts),
+        "lift": (verdicts["correct"] - verdicts["wrong"]) / n,
+        "lift_ci95": bootstrap_mean(lifts),
     }
     cell["signal"] = excludes_zero(cell["lift_ci95"]) and cell["lift"] > 0
     return cell

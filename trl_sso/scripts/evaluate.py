@@ -15,7 +15,7 @@ from ..generation.samplers import TransformersSampler
 from ..names import DEFAULT_MODEL_ID, public_names
 from ..options import check_ranges
 from ..principles import expand_feature_names, known_features
-from ..signal.intervals import bootstrap_mean, excludes_zero, wilson, with_interval
+from ..signal.intervals import bootstrap_mean, paired_change, wilson, with_interval
 from ..signal.onpolicy import load_policy
 from ..signal.plots import plot_evaluation
 
@@ -131,12 +131,10 @@ def compare_with_first(rows: list[dict]) -> None:
     """Add to each row after the first the change of `follows_good_mean` against the first model, its paired
     bootstrap interval (the models answered the same prompts) and whether the change is larger than that
     uncertainty."""
-    base = rows[0]["follows_good_per_prompt"]
     for row in rows[1:]:
-        differences = [a - b for a, b in zip(row["follows_good_per_prompt"], base, strict=True)]
-        row["change_vs_first"] = sum(differences) / len(differences)
-        row["change_vs_first_ci95"] = bootstrap_mean(differences)
-        row["change_vs_first_significant"] = excludes_zero(row["change_vs_first_ci95"])
+        row["change_vs_first"], row["change_vs_first_ci95"], row["change_vs_first_significant"] = paired_change(
+            row["follows_good_per_prompt"], rows[0]["follows_good_per_prompt"]
+        )
 
 
 def format_evaluation(report: dict) -> str:

@@ -28,7 +28,7 @@ from ..files import write_json_atomic
 from ..hub import point_adapter_at, push_dataset, push_folder
 from ..names import hub_id
 from ..runtime import process_state
-from ..signal.intervals import bootstrap_mean, excludes_zero, share_difference, with_interval
+from ..signal.intervals import excludes_zero, paired_change, share_difference, with_interval
 from ..signal.plots import plot_rounds
 from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage
 
@@ -58,12 +58,13 @@ def round_row(report: dict) -> dict:
     }
 
 
-def _held_out_change(after: dict | None, before: dict | None) -> tuple[float | None, list | None]:
-    """The change of the held-out follow rate between two evaluations of the same prompts: paired bootstrap."""
-    if not (after and before and "follows_good_per_prompt" in after and "follows_good_per_prompt" in before):
-        return None, None
-    differences = [a - b for a, b in zip(after["follows_good_per_prompt"], before["follows_good_per_prompt"])]
-    return sum(differences) / len(differences), bootstrap_mean(differences)
+def _held_out_change(after: dict | None, before: dict | None) -> tuple | None:
+    """The change of the held-out follow rate between two evaluations of the same prompts (`paired_change`), or
+    `None` where either lacks its per-prompt scores."""
+    key = "follows_good_per_prompt"
+    if not (after and before and key in after and key in before):
+        return None
+    return paired_change(after[key], before[key])
 
 
 def rounds_summary(reports: list[dict], final: dict | None) -> dict:
@@ -81,16 +82,14 @@ def rounds_summary(reports: list[dict], final: dict | None) -> dict:
                 previous["accuracy_pairs"],
             )
             row["accuracy_change_significant"] = excludes_zero(row["accuracy_change_ci95"])
-        change, interval = _held_out_change(after.get("evaluation"), before.get("evaluation"))
+        change = _held_out_change(after.get("evaluation"), before.get("evaluation"))
         if change is not None:
-            row["eval_change"], row["eval_change_ci95"] = change, interval
-            row["eval_change_significant"] = excludes_zero(interval)
+            row["eval_change"], row["eval_change_ci95"], row["eval_change_significant"] = change
     if final:
         final = dict(final)
-        change, interval = _held_out_change(final, reports[0].get("evaluation") if reports else None)
+        change = _held_out_change(final, reports[0].get("evaluation") if reports else None)
         if change is not None:
-            final["change_vs_start"], final["change_vs_start_ci95"] = change, interval
-            final["change_vs_start_significant"] = excludes_zero(interval)
+            final["change_vs_start"], final["change_vs_start_ci95"], final["change_vs_start_significant"] = change
     return {"rounds": rows, "final_evaluation": final}
 
 

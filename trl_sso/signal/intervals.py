@@ -76,6 +76,14 @@ def bootstrap_mean(values: Sequence[float], seed: int = 0, resamples: int = BOOT
     return [means[int(0.025 * (resamples - 1))], means[int(math.ceil(0.975 * (resamples - 1)))]]
 
 
+def paired_change(after: Sequence[float], before: Sequence[float]) -> tuple[float, list[float], bool]:
+    """The mean change from `before` to `after` over the same items (prompts), its bootstrap interval, and whether
+    the change is significant (the interval excludes 0)."""
+    differences = [a - b for a, b in zip(after, before, strict=True)]
+    interval = bootstrap_mean(differences)
+    return sum(differences) / len(differences), interval, excludes_zero(interval)
+
+
 def excludes_zero(interval: Sequence[float] | None) -> bool:
     """Whether an interval of a difference lies wholly on one side of 0: the difference is significant."""
     return interval is not None and (interval[0] > 0 or interval[1] < 0)

@@ -27,7 +27,7 @@ from ..names import public_name
 from .intervals import wilson, with_interval
 from .onpolicy import load_policy
 from .responses import outcome as checked_outcome
-from .responses import response_text
+from .responses import outcome_shares, response_text
 
 
 QUESTION = (
@@ -136,14 +136,6 @@ def make_judge(spec: str, model_name: str | None = None, token: str | None = Non
     return LocalJudge(model, tokenizer, batch_size, name=public_name(spec))
 
 
-def _shares(outcomes: Counter) -> dict:
-    total = sum(outcomes.values())
-    row = {"pairs": total}
-    for key in ("correct", "tie", "wrong"):
-        row[key], row[f"{key}_ci95"] = outcomes[key] / total, wilson(outcomes[key], total)
-    return row
-
-
 def judge_report(judge, records: Sequence[Mapping], features: Mapping[str, Any]) -> dict:
     """Judge y+ against y- in both orders for each (record, feature) pair (see the module docstring).
 
@@ -181,9 +173,9 @@ def judge_report(judge, records: Sequence[Mapping], features: Mapping[str, Any])
     decided = sum(agreement.values())
     return {
         "judge": judge.name,
-        "overall": _shares(sum(outcomes.values(), Counter())),
-        "qualitative": _shares(qualitative) if qualitative else None,
-        "per_feature": {name: _shares(outcomes[name]) for name in sorted(outcomes)},
+        "overall": outcome_shares(sum(outcomes.values(), Counter())),
+        "qualitative": outcome_shares(qualitative) if qualitative else None,
+        "per_feature": {name: outcome_shares(outcomes[name]) for name in sorted(outcomes)},
         "position_bias": {
             "first_answer_chosen": readable.count("A") / len(readable) if readable else None,
             "first_answer_chosen_ci95": wilson(readable.count("A"), len(readable)),

@@ -21,7 +21,7 @@ from typing import Any
 from ..data import CHOSEN, ORIGINAL, REJECTED, RESPONSE_COLUMNS
 from .intervals import bootstrap_mean, wilson, with_interval
 from .judge import format_judge
-from .responses import normalize, outcome, response_text
+from .responses import normalize, outcome, outcome_shares, response_text
 
 
 NEAR_DUPLICATE = 0.9  # word-trigram Jaccard similarity from which y+ and y- count as near-identical
@@ -66,11 +66,7 @@ def accuracy(records: list[Mapping], features: Mapping[str, Any]) -> dict:
                 follows.setdefault(name, {}).setdefault(column, []).append(score)
 
     def shares(counter: Counter, side_scores: dict[str, list[float]]) -> dict:
-        total = sum(counter.values())
-        row = {}
-        for key in ("correct", "tie", "wrong"):
-            row[key], row[f"{key}_ci95"] = counter[key] / total, wilson(counter[key], total)
-        row["pairs"] = total
+        row = outcome_shares(counter)
         rejected = side_scores.get(REJECTED, [])
         for key, scores in (
             ("chosen_follows_good", side_scores.get(CHOSEN, [])),

@@ -2,7 +2,10 @@
 verdict on a pair from its two scores. Shared by the signal report, the judge and the generator's filters."""
 
 import re
+from collections import Counter
 from typing import Any
+
+from .intervals import wilson
 
 
 # Leading labels a model may put before its answer ("Helpful Response:", "**Answer:**", "Good answer -")
@@ -27,3 +30,12 @@ def normalize(text: str) -> str:
 def outcome(plus: float, minus: float) -> str:
     """The verdict on a pair from the scores of y+ and y- on the good side: `correct`, `tie` or `wrong`."""
     return "correct" if plus > minus else "tie" if plus == minus else "wrong"
+
+
+def outcome_shares(outcomes: Counter) -> dict:
+    """The number of pairs and the share of each verdict (`correct`, `tie`, `wrong`) with its Wilson interval."""
+    total = sum(outcomes.values())
+    row = {"pairs": total}
+    for key in ("correct", "tie", "wrong"):
+        row[key], row[f"{key}_ci95"] = outcomes[key] / total, wilson(outcomes[key], total)
+    return row
