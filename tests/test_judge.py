@@ -162,6 +162,23 @@ def test_endpoint_judge_over_http(chat_server):
     assert report["overall"]["tie"] == 1.0 and report["position_bias"]["unreadable_verdicts"] == 4
 
 
+def test_an_endpoint_that_does_not_answer_is_one_line_naming_it(tmp_path, capsys):
+    import socket
+
+    from datasets import Dataset
+
+    from trl_sso.cli.main import main
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    Dataset.from_list(_records()).to_json(tmp_path / "data.jsonl")
+    argv = ["inspect", str(tmp_path / "data.jsonl"), "--skip_onpolicy", "--judge", url, "--output_dir", str(tmp_path)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"The judge endpoint {url} did not answer" in error and "Traceback" not in error
+
+
 def test_inspect_with_an_endpoint_judge(chat_server, tmp_path):
     from datasets import Dataset
 

@@ -389,7 +389,6 @@ def sso_dataset_card(
 
 
 def _read_json(path: Path) -> dict:
-
     return json.loads(path.read_text()) if path.exists() else {}
 
 

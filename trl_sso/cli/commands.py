@@ -121,7 +121,6 @@ def parse(command: str, argv: list[str]) -> tuple:
 
 
 def generate(gen_args, publish_args) -> int:
-
     _, summary, url = generate_dataset(gen_args, publish_args)
 
     if process_state().is_main_process:
@@ -143,7 +142,6 @@ def generate(gen_args, publish_args) -> int:
 
 
 def push(args) -> int:
-
     url = publish(
         args.path,
         args.repo_id,
@@ -158,7 +156,6 @@ def push(args) -> int:
 
 
 def inspect(args) -> int:
-
     report = inspect_dataset(args)
     print(format_report(report, f"Signal report of {report['dataset']}"))
     print(f"Wrote {args.output_dir}/signal.json and the plots.")
@@ -166,21 +163,18 @@ def inspect(args) -> int:
 
 
 def evaluate(args) -> int:
-
     print(format_evaluation(evaluate_models(args)))
     print(f"Wrote {args.output_dir}/evaluation.json and evaluation.png.")
     return 0
 
 
 def calibrate(args) -> int:
-
     print(format_calibration(check_principles(args)))
     print(f"Wrote {args.output_dir}/calibration.json and calibration.png.")
     return 0
 
 
 def env() -> int:
-
     print("Copy-paste the following information when reporting an issue:\n")
     print("\n".join(f"- {key}: {value}" for key, value in environment().items()))
     return 0

@@ -86,7 +86,6 @@ class EndpointJudge:
     """An OpenAI-compatible chat endpoint as judge, through `huggingface_hub.InferenceClient(base_url=...)`."""
 
     def __init__(self, base_url: str, model: str | None = None, token: str | None = None, max_tokens: int = 8):
-
         from huggingface_hub import InferenceClient, constants
 
         self.local = urlparse(base_url).hostname in ("127.0.0.1", "localhost", "::1")
@@ -96,7 +95,7 @@ class EndpointJudge:
                 "or serve the judge on this machine (e.g. `vllm serve MODEL` and `--judge http://127.0.0.1:8000/v1`)."
             )
         self.client = InferenceClient(base_url=base_url, token=token)
-        self.model, self.max_tokens = model, max_tokens
+        self.model, self.max_tokens, self.base_url = model, max_tokens, base_url
         self.name = f"{model or 'endpoint'} at {base_url}"
 
     def verdicts(self, questions: Sequence[list[dict]]) -> list[str | None]:
@@ -104,9 +103,17 @@ class EndpointJudge:
         verdicts = []
         with _online_for(self.local):
             for messages in questions:
-                reply = self.client.chat_completion(
-                    messages, model=self.model, max_tokens=self.max_tokens, temperature=0.0
-                )
+                try:
+                    reply = self.client.chat_completion(
+                        messages, model=self.model, max_tokens=self.max_tokens, temperature=0.0
+                    )
+                except Exception as error:  # the client's HTTP and connection errors: one line, not a stack trace
+                    raise ValueError(
+                        f"The judge endpoint {self.base_url} did not answer ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else 'no message'}). Check that the server runs "
+                        "and serves an OpenAI-compatible `/v1/chat/completions`, and `--judge_model` if it serves "
+                        "several models."
+                    ) from error
                 match = re.search(r"\b([AB])\b", reply.choices[0].message.content or "")
                 verdicts.append(match.group(1) if match else None)
         return verdicts
