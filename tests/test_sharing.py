@@ -226,7 +226,6 @@ CASES = {  # both objectives on every family, each with one truncation mode; the
     "generator, keep_end truncation": {"sso_objective": "generator", "max_length": 48, "truncation_mode": "keep_end"},
 }
 LLAMA_CASES = {
-    "policy, gradient checkpointing": {"gradient_checkpointing": True},
     "policy, one backward pass, ipo, W detached": {
         "sso_backward_per_pair": False,
         "loss_type": "ipo",
@@ -313,3 +312,53 @@ def test_unsupported_reasons(tiny_model_dir):
         PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
     )
     assert "virtual tokens" in sharing.unsupported_reason(prompt_tuned)
+
+
+def test_the_shape_of_trls_fused_head_that_prepare_scoring_relies_on(tiny_model_dir):
+    """`prepare_scoring` finds TRL's fused forward by its code's name and gives it its own `_use_triton`: guard both,
+    so that a change in TRL fails here instead of silently scoring every position."""
+    import inspect
+
+    from conftest import load_tiny_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    source = inspect.getsource(add_fused_lm_head)
+    assert "def _fused_forward(" in source and "compact = _use_triton(hidden_states.device)" in source
+    model = load_tiny_model(tiny_model_dir)
+    add_fused_lm_head(model)
+    function = sharing._fused_forward_of(model)
+    assert function is not None and "_use_triton" in function.__code__.co_names
+
+
+def test_prepare_scoring_compacts_on_cpu_once_and_from_two_threads(tiny_model_dir, monkeypatch):
+    """Two threads scoring one model at once patch it once and get the numbers of one thread; the LM head projects
+    only the labelled positions on a CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import load_tiny_model
+    from trl.kernels import ChunkedLogProbFunction
+
+    model = load_tiny_model(tiny_model_dir)
+    rows = [([1, 2, 3, 4], [[5, 6], [7]]), ([8, 9], [[10, 11, 12]])]
+    expected = sharing.completion_logps(model, rows, pad_token_id=0)
+    forward = model.forward
+    projected = []
+    original = ChunkedLogProbFunction.apply
+
+    def spy(hidden, *rest):
+        projected.append(len(hidden))
+        return original(hidden, *rest)
+
+    monkeypatch.setattr(ChunkedLogProbFunction, "apply", spy)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: sharing.completion_logps(model, rows, pad_token_id=0), range(4)))
+    assert model.forward is forward
+    assert all(result == expected for result in results)
+    assert set(projected) == {6}  # the 6 completion tokens, not every position of the padded rows
+
+    fresh = [load_tiny_model(tiny_model_dir) for _ in range(2)]
+    shared = fresh[0]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(sharing.prepare_scoring, [shared, shared]))
+    assert getattr(sharing._fused_forward_of(shared), "_sso_compact", False)
+    assert sharing._fused_forward_of(shared).__code__ is sharing._fused_forward_of(model).__code__

@@ -26,12 +26,13 @@ Not every attention implementation takes such a mask (flash attention does not),
 `unsupported_reason` first and keeps one completion per row where it says no.
 """
 
-import contextlib
+import threading
+import types
 from collections.abc import Sequence
 
 import torch
-import trl.trainer.utils as trl_utils
 from tqdm.auto import tqdm
+from trl.kernels.chunked_logprob import _use_triton
 from trl.trainer.utils import add_fused_lm_head, pad
 
 
@@ -216,21 +217,48 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def compact_lm_head():
-    """Inside this context, TRL's fused LM head projects only the positions that have a label on a CPU too.
+def _fused_forward_of(model):
+    """The function of the fused forward that TRL's `add_fused_lm_head` set on `model`, or None. TRL sets it as the
+    instance's `forward`; `functools.wraps` gives it the name of the model's own forward, so it is told apart by its
+    code's name (`tests/test_sharing.py` guards that shape of TRL's source)."""
+    function = getattr(model.__dict__.get("forward"), "__func__", None)
+    return function if getattr(getattr(function, "__code__", None), "co_name", None) == "_fused_forward" else None
 
-    TRL does so on CUDA and XPU only: on devices that compile graphs (e.g. Neuron), a number of positions that changes
-    from batch to batch would recompile. A CPU runs eagerly, and scoring every position there, prompts and padding
-    included, costs a fifth of a small model's step (its vocabulary projection) plus the memory of its logits. The
-    log-probabilities are the same: each scored position is computed as before.
+
+def _compact_on_cpu(device) -> bool:
+    """TRL's choice of compacting the fused LM head's positions (`_use_triton`), and on a CPU too."""
+    return device.type == "cpu" or _use_triton(device)
+
+
+_PREPARING = threading.Lock()
+
+
+def prepare_scoring(model, outputs: tuple[str, ...] = ("log_probs",)):
+    """Give `model` (a model, or a PEFT model around one) TRL's fused LM head once, and have its head project only
+    the positions that carry a label on a CPU too. Returns `model`. Safe to call again and from several threads.
+
+    - A model TRL already patched (a trainer's) keeps its head and the outputs it was given (`entropy` and more):
+      scoring does not patch it again with fewer.
+    - TRL compacts the positions on CUDA and XPU only: on devices that compile graphs (e.g. Neuron), a number of
+      positions that changes from batch to batch would recompile. A CPU runs eagerly, and scoring every position there,
+      prompts and padding included, costs a fifth of a small model's step (its vocabulary projection) plus the memory
+      of its logits. The head gets a copy of TRL's fused forward whose `_use_triton` also says yes on a CPU, so no
+      global is swapped per call; the log-probabilities are the same, each scored position being computed as before.
     """
-    original = trl_utils._use_triton
-    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with _PREPARING:
+        if _fused_forward_of(target) is None:
+            add_fused_lm_head(target, outputs=outputs)
+        function = _fused_forward_of(target)
+        if not getattr(function, "_sso_compact", False):
+            names = dict(function.__globals__, _use_triton=_compact_on_cpu)
+            compact = types.FunctionType(
+                function.__code__, names, function.__name__, function.__defaults__, function.__closure__
+            )
+            compact.__kwdefaults__ = function.__kwdefaults__
+            compact.__dict__.update(function.__dict__, _sso_compact=True)  # keeps `__wrapped__`: the signature
+            target.forward = types.MethodType(compact, target)
+    return model
 
 
 def completion_logps(
@@ -245,11 +273,10 @@ def completion_logps(
 
     The prompt is forwarded once for all its completions when `model` takes the shared-prompt mask; otherwise each
     completion gets a row of its own. Rows are forwarded `batch_size` at a time, shortest first, through TRL's fused LM
-    head, so the `(rows, length, vocabulary)` logits are never materialised. A progress bar shows when `desc` is set.
+    head (`prepare_scoring`), so the `(rows, length, vocabulary)` logits are never materialised. A progress bar shows
+    when `desc` is set.
     """
-    if not getattr(model, "_sso_fused_lm_head", False):
-        add_fused_lm_head(model)
-        model._sso_fused_lm_head = True
+    prepare_scoring(model)
     share = unsupported_reason(model) is None
     packed, owners = [], []  # packed rows, and where each one's completions belong: (row of `rows`, first, count)
     for index, (prompt, completions) in enumerate(rows):
@@ -268,7 +295,7 @@ def completion_logps(
         batch = {k: v.to(device) for k, v in collate([packed[i] for i in chunk], pad_token_id).items()}
         segments, positions = batch["segment_ids"], batch["position_ids"]
         scored = scored_positions(segments, batch["completion_mask"])
-        with torch.no_grad(), compact_lm_head():
+        with torch.no_grad():
             outputs = model(
                 input_ids=batch["input_ids"],
                 attention_mask=attention_mask_for(config, dtype, segments, positions)

@@ -204,7 +204,16 @@ class SSOTrainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        self._prepare_scoring()
         self._use_sso_collator()
+
+    def _prepare_scoring(self):
+        """The fused LM heads that DPOTrainer gave the policy and the reference model, compacted on a CPU too
+        (`trl_sso.sharing.prepare_scoring`): decided once per model, before the first forward (the reference
+        log-probs are precomputed inside DPOTrainer's `__init__`)."""
+        for model in (self.model, self.ref_model):
+            if model is not None:
+                sharing.prepare_scoring(self.accelerator.unwrap_model(model))
 
     def _use_sso_collator(self):
         # DPOTrainer builds its default collator (after settling the pad token) inside its `__init__`, before the
@@ -327,25 +336,23 @@ class SSOTrainer(DPOTrainer):
         if f"{prefix}segment_ids" in inputs:  # shared-prompt rows
             segments, positions = inputs[f"{prefix}segment_ids"], inputs[f"{prefix}position_ids"]
             config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
-            with sharing.compact_lm_head():
-                outputs = model(
-                    input_ids=input_ids,
-                    attention_mask=sharing.attention_mask_for(config, dtype, segments, positions),
-                    position_ids=positions,
-                    shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
-                    use_cache=False,
-                    fused_lm_head=True,
-                )
-            return tuple(sharing.branch_sums(outputs.log_probs, segments, 2)), outputs
-        labels = input_ids.masked_fill(completion_mask == 0, -100)
-        with sharing.compact_lm_head():
             outputs = model(
                 input_ids=input_ids,
-                attention_mask=inputs[f"{prefix}attention_mask"],
-                labels=labels,
+                attention_mask=sharing.attention_mask_for(config, dtype, segments, positions),
+                position_ids=positions,
+                shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
                 use_cache=False,
                 fused_lm_head=True,
             )
+            return tuple(sharing.branch_sums(outputs.log_probs, segments, 2)), outputs
+        labels = input_ids.masked_fill(completion_mask == 0, -100)
+        outputs = model(
+            input_ids=input_ids,
+            attention_mask=inputs[f"{prefix}attention_mask"],
+            labels=labels,
+            use_cache=False,
+            fused_lm_head=True,
+        )
         # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
         seq_len = completion_mask.size(1) - 1
         for field in ("log_probs", "entropy", "is_top1"):
@@ -409,6 +416,7 @@ class SSOTrainer(DPOTrainer):
                 "dataset without `streaming=True`, or set `precompute_ref_log_probs=False`."
             )
         self._use_sso_collator()
+        self._prepare_scoring()
         fingerprint = [Hasher.hash((dataset._fingerprint, self._precompute_model_hash, self.sso_pairs))]
         broadcast_object_list(fingerprint, from_process=0)
         cache_file = dataset._get_cache_file_path(fingerprint[0])
