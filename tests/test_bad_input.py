@@ -143,7 +143,7 @@ def test_a_file_in_the_way_inside_the_output_folder(tiny_model_dir, tmp_path, ca
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "round_1").write_text("not a folder")
-    options = "--rounds 1 --num_prompts 2 --batch_size 2 --max_new_tokens 4 --max_steps 1 --report_to none"
+    options = "--rounds 1 --num_prompts 2 --batch_size 2 --max_completion_length 4 --max_steps 1 --report_to none"
     err = run(
         ["iterate", "--model_name_or_path", tiny_model_dir, "--output_dir", str(run_dir), *options.split()], capsys
     )
@@ -183,7 +183,7 @@ def test_a_full_disk_while_writing_a_file(tiny_model_dir, tmp_path, capsys, monk
     monkeypatch.setattr(trl_sso.files.os, "replace", full)
     out = tmp_path / "out"
     err = run(["generate", "--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--num_prompts", "2",
-               "--max_new_tokens", "4"], capsys)  # fmt: skip
+               "--max_completion_length", "4"], capsys)  # fmt: skip
     assert "the disk is full while writing" in err and str(out) in err and "run the same command again" in err
 
 

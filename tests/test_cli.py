@@ -74,12 +74,12 @@ def test_light_paths_import_neither_torch_nor_transformers(argv):
 def test_generate_reads_a_yaml_config_and_flags_override_it(tmp_path):
     config = tmp_path / "gen.yaml"
     config.write_text(
-        "model_name_or_path: some/model\nnum_prompts: 5\nmax_new_tokens: 3\nfeatures: [Accuracy, Safety]\n"
+        "model_name_or_path: some/model\nnum_prompts: 5\nmax_completion_length: 3\nfeatures: [Accuracy, Safety]\n"
         "drop_revealing: false\nenv:\n  TRL_SSO_TEST_VARIABLE: set\n"
     )
     gen, publish, _ = parser("generate").parse_args_and_config(["--config", str(config), "--num-prompts", "7"])
     assert isinstance(gen, GenerateArguments) and gen.model_name_or_path == "some/model"
-    assert (gen.num_prompts, gen.max_new_tokens, gen.features, gen.drop_revealing) == (
+    assert (gen.num_prompts, gen.max_completion_length, gen.features, gen.drop_revealing) == (
         7,
         3,
         ["Accuracy", "Safety"],
@@ -92,7 +92,7 @@ def test_generate_end_to_end_from_a_config_file(tmp_path, tiny_model_dir, capsys
     config = tmp_path / "gen.yaml"
     config.write_text(
         f"model_name_or_path: {tiny_model_dir}\noutput_dir: {tmp_path / 'data'}\nnum_prompts: 2\n"
-        "batch_size: 2\nmax_new_tokens: 4\ndrop_revealing: false\nmin_response_chars: 0\n"
+        "batch_size: 2\nmax_completion_length: 4\ndrop_revealing: false\nmin_response_chars: 0\n"
     )
     assert main(["generate", "--config", str(config)]) == 0
     assert "SSO records from 2 prompts" in capsys.readouterr().out
@@ -105,10 +105,10 @@ def test_generate_end_to_end_from_a_config_file(tmp_path, tiny_model_dir, capsys
 def test_kebab_case_and_boolean_forms():
     parse = parser("generate").parse_args_and_config
     (a, _, _), (b, _, _) = (
-        parse(["--max_new_tokens", "9", "--drop_revealing", "false"]),
-        parse(["--max-new-tokens", "9", "--no-drop-revealing"]),
+        parse(["--max_completion_length", "9", "--drop_revealing", "false"]),
+        parse(["--max-completion-length", "9", "--no-drop-revealing"]),
     )
-    assert a == b and a.max_new_tokens == 9 and a.drop_revealing is False
+    assert a == b and a.max_completion_length == 9 and a.drop_revealing is False
     (c, _, _) = parse(["--drop_truncated"])
     assert c.drop_truncated is True
 
@@ -231,3 +231,25 @@ def test_log_level_sets_trl_sso_loggers(monkeypatch):
     assert logger.level == logging.DEBUG
     (_, _, logging_args) = parser("generate").parse_args_and_config(["--log_level", "warning"])
     assert logging_args.log_level == "warning"
+
+
+@pytest.mark.parametrize("command", ["generate", "iterate"])
+def test_the_generators_old_names_still_work_with_a_deprecation_warning(command):
+    """0.1.0's `--backend` and `--max_new_tokens` became TRL's `--use_vllm` and `--max_completion_length`; the old
+    names keep working until 0.2, with a warning that names the new ones."""
+    with pytest.warns(FutureWarning) as caught:
+        parsed = parser(command).parse_args_and_config(["--backend", "vllm", "--max_new_tokens", "9"])
+    options = next(p for p in parsed if hasattr(p, "use_vllm"))
+    assert options.use_vllm is True and options.max_completion_length == 9
+    assert options.backend is None and options.max_new_tokens is None
+    text = " ".join(str(w.message) for w in caught)
+    assert "use `use_vllm=True`" in text and "use `max_completion_length`" in text
+
+
+@pytest.mark.parametrize("command", ["generate", "iterate"])
+def test_generation_kwargs_is_a_json_object(command, capsys):
+    parsed = parser(command).parse_args_and_config(["--generation_kwargs", '{"repetition_penalty": 1.1}'])
+    options = next(p for p in parsed if hasattr(p, "use_vllm"))
+    assert options.generation_kwargs == {"repetition_penalty": 1.1}
+    assert main([command, "--generation_kwargs", "[1, 2]"]) == 2
+    assert "`generation_kwargs` must be a JSON object" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def test_train_killed_resumes_to_the_loss_of_the_whole_run(tiny_model_dir, data_
 def test_generate_killed_resumes_to_exactly_the_records(tiny_model_dir, tmp_path):
     from datasets import load_dataset
 
-    options = "--num_prompts 24 --batch_size 2 --max_new_tokens 8 --drop_revealing false --seed 3".split()
+    options = "--num_prompts 24 --batch_size 2 --max_completion_length 8 --drop_revealing false --seed 3".split()
     base = ["generate", "--model_name_or_path", tiny_model_dir, *options]
     assert main([*base, "--output_dir", str(tmp_path / "reference")]) == 0
     out = tmp_path / "run"

@@ -30,7 +30,7 @@ def tiny_generator(model_dir, output_dir, sampler_wrapper=None, **overrides):
         output_dir=str(output_dir),
         num_prompts=6,
         batch_size=2,
-        max_new_tokens=8,
+        max_completion_length=8,
         seed=11,
         drop_revealing=False,
     )
@@ -63,7 +63,7 @@ def test_two_processes_equal_one(tiny_model_dir, tmp_path):
         "generate",
         "--model_name_or_path",
         tiny_model_dir,
-        *"--num_prompts 6 --batch_size 2 --max_new_tokens 8 --seed 5 --drop_revealing false".split(),
+        *"--num_prompts 6 --batch_size 2 --max_completion_length 8 --seed 5 --drop_revealing false".split(),
     ]
     run_processes([sys.executable, "-m", "trl_sso.cli.main", *options, "--output_dir", str(tmp_path / "one")], 600)
     launch = [*accelerate_launch(), "-m", "trl_sso.cli.main"]
@@ -77,7 +77,7 @@ def test_two_processes_equal_one(tiny_model_dir, tmp_path):
 def test_cli_end_to_end_with_the_packaged_model(tmp_path, tiny_model_dir, tokenizer):
     out = tmp_path / "sso-data"
     result = subprocess.run(
-        ["trl-sso", "generate", "--output_dir", str(out), "--num_prompts", "4", "--max_new_tokens", "16"],
+        ["trl-sso", "generate", "--output_dir", str(out), "--num_prompts", "4", "--max_completion_length", "16"],
         capture_output=True,
         text=True,
         timeout=900,

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def options(model_dir, output_dir, *extra, command="iterate"):
     fixed = (
-        "--num_prompts 4 --batch_size 2 --max_new_tokens 8 --drop_revealing false --max_steps 3 "
+        "--num_prompts 4 --batch_size 2 --max_completion_length 8 --drop_revealing false --max_steps 3 "
         "--per_device_train_batch_size 2 --save_steps 1 --learning_rate 1e-3 --gradient_checkpointing false "
         "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1"
     )

@@ -22,7 +22,7 @@ from trl_sso.cli.main import main
 pytestmark = pytest.mark.slow  # end-to-end: outside the fast subset (`-m "not slow"`)
 INPUT_IDS = [[1, 17, 250, 3000, 42, 7]]
 ROUND = (
-    "--num_prompts 4 --batch_size 2 --max_new_tokens 8 --drop_revealing false --max_steps 2 "
+    "--num_prompts 4 --batch_size 2 --max_completion_length 8 --drop_revealing false --max_steps 2 "
     "--per_device_train_batch_size 2 --save_strategy no --learning_rate 1e-2 --gradient_checkpointing false "
     "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1 "
     "--use_peft --lora_r 4 --lora_target_modules q_proj v_proj"

@@ -54,7 +54,7 @@ def test_a_finished_training_run_again_changes_nothing(
 
 
 ITERATE = (
-    "--rounds 1 --num_prompts 4 --batch_size 2 --max_new_tokens 8 --drop_revealing false --max_steps 2 "
+    "--rounds 1 --num_prompts 4 --batch_size 2 --max_completion_length 8 --drop_revealing false --max_steps 2 "
     "--per_device_train_batch_size 2 --save_steps 1 --learning_rate 1e-3 --lr_scheduler_type constant "
     "--gradient_checkpointing false --report_to none --max_length 256 --dataloader_pin_memory false "
     "--logging_steps 1 --round_signal false --use_peft --lora_r 4 --lora_target_modules q_proj v_proj"

@@ -42,13 +42,15 @@ def test_a_command_line_token_reaches_no_commit_file_or_log(
     run = tmp_path / "iterate"
     iterate = (
         f"--model_name_or_path {tiny_model_dir} --output_dir {run} --rounds 1 --num_prompts 2 --batch_size 2 "
-        "--max_new_tokens 4 --drop_revealing false --max_steps 1 --per_device_train_batch_size 2 --report_to none "
-        "--round_signal false --gradient_checkpointing false --dataloader_pin_memory false --push_to_hub "
-        "--hub_model_id tester/secret-online --hub_dataset_id tester/secret-rounds"
+        "--max_completion_length 4 --drop_revealing false --max_steps 1 --per_device_train_batch_size 2 "
+        "--report_to none --round_signal false --gradient_checkpointing false --dataloader_pin_memory false "
+        "--push_to_hub --hub_model_id tester/secret-online --hub_dataset_id tester/secret-rounds"
     )
     assert main(["iterate", *iterate.split(), *token]) == 0
     generated = tmp_path / "generated"
-    generate = f"--model_name_or_path {tiny_model_dir} --output_dir {generated} --num_prompts 2 --max_new_tokens 4 "
+    generate = (
+        f"--model_name_or_path {tiny_model_dir} --output_dir {generated} --num_prompts 2 --max_completion_length 4 "
+    )
     generate += "--push_to_hub --hub_dataset_id tester/secret-generated"
     assert main(["generate", *generate.split(), *token]) == 0
     assert main(["push", str(out), "--repo_id", "tester/secret-pushed", *token]) == 0

@@ -89,7 +89,7 @@ def main():
     args = GenerateArguments(
         output_dir=tempfile.mkdtemp(prefix="trl-sso-bench-gen-"),
         num_prompts=cli.num_prompts,
-        max_new_tokens=cli.max_new_tokens,
+        max_completion_length=cli.max_new_tokens,
         batch_size=cli.batch_size,
         seed=0,
     )

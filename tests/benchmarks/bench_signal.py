@@ -62,7 +62,7 @@ def run_method(name: str, cli: argparse.Namespace, root: Path, prompts: Path) ->
     out = root / name.lower()
     argv = [
         "--output_dir", str(out), "--rounds", str(cli.rounds), "--prompts", str(prompts), "--features", *FEATURES,
-        "--principle_placement", PLACEMENT, "--num_features", "1", "--concision_prob", "0", "--max_new_tokens",
+        "--principle_placement", PLACEMENT, "--num_features", "1", "--concision_prob", "0", "--max_completion_length",
         str(cli.max_new_tokens), "--batch_size", "8", "--eval_num_prompts", str(cli.eval_prompts),
         "--eval_max_new_tokens", str(cli.eval_max_new_tokens), "--seed", "42", "--use_peft", "--lora_r", "8",
         "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj", "--max_steps", str(cli.max_steps),
@@ -152,7 +152,7 @@ def judge_step(cli: argparse.Namespace, root: Path, prompts: Path) -> dict:
         num_features=1,
         concision_prob=0.0,
         principle_placement=PLACEMENT,
-        max_new_tokens=cli.max_new_tokens,
+        max_completion_length=cli.max_new_tokens,
         batch_size=8,
         seed=42,
         model_name_or_path=cli.model_name_or_path,

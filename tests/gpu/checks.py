@@ -119,9 +119,9 @@ def check_vllm(cpu, model, data, work) -> str:
     for backend in ("transformers", "vllm"):
         args = GenerateArguments(
             model_name_or_path=model,
-            backend=backend,
+            use_vllm=backend == "vllm",
             num_prompts=32,
-            max_new_tokens=64,
+            max_completion_length=64,
             batch_size=32,
             seed=0,
             output_dir=str(work / f"gen-{backend}"),

@@ -1,6 +1,6 @@
 """`trl-sso`: Self-Steering Optimization from the command line.
 
-    trl-sso generate --output_dir sso-data --num_prompts 4 --max_new_tokens 16
+    trl-sso generate --output_dir sso-data --num_prompts 4 --max_completion_length 16
     trl-sso train --model_name_or_path MODEL --dataset_name sso-data --output_dir sso-model [--use_peft]
     trl-sso reward --model_name_or_path MODEL --dataset_name sso-data --output_dir sso-rm
     trl-sso push PATH --repo_id NAMESPACE/NAME

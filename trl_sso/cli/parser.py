@@ -149,6 +149,8 @@ class DataclassParser(_Conventions, argparse.ArgumentParser):
             options.update(type=typing.get_args(kind)[0], nargs="+", action="extend", default=None)
         elif typing.get_origin(kind) is list:
             options.update(type=typing.get_args(kind)[0], nargs="+")
+        elif kind is dict:  # a JSON object, read by the dataclass (e.g. `generation_kwargs`)
+            options["type"] = str
         elif typing.get_origin(kind) is typing.Literal:
             options.update(choices=list(typing.get_args(kind)), type=type(typing.get_args(kind)[0]))
         else:

@@ -6,6 +6,8 @@
   of the data: everything `trl_sso.generation.generate` and `trl-sso generate` take.
 """
 
+import json
+import warnings
 from dataclasses import dataclass, field
 
 from ..data import PLACEMENTS
@@ -35,8 +37,15 @@ class GenerationOptions:
     prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompt set that holds the prompts."})
     prompt_split: str = field(default="train", metadata={"help": "Split of a dataset prompt set."})
     num_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-    max_new_tokens: int = field(
+    max_completion_length: int = field(
         default=256, metadata={"help": "Maximum new tokens per response (the paper uses 2048)."}
+    )
+    generation_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "More sampling settings, as a JSON mapping: keyword arguments of transformers' `generate`, or of "
+            "vLLM's `SamplingParams` with `use_vllm` (as TRL's online trainers take them)."
+        },
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of y+ and y-."})
     top_p: float = field(default=0.8, metadata={"help": "Nucleus sampling threshold."})
@@ -46,11 +55,39 @@ class GenerationOptions:
     batch_size: int = field(
         default=8, metadata={"help": "Prompts per batch; each batch is generated and saved as a unit."}
     )
-    backend: str = field(
-        default="transformers",
+    use_vllm: bool = field(
+        default=False,
+        metadata={"help": "Sample with vLLM (GPU, `pip install trl-sso[vllm]`) instead of transformers' `generate`."},
+    )
+    vllm_mode: str = field(
+        default="colocate",
         metadata={
-            "help": "Sampling backend: 'transformers' or 'vllm' (GPU, needs vllm).",
-            "choices": ["transformers", "vllm"],
+            "help": "'colocate': an engine in each process (per tensor-parallel group) that sleeps or is deleted "
+            "before training; 'server': a `trl vllm-serve` / `vllm serve` server at `vllm_server_base_url`, which "
+            "gets each round's policy weights.",
+            "choices": ["colocate", "server"],
+        },
+    )
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "Base URL of the vLLM server (server mode). Default: http://127.0.0.1:8000."}
+    )
+    vllm_server_timeout: float = field(
+        default=240.0, metadata={"help": "Seconds to wait for the vLLM server to answer its health check."}
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "Share of GPU memory the colocated engine reserves (weights and KV cache)."}
+    )
+    vllm_tensor_parallel_size: int = field(
+        default=1, metadata={"help": "GPUs each colocated engine spans; must divide the number of processes."}
+    )
+    vllm_max_model_length: int | None = field(
+        default=None, metadata={"help": "Context length of the colocated engine. Default: the model's."}
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False,
+        metadata={
+            "help": "Put the colocated engine to sleep between generations (weights offloaded) instead of deleting "
+            "it: faster rounds, host memory for the weights."
         },
     )
     principle_source: str = field(
@@ -95,17 +132,29 @@ class GenerationOptions:
     )
     drop_truncated: bool = field(
         default=False,
-        metadata={"help": "Drop triples with a response that hit max_new_tokens without an end-of-sequence token."},
+        metadata={
+            "help": "Drop triples with a response that hit max_completion_length without an end-of-sequence token."
+        },
     )
     drop_revealing: bool = field(
         default=True, metadata={"help": "Drop triples whose chosen or rejected response mentions the guidelines."}
     )
     logprob_filter: bool = field(
         default=False,
-        metadata={"help": "Keep only triples that pass the log-probability filter (transformers backend)."},
+        metadata={"help": "Keep only triples that pass the log-probability filter."},
+    )
+    backend: str | None = field(
+        default=None,
+        metadata={"help": "Deprecated (removed in trl-sso 0.2): use `use_vllm`.", "choices": ["transformers", "vllm"]},
+    )
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Deprecated (removed in trl-sso 0.2): use `max_completion_length`."}
     )
 
     def __post_init__(self):
+        self._take_deprecated()
+        if isinstance(self.generation_kwargs, str):
+            self.generation_kwargs = _json_mapping(self.generation_kwargs)
         check_ranges(self)  # sampling, counts and probabilities (`trl_sso.options.RANGES`)
         if self.principle_placement not in PLACEMENTS:
             raise ValueError(
@@ -116,10 +165,42 @@ class GenerationOptions:
             raise ValueError(
                 "`principle_source='model'` needs `principle_model`, the model that writes the guidelines."
             )
-        if self.logprob_filter and self.backend != "transformers":
-            raise ValueError(
-                "`logprob_filter` scores responses with the transformers backend; use `backend='transformers'`."
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(f"`vllm_mode` must be 'colocate' or 'server', got {self.vllm_mode!r}.")
+
+    def _take_deprecated(self):
+        """The names of trl-sso 0.1.0, kept until 0.2 with a warning: `backend` and `max_new_tokens`."""
+        if self.backend is not None:
+            if self.backend not in ("transformers", "vllm"):
+                raise ValueError(f"`backend` must be 'transformers' or 'vllm', got {self.backend!r}.")
+            warnings.warn(
+                f"`backend={self.backend!r}` is deprecated and will be removed in trl-sso 0.2; use "
+                f"`use_vllm={self.backend == 'vllm'}` instead.",
+                FutureWarning,
+                stacklevel=4,
             )
+            self.use_vllm, self.backend = self.backend == "vllm", None
+        if self.max_new_tokens is not None:
+            warnings.warn(
+                "`max_new_tokens` is deprecated and will be removed in trl-sso 0.2; use `max_completion_length` "
+                "(TRL's name) instead.",
+                FutureWarning,
+                stacklevel=4,
+            )
+            self.max_completion_length, self.max_new_tokens = self.max_new_tokens, None
+
+
+def _json_mapping(text: str) -> dict:
+    """`generation_kwargs` given on the command line: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"`generation_kwargs` must be a JSON object such as '{{\"repetition_penalty\": 1.1}}', got {text!r}."
+        )
+    return value
 
 
 @dataclass

@@ -38,7 +38,7 @@ from ..signal.report import signal_report
 from .arguments import GenerateArguments
 from .filters import REASONS, drop_reason, logprob_keep
 from .prompts import load_prompts
-from .samplers import TransformersSampler, VLLMSampler, require_chat_template
+from .samplers import TransformersSampler, require_chat_template
 from .sources import PrincipleSource
 
 
@@ -51,8 +51,20 @@ class NoRecordsError(RuntimeError):
     """Every generated triple was filtered out."""
 
 
-# Options that shape what is reported about the data, not the data
-_REPORT_ONLY = ("output_dir", "judge", "judge_model")
+# Options that shape what is reported about the data, or where and how fast it is sampled, not the data; and the
+# deprecated names (always None once read)
+_REPORT_ONLY = (
+    "output_dir",
+    "judge",
+    "judge_model",
+    "vllm_server_base_url",
+    "vllm_server_timeout",
+    "vllm_gpu_memory_utilization",
+    "vllm_max_model_length",
+    "vllm_enable_sleep_mode",
+    "backend",
+    "max_new_tokens",
+)
 
 
 def _settings(args: GenerateArguments) -> dict:
@@ -88,11 +100,25 @@ def _load_model(name: str, dtype: str, device, revision: str = "main", trust_rem
     return model.to(device).eval(), tokenizer
 
 
+def generation_worker(args: GenerateArguments, state) -> tuple[int, int, bool]:
+    """`(worker, workers, writes)` of this process: the processes of a colocated vLLM tensor-parallel group generate
+    the same batches together (one worker, whose first process writes them); otherwise each process is a worker.
+
+    >>> from types import SimpleNamespace as N
+    >>> args = N(use_vllm=True, vllm_mode="colocate", vllm_tensor_parallel_size=2)
+    >>> [generation_worker(args, N(process_index=i, num_processes=4)) for i in range(4)]
+    [(0, 2, True), (0, 2, False), (1, 2, True), (1, 2, False)]
+    """
+    size = args.vllm_tensor_parallel_size if args.use_vllm and args.vllm_mode == "colocate" else 1
+    return state.process_index // size, max(state.num_processes // size, 1), state.process_index % size == 0
+
+
 class SSOGenerator:
     """Generates SSO records from a prompt set with a policy; see the module docstring."""
 
-    def __init__(self, args: GenerateArguments, sampler=None, tokenizer=None, principle_sampler=None):
+    def __init__(self, args: GenerateArguments, sampler=None, tokenizer=None, principle_sampler=None, engine=None):
         self.args, self.state = args, process_state()
+        self.engine, self.owns_engine = engine, False
         self.features = known_features(args.features_file)
         candidates = expand_feature_names(args.features, self.features) if args.features else None
         self.prompts = load_prompts(args.prompts, args.prompt_column, args.prompt_split, args.num_prompts)
@@ -102,29 +128,29 @@ class SSOGenerator:
                 from ..offline import default_model_path
 
                 model_name = default_model_path()
-            if args.backend == "vllm":
+            if args.use_vllm:
                 from transformers import AutoTokenizer
+
+                from .vllm import VLLMEngine
 
                 tokenizer = AutoTokenizer.from_pretrained(
                     model_name, revision=args.model_revision, trust_remote_code=args.trust_remote_code
                 )
                 require_chat_template(tokenizer, model_name)
-                sampler = VLLMSampler.from_pretrained(
-                    model_name,
-                    tokenizer,
-                    seed=args.seed,
-                    revision=args.model_revision,
-                    trust_remote_code=args.trust_remote_code,
-                )
+                if self.engine is None:  # this run's own engine, released when it ends
+                    self.engine, self.owns_engine = VLLMEngine(args), True
+                sampler = self.engine.sampler(model_name, tokenizer, args.model_revision, args.trust_remote_code)
             else:
                 model, tokenizer = _load_model(
                     model_name, args.dtype, self.state.device, args.model_revision, args.trust_remote_code
                 )
-                sampler = TransformersSampler(model, tokenizer, args.batch_size)
+                sampler = TransformersSampler(model, tokenizer, args.batch_size, args.generation_kwargs)
         self.sampler, self.tokenizer = sampler, tokenizer
         if args.principle_source == "model" and principle_sampler is None:
             principle_model, principle_tokenizer = _load_model(args.principle_model, args.dtype, self.state.device)
-            principle_sampler = TransformersSampler(principle_model, principle_tokenizer, args.batch_size)
+            principle_sampler = TransformersSampler(
+                principle_model, principle_tokenizer, args.batch_size, args.generation_kwargs
+            )
         self.source = PrincipleSource(
             args.principle_source,
             self.features,
@@ -168,10 +194,14 @@ class SSOGenerator:
         x_neg = [
             build_steered_prompt(p, pr.negative_system, self.tokenizer, where) for p, pr in zip(prompts, principles)
         ]
-        steered = self.sampler.sample(x_pos + x_neg, args.temperature, args.top_p, args.max_new_tokens, batch_seed)
+        steered = self.sampler.sample(
+            x_pos + x_neg, args.temperature, args.top_p, args.max_completion_length, batch_seed
+        )
         chosen, rejected = steered[: len(prompts)], steered[len(prompts) :]
         original_temperature = args.temperature if args.original_temperature is None else args.original_temperature
-        originals = self.sampler.sample(prompts, original_temperature, args.top_p, args.max_new_tokens, batch_seed + 1)
+        originals = self.sampler.sample(
+            prompts, original_temperature, args.top_p, args.max_completion_length, batch_seed + 1
+        )
 
         reasons = [
             drop_reason(
@@ -261,7 +291,8 @@ class SSOGenerator:
             clear_leftovers(batch_dir)  # half-written batches of a killed run
         self.state.wait_for_everyone()
         key = _settings_key(self.args)
-        mine = [b for b in range(len(self.batches)) if b % self.state.num_processes == self.state.process_index]
+        worker, workers, writes = generation_worker(self.args, self.state)
+        mine = [b for b in range(len(self.batches)) if b % workers == worker]
         todo = [b for b in mine if not self._batch_done(b, key)]
         if len(todo) < len(mine) and self.state.is_main_process:
             logger.info(f"Resuming: {len(mine) - len(todo)} of {len(mine)} batches are already in {batch_dir}.")
@@ -275,12 +306,15 @@ class SSOGenerator:
         with bar:  # closed on an error too, so that the error's message starts a line of its own
             for b in todo:
                 result = self._generate_batch(b, self.batches[b])
-                write_json_atomic(self._batch_path(b), result)
+                if writes:
+                    write_json_atomic(self._batch_path(b), result)
                 prompts_done += result["prompts"]
                 tokens += result["generated_tokens"]
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.update(result["prompts"])
                 bar.set_postfix(prompts_s=f"{prompts_done / elapsed:.2f}", tokens_s=f"{tokens / elapsed:.1f}")
+        if self.owns_engine:
+            self.engine.release()
         self.state.wait_for_everyone()
         result = self._merge(key) if self.state.is_main_process else None
         self.state.wait_for_everyone()  # every process may go on to use the merged dataset
@@ -320,7 +354,7 @@ class SSOGenerator:
             features.update(result["features"])
         if not records:
             raise NoRecordsError(
-                f"Every generated triple was filtered out ({dict(dropped)}). Raise `max_new_tokens`, relax the "
+                f"Every generated triple was filtered out ({dict(dropped)}). Raise `max_completion_length`, relax the "
                 "filters or use a stronger model."
             )
         dataset = datasets.Dataset.from_list(records)

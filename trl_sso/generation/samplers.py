@@ -1,14 +1,14 @@
-"""Sampling backends behind one interface: `sample(prompts, temperature, top_p, max_new_tokens, seed)`.
+"""Sampling behind one interface: `sample(prompts, temperature, top_p, max_new_tokens, seed)`, and `mean_logps` for
+the log-probability filter.
 
 - `TransformersSampler` (default): batched `model.generate`, left-padded, prompts bucketed by length so that a batch
   carries little padding, KV cache on, seeded per batch so that the result of a batch depends only on its content.
-- `VLLMSampler`: the same on a `vllm.LLM`, for GPUs. Used only when installed and asked for.
+- vLLM (`use_vllm`, GPUs): `trl_sso.generation.vllm`, the same interface over TRL's vLLM integration.
 
 Prompts are message lists; the chat template turns them into text. Each result is a `Completion`.
 """
 
 from dataclasses import dataclass
-from typing import Any
 
 from ..data import render
 
@@ -31,8 +31,9 @@ def require_chat_template(tokenizer, model_name: str) -> None:
 class TransformersSampler:
     """Batched sampling with transformers `generate`."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 8):
+    def __init__(self, model, tokenizer, batch_size: int = 8, generation_kwargs: dict | None = None):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.generation_kwargs = dict(generation_kwargs or {})  # more keyword arguments of `generate`
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -77,6 +78,7 @@ class TransformersSampler:
                     max_new_tokens=max_new_tokens,
                     pad_token_id=self.tokenizer.pad_token_id,
                     use_cache=True,
+                    **self.generation_kwargs,
                 )
             new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
             for i, tokens in zip(chunk, new_tokens):
@@ -100,44 +102,3 @@ class TransformersSampler:
         ]
         scores = completion_logps(self.model, rows, self.tokenizer.pad_token_id, self.batch_size)
         return [[total / max(count, 1) for total, count in row] for row in scores]
-
-
-class VLLMSampler:
-    """Sampling with a `vllm.LLM` (or any object with the same `generate(prompts, sampling_params)` interface)."""
-
-    def __init__(self, llm: Any, tokenizer):
-        self.llm, self.tokenizer = llm, tokenizer
-
-    @classmethod
-    def from_pretrained(cls, model: str, tokenizer, **llm_kwargs):
-        try:
-            from vllm import LLM
-        except ImportError as error:
-            raise ImportError(
-                "`backend='vllm'` needs vLLM, which is not installed. Install it on a GPU machine with "
-                "`pip install vllm`, or use the default `backend='transformers'`."
-            ) from error
-        return cls(LLM(model=model, **llm_kwargs), tokenizer)
-
-    def sample(self, prompts, temperature: float, top_p: float, max_new_tokens: int, seed: int, desc=None):
-        params = self._sampling_params(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
-        outputs = self.llm.generate([render(self.tokenizer, m) for m in prompts], params, use_tqdm=desc is not None)
-        results = []
-        for output in outputs:
-            best = output.outputs[0]
-            results.append(Completion(best.text.strip(), len(best.token_ids), best.finish_reason == "stop"))
-        return results
-
-    @staticmethod
-    def _sampling_params(**kwargs):
-        try:
-            from vllm import SamplingParams
-        except ImportError:  # a stand-in LLM in tests: plain keyword arguments
-            return kwargs
-        return SamplingParams(**kwargs)
-
-    def mean_logps(self, prompts, responses):
-        raise NotImplementedError(
-            "The log-probability filter scores responses with the transformers backend only. Use "
-            "`backend='transformers'` or turn `logprob_filter` off."
-        )

@@ -30,7 +30,7 @@ from ..names import hub_id
 from ..runtime import process_state
 from ..signal.intervals import excludes_zero, paired_change, share_difference, with_interval
 from ..signal.plots import plot_rounds
-from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage
+from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage, vllm_engine
 
 
 logger = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
     root = Path(training_args.output_dir)
     start = starting_policy(model_args)
     policy, start_name = start
-    reports = []
+    reports, engine = [], vllm_engine(gen_options)
     for t in range(1, pipe_args.rounds + 1):
         round_dir = root / f"round_{t}"
         report_path = round_dir / "report.json"
@@ -227,6 +227,7 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
             model_args,
             training_args,
             model=policy,
+            engine=engine,
             model_name=name,
             output_dir=str(round_dir / "data"),
             iteration=t,

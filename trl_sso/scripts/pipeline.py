@@ -20,7 +20,7 @@ from ..files import write_json_atomic
 from ..hub import point_adapter_at, push_dataset, push_folder
 from ..names import hub_id
 from ..runtime import process_state
-from .stages import generate_stage, save_next_policy, starting_policy, train_stage
+from .stages import generate_stage, save_next_policy, starting_policy, train_stage, vllm_engine
 
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
         logger.info(f"The pipeline finished in an earlier run: its report is {report_path}.")
         return json.loads(report_path.read_text())
     policy, name = starting_policy(model_args)
+    engine = vllm_engine(gen_options)  # with `use_vllm`: one engine for both generation stages
 
     # 1. SSO data sampled from the policy, to train the generator on
     logger.info(f"Stage 1/4: generating SSO data with {name}, to train the generator on.")
@@ -43,6 +44,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
         model_args,
         training_args,
         model=policy,
+        engine=engine,
         model_name=name,
         output_dir=str(root / "generator_data"),
         iteration=1,
@@ -71,6 +73,7 @@ def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) 
         model_args,
         training_args,
         model=str(root / "generator"),
+        engine=engine,
         model_name=f"{name} (SSO generator)",
         output_dir=str(root / "policy_data"),
         iteration=2,

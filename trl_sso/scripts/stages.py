@@ -72,9 +72,19 @@ def starting_policy(model_args) -> tuple[str, str]:
     return default_model_path(), DEFAULT_MODEL_ID
 
 
-def generate_stage(options: GenerationOptions, model_args, training_args, *, model: str, **settings):
+def vllm_engine(options: GenerationOptions):
+    """The vLLM engine (or server client) a run keeps across its generation stages; None without `use_vllm`."""
+    if not options.use_vllm:
+        return None
+    from ..generation.vllm import VLLMEngine
+
+    return VLLMEngine(options)
+
+
+def generate_stage(options: GenerationOptions, model_args, training_args, *, model: str, engine=None, **settings):
     """Generate with `model` under `options`; `settings` gives the output folder and the provenance. The starting
-    policy is loaded with the revision of `model_args`; later policies are local folders."""
+    policy is loaded with the revision of `model_args`; later policies are local folders. With a vLLM `engine`
+    (`vllm_engine`), the engine hands its GPU memory back before the stage returns, so that training has it."""
     revision = model_args.model_revision if model == model_args.model_name_or_path else "main"
     args = GenerateArguments(
         **dataclasses.asdict(options),
@@ -84,7 +94,9 @@ def generate_stage(options: GenerationOptions, model_args, training_args, *, mod
         dtype=model_args.dtype or "auto",
         **settings,
     )
-    dataset, summary = generate(args)
+    dataset, summary = generate(args, engine=engine)
+    if engine is not None:
+        engine.release()
     gc.collect()
     return dataset, summary
 

@@ -9,7 +9,7 @@ Every share carries its 95% Wilson interval (`<name>_ci95`) and every mean its b
   overall, and how often each response keeps to its own side: y+ follows the good side, y- does not (the bad side is
   scored as "does not follow the good side"), y_o (no principle) follows it, the policy's base rate.
 - **Length drift**: mean tokens of y+, y-, y_o (the generator's counts; words where there are none), the ratio
-  y+ / y_o, and the share of responses cut at `max_new_tokens` where the generator recorded it.
+  y+ / y_o, and the share of responses cut at `max_completion_length` where the generator recorded it.
 - **Degeneracy**: pairs whose y+ and y- are identical or nearly so (word-trigram Jaccard similarity >= 0.9), and
   distinct-1 / distinct-2 of each side (distinct n-grams over all n-grams).
 """
