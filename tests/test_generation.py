@@ -11,7 +11,7 @@ from trl_sso.data import validate_dataset
 from trl_sso.generation import GenerateArguments
 from trl_sso.generation.filters import drop_reason, logprob_keep
 from trl_sso.generation.prompts import default_prompts, load_prompts
-from trl_sso.generation.samplers import Completion, VLLMSampler, require_chat_template
+from trl_sso.generation.samplers import Completion, require_chat_template
 from trl_sso.signal.responses import normalize
 
 
@@ -121,41 +121,44 @@ def test_logprob_filter_runs_through_the_sampler(tmp_path, tokenizer):
 
 
 class FakeVLLM:
-    """Mimics `vllm.LLM.generate`: a RequestOutput per prompt with `.outputs[0].text/.token_ids/.finish_reason`."""
+    """Mimics `vllm.LLM.generate` on token ids: a RequestOutput per prompt with `.outputs[0].token_ids`."""
 
-    def __init__(self):
-        self.seen = []
+    def __init__(self, eos):
+        self.seen, self.eos = [], eos
 
     def generate(self, prompts, params, use_tqdm=False):
         from types import SimpleNamespace
 
         self.seen.append((prompts, params))
         return [
-            SimpleNamespace(
-                outputs=[
-                    SimpleNamespace(text=f" reply {i} ", token_ids=[1, 2, 3], finish_reason="stop" if i else "length")
-                ]
-            )
+            SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1, 2, 3] + ([self.eos] if i else []))])
             for i, _ in enumerate(prompts)
         ]
 
 
-def test_vllm_adapter(tokenizer):
-    llm = FakeVLLM()
-    sampler = VLLMSampler(llm, tokenizer)
-    out = sampler.sample([[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Yo"}]], 0.7, 0.8, 16, 5)
-    assert [c.text for c in out] == ["reply 0", "reply 1"] and [c.finished for c in out] == [False, True]
+def test_colocated_vllm_sampler(tokenizer, monkeypatch):
+    import sys
+    import types
+
+    from trl_sso.generation.vllm import ColocateSampler
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=dict))
+    llm = FakeVLLM(tokenizer.eos_token_id)
+    sampler = ColocateSampler(llm, tokenizer, {"repetition_penalty": 1.2})
+    out = sampler.sample([[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Yo"}]], 0.7, 0.8, 3, 5)
+    assert [c.num_tokens for c in out] == [3, 3] and [c.finished for c in out] == [False, True]
     prompts, params = llm.seen[0]
-    assert prompts[0].endswith("<|im_start|>assistant\n") and "Hi" in prompts[0]
-    assert params == {"temperature": 0.7, "top_p": 0.8, "max_tokens": 16, "seed": 5}
-    with pytest.raises(NotImplementedError, match="transformers backend"):
-        sampler.mean_logps([], [])
+    text = tokenizer.decode(prompts[0]["prompt_token_ids"])
+    assert text.endswith("<|im_start|>assistant\n") and "Hi" in text
+    assert params == {"temperature": 0.7, "top_p": 0.8, "max_tokens": 3, "seed": 5, "repetition_penalty": 1.2}
 
 
-def test_vllm_missing_is_a_clear_error(tokenizer):
-    pytest.importorskip("torch")
-    with pytest.raises(ImportError, match="pip install vllm"):
-        VLLMSampler.from_pretrained("any", tokenizer)
+def test_vllm_missing_is_a_clear_error():
+    from trl_sso.generation.arguments import GenerationOptions
+    from trl_sso.generation.vllm import VLLMEngine
+
+    with pytest.raises(ImportError, match=r"pip install trl-sso\[vllm\]"):
+        VLLMEngine(GenerationOptions(use_vllm=True))
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv", ".parquet"])

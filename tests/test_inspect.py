@@ -93,7 +93,7 @@ def test_evaluate_compares_models(tiny_model_dir, tiny_reward_model, tmp_path, c
         tiny_model_dir,
         "--num_prompts",
         "4",
-        "--max_completion_length",
+        "--max_new_tokens",
         "6",
         "--reward_model",
         tiny_reward_model,

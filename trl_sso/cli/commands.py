@@ -27,6 +27,8 @@ from ..scripts.evaluate import evaluate_models, format_evaluation
 from ..scripts.generate import generate_dataset
 from ..scripts.inspect import inspect_dataset
 from ..signal.report import format_report
+from .launch import HELP as ACCELERATE_HELP
+from .launch import launch, take_accelerate_config
 from .parser import DataclassParser, trl_parser
 from .table import COMMANDS, load
 
@@ -59,7 +61,7 @@ def parser(command: str):
         return DataclassParser(
             (*types, *logging_options), renamed=dict(entry.renamed), prog=prog, description=entry.description
         )
-    parser = trl_parser(types, prog=prog, description=entry.description)
+    parser = trl_parser(types, prog=prog, description=f"{entry.description} {ACCELERATE_HELP}")
     if entry.sibling:  # the sibling's own options are refused with a pointer to it
         own = {f.name for f in dataclasses.fields(types[0])}
         sibling = load(COMMANDS[entry.sibling].arguments[0])
@@ -209,6 +211,10 @@ def run(command: str, argv: list[str]) -> int:
     and exit code 2."""
     try:
         entry = COMMANDS[command]
+        if entry.trl_parser:
+            config, argv = take_accelerate_config(argv)
+            if config is not None:
+                return launch(command, config, argv)
         result = load(entry.runner)(*parse(command, argv))
         if entry.trl_parser:  # a training script: its result is a report, not an exit code
             from accelerate import PartialState

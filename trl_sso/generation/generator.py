@@ -32,7 +32,7 @@ from ..data import (
 from ..files import clear_leftovers, save_folder_atomic, write_json_atomic
 from ..names import DEFAULT_MODEL_ID, public_name
 from ..principles import expand_feature_names, known_features
-from ..runtime import process_state
+from ..runtime import process_state, wait_for_main
 from ..signal.plots import plot_accuracy
 from ..signal.report import signal_report
 from .arguments import GenerateArguments
@@ -315,9 +315,13 @@ class SSOGenerator:
                 bar.set_postfix(prompts_s=f"{prompts_done / elapsed:.2f}", tokens_s=f"{tokens / elapsed:.1f}")
         if self.owns_engine:
             self.engine.release()
+        summary_path = self.output_dir / SUMMARY_FILE
+        if self.state.is_main_process:
+            summary_path.unlink(missing_ok=True)  # written last by the merge: what the other processes wait for
         self.state.wait_for_everyone()
         result = self._merge(key) if self.state.is_main_process else None
-        self.state.wait_for_everyone()  # every process may go on to use the merged dataset
+        # every process may go on to use the merged dataset; the merge (and a judge) can outlast a barrier's timeout
+        wait_for_main(self.state, summary_path)
         if result is None:
             dataset = load_dataset_split(str(self.output_dir))
             result = dataset, json.loads((self.output_dir / SUMMARY_FILE).read_text(encoding="utf-8"))

@@ -27,7 +27,7 @@ from ..data import RESPONSE_COLUMNS
 from ..files import write_json_atomic
 from ..hub import point_adapter_at, push_dataset, push_folder
 from ..names import hub_id
-from ..runtime import process_state
+from ..runtime import process_state, wait_for_main
 from ..signal.intervals import excludes_zero, paired_change, share_difference, with_interval
 from ..signal.plots import plot_rounds
 from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage, vllm_engine
@@ -276,7 +276,7 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
                 f"prompts, dropped {sum(summary['dropped'].values())}, mean tokens chosen/rejected/original "
                 f"{lengths}, train loss {metrics.get('train_loss', float('nan')):.4f}."
             )
-        state.wait_for_everyone()
+        wait_for_main(state, report_path)  # the evaluation can outlast a barrier's timeout: wait for the report
         reports.append(json.loads(report_path.read_text()))
         policy = str(round_dir / "policy")
     if (root / "rounds.json").exists():
