@@ -18,6 +18,7 @@ from ..hub_token import HUB_TOKEN_HELP
 from ..logs import LoggingArguments, configure_logging
 from ..names import hub_id
 from ..options import check_ranges
+from ..quiet import quiet_known_noise
 from ..retries import HubError
 from ..runtime import process_state
 from ..scripts.calibrate import calibrate as check_principles
@@ -211,6 +212,7 @@ def run(command: str, argv: list[str]) -> int:
     and exit code 2."""
     try:
         entry = COMMANDS[command]
+        quiet_known_noise(training=entry.trl_parser)
         if entry.trl_parser:
             config, argv = take_accelerate_config(argv)
             if config is not None:
