@@ -6,7 +6,11 @@ On a single-GPU machine, with the packaged SmolLM2-135M-Instruct (offline):
    the throughput of both is printed;
 3. FSDP2 on 1 GPU: `trl-sso train` under `accelerate launch` with the shipped `fsdp2.yaml`;
 4. QLoRA: `trl-sso train --use_peft --load_in_4bit` with bitsandbytes on the GPU;
-5. step time: `tests/benchmarks/bench_step.py` on the GPU (SSO against DPO on the same examples).
+5. step time: `tests/benchmarks/bench_step.py` on the GPU (SSO against DPO on the same examples);
+6. the recipes' path: `iterate` for 2 rounds with vLLM colocate, LoRA, gradient checkpointing and bf16, with the free
+   GPU memory at each training start (the engine's memory handed back);
+7. the shared-prompt and two-row layouts in bf16: the same losses within 1%, step time, `max_memory_allocated`;
+8. vLLM server mode: `trl vllm-serve`, and `generate` against it with the log-probability filter.
 It prints one summary table and exits with 1 when a check fails.
 
 `--cpu` is the dry run: the same checks on CPU with a tiny random model where the packaged one would be slow (bf16
@@ -185,12 +189,130 @@ def check_step_time(cpu, model, data, work) -> str:
     return "; ".join(line.strip() for line in output.splitlines() if "/ DPO on its pairs" in line)
 
 
+def check_recipe_path(cpu, model, data, work) -> str:
+    """The recipes' path at small scale: `iterate` for 2 rounds with vLLM colocate, LoRA, gradient checkpointing and
+    bf16 on the packaged model. The free GPU memory at each round's training start shows the engine's memory handed
+    back (it reserves `vllm_gpu_memory_utilization` of the GPU while it generates)."""
+    if cpu:
+        raise NotRun("vLLM needs a GPU (the colocate lifecycle is tested on CPU with a stand-in engine)")
+    import torch
+    from transformers import TrainerCallback
+
+    from trl_sso.cli.commands import parser
+    from trl_sso.scripts.iterate import iterate
+
+    free_at_train = []
+
+    class FreeMemory(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            free_at_train.append(torch.cuda.mem_get_info()[0] / 2**30)
+
+    argv = (
+        f"--model_name_or_path {model} --output_dir {work / 'recipe'} --rounds 2 --num_prompts 16 --batch_size 16 "
+        "--max_completion_length 64 --use_vllm --vllm_gpu_memory_utilization 0.5 --use_peft --lora_r 8 "
+        "--gradient_checkpointing true --bf16 true --max_steps 4 --per_device_train_batch_size 4 --report_to none "
+        "--save_strategy no --max_length 512 --no_round_signal --drop_revealing false"
+    ).split()
+    pipe_args, gen_options, training_args, model_args = parser("iterate").parse_args_and_config(argv)[:4]
+    reports = iterate(pipe_args, gen_options, training_args, model_args, callbacks=[FreeMemory()])
+    total = torch.cuda.mem_get_info()[1] / 2**30
+    if len(reports) != 2 or min(free_at_train) < 0.5 * total:
+        raise AssertionError(f"reports {len(reports)}, free GiB at training start {free_at_train} of {total:.0f}")
+    records = [report["num_records"] for report in reports]
+    free = ", ".join(f"{value:.0f}" for value in free_at_train)
+    return f"records per round {records}; free GPU memory at each training start {free} GiB of {total:.0f}"
+
+
+def check_layouts(cpu, model, data, work) -> str:
+    """The shared-prompt and two-row layouts on the same steps: the same losses (bf16 on a GPU: within 1%), step
+    time and `max_memory_allocated`."""
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    from trl_sso import SSOConfig, SSOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    dataset = load_dataset("json", data_files=data, split="train")
+    figures = {}
+    for share in (True, False):
+        args = SSOConfig(
+            output_dir=str(work / f"layout-{share}"),
+            sso_share_prompt=share,
+            max_steps=4,
+            per_device_train_batch_size=4,
+            learning_rate=1e-6,
+            bf16=not cpu,
+            use_cpu=cpu,
+            gradient_checkpointing=False,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            max_length=512,
+            seed=0,
+        )
+        trainer = SSOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        if not cpu:
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        trainer.train()
+        seconds = (time.perf_counter() - start) / args.max_steps
+        peak = torch.cuda.max_memory_allocated() / 2**20 if not cpu else float("nan")
+        history = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        figures[share] = (history, seconds, peak)
+        del trainer
+    (shared, shared_s, shared_mb), (rows, rows_s, rows_mb) = figures[True], figures[False]
+    worst = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(shared, rows, strict=True))
+    tolerance = 1e-2 if not cpu else 1e-5
+    detail = (
+        f"worst relative loss gap {worst:.1e} (tolerance {tolerance:.0e}); step {shared_s:.2f} s shared vs "
+        f"{rows_s:.2f} s two rows; max_memory_allocated {shared_mb:.0f} MiB shared vs {rows_mb:.0f} MiB two rows"
+    )
+    if worst > tolerance:
+        raise AssertionError(detail)
+    return detail
+
+
+def check_server(cpu, model, data, work) -> str:
+    """Server mode: `trl vllm-serve` on the packaged model, then `generate` against it with the log-probability
+    filter (`get_sequence_logprobs`). Pushing a new policy's weights runs over NCCL, which cannot join two processes
+    on one GPU: that needs a second GPU, and is tested on CPU with a stand-in transfer (tests/test_vllm.py)."""
+    if cpu:
+        raise NotRun("vLLM needs a GPU (server mode is tested on CPU against a stand-in server)")
+    from conftest import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "VLLM_SERVER_DEV_MODE": "1",
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
+    }
+    serve = ["trl", "vllm-serve", "--model", model, "--port", str(port), "--gpu_memory_utilization", "0.3"]
+    server = subprocess.Popen(serve, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"))
+    try:
+        out = work / "server-run"
+        argv = (
+            f"generate --model_name_or_path {model} --output_dir {out} --num_prompts 16 --batch_size 16 "
+            f"--max_completion_length 32 --use_vllm --vllm_mode server --vllm_server_base_url http://127.0.0.1:{port} "
+            "--vllm_server_timeout 300 --logprob_filter --drop_revealing false"
+        ).split()
+        run(["trl-sso", *argv], timeout=500)
+        summary = json.loads((out / "summary.json").read_text())
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return f"{summary['num_records']} records of 16 prompts from the server, dropped {summary['dropped']}"
+
+
 CHECKS = {
     "bf16 loss parity": check_bf16,
     "vLLM backend": check_vllm,
     "FSDP2": check_fsdp2,
     "QLoRA (bitsandbytes)": check_qlora,
     "step time vs DPO": check_step_time,
+    "recipe path (iterate)": check_recipe_path,
+    "layouts on the device": check_layouts,
+    "vLLM server mode": check_server,
 }
 
 
