@@ -38,7 +38,7 @@ OUT_OF_RANGE = [
     ("generate --iteration 0", "`iteration` must be at least 1"),
     ("iterate --top_p 2", "`top_p` must be in (0, 1]"),
     ("iterate --rounds 0", "`rounds` must be at least 1"),
-    ("iterate --eval_max_new_tokens 0", "`eval_max_new_tokens` must be at least 1"),
+    ("iterate --eval_max_completion_length 0", "`eval_max_completion_length` must be at least 1"),
     ("pipeline --policy_num_prompts 0", "`policy_num_prompts` must be at least 1"),
     ("evaluate --temperature -1", "`temperature` must be in [0, 2], got -1"),
     ("evaluate --temperature nan", "`temperature` must be a finite number"),

@@ -35,7 +35,7 @@ def test_calibrate_command_with_the_packaged_model(tmp_path, capsys):
 
     out = tmp_path / "calibration"
     argv = ["calibrate", "--num_prompts", "2", "--features", "Brevity", "Lowercase", "--placements", "system"]
-    argv += ["after_question", "--max_new_tokens", "12", "--output_dir", str(out)]
+    argv += ["after_question", "--max_completion_length", "12", "--output_dir", str(out)]
     assert main(argv) == 0
     report = json.loads((out / "calibration.json").read_text())
     assert report["placements"] == ["system", "after_question"] and report["features"] == ["Brevity", "Lowercase"]

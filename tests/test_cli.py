@@ -29,7 +29,7 @@ def test_every_command_has_help(command, capsys):
         "pipeline": "--policy_num_prompts",
         "push": "--repo_id",
         "inspect": "--reward_model",
-        "evaluate": "--max_new_tokens",
+        "evaluate": "--max_completion_length",
         "calibrate": "--placements",
         "env": "bug report",
     }[command]

@@ -93,7 +93,7 @@ def test_evaluate_compares_models(tiny_model_dir, tiny_reward_model, tmp_path, c
         tiny_model_dir,
         "--num_prompts",
         "4",
-        "--max_new_tokens",
+        "--max_completion_length",
         "6",
         "--reward_model",
         tiny_reward_model,

@@ -22,7 +22,7 @@ def options(model_dir, output_dir, *extra, command="iterate"):
         "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1"
     )
     if command == "iterate":
-        fixed += " --rounds 2 --eval_num_prompts 4 --eval_max_new_tokens 8"
+        fixed += " --rounds 2 --eval_num_prompts 4 --eval_max_completion_length 8"
     return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), *fixed.split(), *extra]
 
 

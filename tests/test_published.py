@@ -27,7 +27,7 @@ ROUND = (
     "--report_to none --max_length 256 --dataloader_pin_memory false --logging_steps 1 "
     "--use_peft --lora_r 4 --lora_target_modules q_proj v_proj"
 ).split()
-ITERATE_ROUND = "--eval_num_prompts 2 --eval_max_new_tokens 4".split()
+ITERATE_ROUND = "--eval_num_prompts 2 --eval_max_completion_length 4".split()
 
 # Run in a fresh process with an empty cache: load each artifact as a user would, print its logits on INPUT_IDS
 LOADER = """

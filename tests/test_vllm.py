@@ -2,7 +2,8 @@
 
 - server mode: `trl-sso iterate` for 2 rounds against a stand-in server on 127.0.0.1 that speaks the vLLM server
   protocol TRL's `VLLMClient` uses, backed by a transformers model (tests/vllm_server.py): the responses come from
-  the server, and round 2 samples from round 1's policy, whose weights were pushed through the client;
+  the server, and round 2 samples from round 1's policy, whose weights were pushed through the client; each round's
+  A(x, y) is scored by the server;
 - colocate mode: the engine's lifecycle over 2 rounds with a stand-in engine that records what is done to it: built
   once from the starting policy, its memory handed back before each training (sleep, or delete), woken with the next
   policy's weights (or built anew from it);
@@ -25,7 +26,7 @@ from trl_sso.cli.main import main
 
 
 ITERATE = (
-    "--rounds 2 --num_prompts 4 --batch_size 2 --max_completion_length 6 --drop_revealing false "
+    "--rounds 2 --num_prompts 2 --batch_size 2 --max_completion_length 6 --drop_revealing false "
     "--min_response_chars 0 --max_steps 1 --per_device_train_batch_size 2 --learning_rate 1e-2 "
     "--gradient_checkpointing false --report_to none --max_length 256 --dataloader_pin_memory false "
     "--save_strategy no --no_round_signal --principle_placement system"
@@ -46,13 +47,18 @@ def test_server_mode_samples_scores_and_gets_each_rounds_policy(tiny_model_dir, 
     server = FakeVLLMServer(tiny_model_dir)
     try:
         out = tmp_path / "run"
-        extra = ["--use_vllm", "--vllm_mode", "server", "--vllm_server_base_url", server.url]
+        extra = ["--use_vllm", "--vllm_mode", "server", "--vllm_server_base_url", server.url, "--round_signal"]
+        extra += ["--eval_num_prompts", "2", "--eval_max_completion_length", "4"]
         reports = run_iterate(tiny_model_dir, out, *extra)
     finally:
         server.close()
-    paths = [path for path, _ in server.requests]
-    assert paths.count("/v1/completions") == 8  # y+/y- and y_o for 2 batches in each of 2 rounds
-    assert all(report["num_records"] + sum(report["dropped"].values()) == 4 for report in reports)
+    sampled = [body for path, body in server.requests if path == "/v1/completions" and "prompt_logprobs" not in body]
+    assert len(sampled) == 4  # y+/y- and y_o for the batch of each of 2 rounds
+    # A(x, y) of each round's data, scored by the server under the round's policy
+    scored = [body for path, body in server.requests if body.get("prompt_logprobs") is not None]
+    assert sum(len(body["prompt"]) for body in scored) == sum(3 * report["num_records"] for report in reports)
+    assert all(report["signal"]["onpolicy"]["mean_logp"]["chosen"] < 0 for report in reports)
+    assert all(report["num_records"] + sum(report["dropped"].values()) == 2 for report in reports)
     # round 1 samples from the model the server was started with; round 2's policy is pushed once, in full
     assert len(pushes) == 1
     policy = AutoModelForCausalLM.from_pretrained(out / "round_1" / "policy")
@@ -119,7 +125,7 @@ def test_colocate_lifecycle_hands_memory_back_before_training(tiny_model_dir, tm
     extra = ["--use_vllm", "--vllm_enable_sleep_mode", str(sleep).lower()]
     run_iterate(tiny_model_dir, tmp_path / "run", *extra)
     start = Path(tiny_model_dir).name
-    round_one = ["generate"] * 4  # 2 batches: y+ and y- together, then y_o
+    round_one = ["generate"] * 2  # one batch: y+ and y- together, then y_o
     if sleep:
         tensors = len(list(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters()))
         second = ["wake", f"load {tensors} tensors"]

@@ -64,7 +64,8 @@ def run_method(name: str, cli: argparse.Namespace, root: Path, prompts: Path) ->
         "--output_dir", str(out), "--rounds", str(cli.rounds), "--prompts", str(prompts), "--features", *FEATURES,
         "--principle_placement", PLACEMENT, "--num_features", "1", "--concision_prob", "0", "--max_completion_length",
         str(cli.max_new_tokens), "--batch_size", "8", "--eval_num_prompts", str(cli.eval_prompts),
-        "--eval_max_new_tokens", str(cli.eval_max_new_tokens), "--seed", "42", "--use_peft", "--lora_r", "8",
+        "--eval_max_completion_length", str(cli.eval_max_completion_length), "--seed", "42", "--use_peft",
+        "--lora_r", "8",
         "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj", "--max_steps", str(cli.max_steps),
         "--per_device_train_batch_size", "2", "--learning_rate", "5e-4", "--loss_type", "ipo", "--beta", "0.2",
         "--sso_weight_alpha", "0.66", "--max_length", "640", "--gradient_checkpointing", "false",
@@ -269,7 +270,7 @@ def main():
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--max_steps", type=int, default=12)
     parser.add_argument("--eval_prompts", type=int, default=24)
-    parser.add_argument("--eval_max_new_tokens", type=int, default=64)
+    parser.add_argument("--eval_max_completion_length", type=int, default=64)
     parser.add_argument("--judge_prompts", type=int, default=16, help="Prompts of the qualitative data judged.")
     parser.add_argument("--skip_judge", action="store_true")
     parser.add_argument("--output_dir", default="outputs/bench_signal")

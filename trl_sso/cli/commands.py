@@ -62,7 +62,9 @@ def parser(command: str):
         return DataclassParser(
             (*types, *logging_options), renamed=dict(entry.renamed), prog=prog, description=entry.description
         )
-    parser = trl_parser(types, prog=prog, description=f"{entry.description} {ACCELERATE_HELP}")
+    parser = trl_parser(
+        types, renamed=dict(entry.renamed), prog=prog, description=f"{entry.description} {ACCELERATE_HELP}"
+    )
     if entry.sibling:  # the sibling's own options are refused with a pointer to it
         own = {f.name for f in dataclasses.fields(types[0])}
         sibling = load(COMMANDS[entry.sibling].arguments[0])

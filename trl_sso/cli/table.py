@@ -71,6 +71,7 @@ COMMANDS: dict[str, Command] = {
         "trl_sso.scripts.iterate:iterate",
         trl_parser=True,
         sibling="pipeline",
+        renamed=(("eval_max_new_tokens", "eval_max_completion_length"),),  # TRL's name, since 0.1.1
     ),
     "pipeline": Command(
         "The generator pipeline (paper v2): train a generator, write pairs, DPO the policy.",
@@ -102,6 +103,7 @@ COMMANDS: dict[str, Command] = {
         "(and a reward model): the table says whether a round of SSO moved the policy.",
         ("trl_sso.scripts.evaluate:EvaluateArguments",),
         "trl_sso.cli.commands:evaluate",
+        renamed=(("max_new_tokens", "max_completion_length"),),  # TRL's name, since 0.1.1
     ),
     "calibrate": Command(
         "Check which principles a model follows, and in which placement, before a long job.",
@@ -111,6 +113,7 @@ COMMANDS: dict[str, Command] = {
         "with.",
         ("trl_sso.scripts.calibrate:CalibrateArguments",),
         "trl_sso.cli.commands:calibrate",
+        renamed=(("max_new_tokens", "max_completion_length"),),  # TRL's name, since 0.1.1
     ),
     "env": Command(
         "Print the versions of trl-sso and its libraries, and the accelerator, for a bug report.",

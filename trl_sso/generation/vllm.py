@@ -11,8 +11,8 @@
 build it once: `sampler(policy)` loads a round's policy (a colocated engine wakes up and takes the checkpoint's
 weights, or is built from it), and `release()` hands the GPU memory back before training (sleep when
 `vllm_enable_sleep_mode`, else the engine is deleted). Its samplers answer as `TransformersSampler` does:
-`sample(...)` for the responses, `mean_logps(...)` for the log-probability filter and A(x, y), from the prompt
-log-probabilities vLLM returns for a sequence (TRL's `get_sequence_logprobs` on a server).
+`sample(...)` for the responses, `mean_logps(...)` for the log-probability filter and `completion_logps(...)` for
+A(x, y), from the prompt log-probabilities vLLM returns for a sequence (TRL's `get_sequence_logprobs` on a server).
 """
 
 import gc
@@ -66,23 +66,23 @@ class VLLMSampler:
             results.append(Completion(text=text, num_tokens=len(kept), finished=finished))
         return results
 
+    def completion_logps(self, rows: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, int]]]:
+        """For each `(prompt_ids, [completion_ids, ...])`, the summed log-probability of each completion after the
+        prompt and its number of tokens (as `trl_sso.sharing.completion_logps` gives them), from vLLM's prompt
+        log-probabilities of the whole sequence."""
+        sequences = [prompt + completion for prompt, completions in rows for completion in completions]
+        starts = [len(prompt) for prompt, completions in rows for _ in completions]
+        values = iter(self._prompt_logps(sequences, starts) if sequences else [])
+        return [[(sum(row), len(row)) for row in (next(values) for _ in completions)] for _, completions in rows]
+
     def mean_logps(self, prompts: list[list[dict]], responses: list[list[str]]) -> list[list[float]]:
         """Token-mean log-probability of each response after its prompt, tokenized as the trainer tokenizes a pair
-        (`trl_sso.tokens`), from vLLM's prompt log-probabilities of the whole sequence."""
-        sequences, starts, owners = [], [], []
-        for index, (prompt, texts) in enumerate(zip(prompts, responses, strict=True)):
-            prompt_ids, completions = tokenize_completions(
-                self.tokenizer, prompt, [[{"role": "assistant", "content": text}] for text in texts]
-            )
-            for completion in completions:
-                sequences.append(prompt_ids + completion)
-                starts.append(len(prompt_ids))
-                owners.append(index)
-        values = self._prompt_logps(sequences, starts) if sequences else []
-        result = [[] for _ in prompts]
-        for index, row in zip(owners, values, strict=True):
-            result[index].append(sum(row) / max(len(row), 1))
-        return result
+        (`trl_sso.tokens`): the log-probability filter's scores."""
+        rows = [
+            tokenize_completions(self.tokenizer, prompt, [[{"role": "assistant", "content": text}] for text in texts])
+            for prompt, texts in zip(prompts, responses, strict=True)
+        ]
+        return [[total / max(count, 1) for total, count in row] for row in self.completion_logps(rows)]
 
 
 class ColocateSampler(VLLMSampler):
@@ -239,6 +239,13 @@ class VLLMEngine:
             _empty_cache()
         state.wait_for_everyone()
         self.policy = model_path
+
+    def scorer(self, model_path: str, tokenizer):
+        """The server's `completion_logps` for A(x, y) when it holds `model_path` (server mode, on any process, no
+        weights pushed); otherwise None: a colocated engine has handed its memory to training by then."""
+        if self.colocate or self.client is None or model_path != self.policy:
+            return None
+        return ServerSampler(self.client, tokenizer).completion_logps
 
     def release(self) -> None:
         """Hand the engine's GPU memory back before training: sleep (weights to host memory, KV cache freed) with

@@ -61,7 +61,7 @@ class CalibrateArguments:
         default_factory=lambda: list(PLACEMENTS),
         metadata={"help": f"Placements to compare, among {list(PLACEMENTS)}."},
     )
-    max_new_tokens: int = field(
+    max_completion_length: int = field(
         default=64,
         metadata={"help": "Maximum new tokens per answer (features judged at the end, like Closing, need room)."},
     )
@@ -139,7 +139,7 @@ def calibrate(args: CalibrateArguments) -> dict:
         inputs += [build_steered_prompt(p, principle, tokenizer, where) for p in prompts]
     start = time.perf_counter()
     completions = TransformersSampler(model, tokenizer, args.batch_size).sample(
-        inputs, args.temperature, args.top_p, args.max_new_tokens, args.seed, desc="Answering"
+        inputs, args.temperature, args.top_p, args.max_completion_length, args.seed, desc="Answering"
     )
     seconds = time.perf_counter() - start
     n = len(prompts)
@@ -161,7 +161,11 @@ def calibrate(args: CalibrateArguments) -> dict:
         "prompts": n,
         "features": names,
         "placements": list(args.placements),
-        "sampling": {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens},
+        "sampling": {
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "max_completion_length": args.max_completion_length,
+        },
         "cells": cells,
         "recommendation": recommend(cells),
         "answers": len(completions),

@@ -48,7 +48,7 @@ class EvaluateArguments:
     )
     features_file: str | None = field(default=None, metadata={"help": "A features file with more checkers."})
     reward_model: str | None = field(default=None, metadata={"help": "A reward model that also scores the answers."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Maximum new tokens per answer."})
+    max_completion_length: int = field(default=128, metadata={"help": "Maximum new tokens per answer."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 answers greedily."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch."})
     seed: int = field(default=42, metadata={"help": "Seed of sampling (with a temperature above 0)."})
@@ -79,7 +79,7 @@ def evaluate_models(args: EvaluateArguments) -> dict:
             tokenizer,
             prompts,
             {n: features[n] for n in names},
-            args.max_new_tokens,
+            args.max_completion_length,
             args.temperature,
             args.batch_size,
             args.seed,

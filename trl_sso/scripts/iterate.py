@@ -250,7 +250,8 @@ def iterate(pipe_args, gen_options, training_args, model_args, callbacks=None) -
                 "train": metrics,
             }
             if pipe_args.round_signal:
-                measured = signal_stage(policy, dataset.to_list(), gen_options, pipe_args, round_dir / "signal.json")
+                records = dataset.to_list()
+                measured = signal_stage(policy, records, gen_options, pipe_args, round_dir / "signal.json", engine)
                 report["signal"] = {
                     "accuracy": summary["signal"]["accuracy"]["overall"],
                     "onpolicy": measured.get("onpolicy"),

@@ -39,7 +39,7 @@ class IterateArguments:
     eval_num_prompts: int = dataclasses.field(
         default=40, metadata={"help": "Held-out prompts each round's policy answers (at most the 40 packaged)."}
     )
-    eval_max_new_tokens: int = dataclasses.field(
+    eval_max_completion_length: int = dataclasses.field(
         default=128, metadata={"help": "Maximum new tokens of the held-out answers."}
     )
 
@@ -183,19 +183,23 @@ def evaluation_features(options: GenerationOptions) -> dict:
     return {name: features[name] for name in names}
 
 
-def signal_stage(policy: str, records: list | None, options: GenerationOptions, pipe_args, path: Path) -> dict:
+def signal_stage(
+    policy: str, records: list | None, options: GenerationOptions, pipe_args, path: Path, engine=None
+) -> dict:
     """Under `policy`: on-policyness of `records` (the data it generated; `None` for the final policy) and its
-    evaluation on held-out prompts. Written to `path` (JSON) and reused by a rerun."""
+    evaluation on held-out prompts. Written to `path` (JSON) and reused by a rerun. A vLLM server that holds `policy`
+    (`engine`, server mode) scores A(x, y)."""
     if path.exists():
         return json.loads(path.read_text())
     model, tokenizer = load_policy(policy)
     result = {}
     if records:
-        values, rate = mean_logps(model, tokenizer, records)
+        score_rows = engine.scorer(policy, tokenizer) if engine is not None else None
+        values, rate = mean_logps(model, tokenizer, records, score_rows=score_rows)
         result["onpolicy"] = {**onpolicy_report(values), "records_per_second": rate}
     prompts = load_prompts(num_prompts=pipe_args.eval_num_prompts, packaged="eval_prompts")
     result["evaluation"], _ = score_answers(
-        model, tokenizer, prompts, evaluation_features(options), pipe_args.eval_max_new_tokens
+        model, tokenizer, prompts, evaluation_features(options), pipe_args.eval_max_completion_length
     )
     del model
     gc.collect()

@@ -37,10 +37,12 @@ def load_policy(name: str):
     return model, tokenizer
 
 
-def mean_logps(model, tokenizer, records: list[Mapping], batch_size: int = 8) -> tuple[dict[str, list[float]], float]:
+def mean_logps(
+    model, tokenizer, records: list[Mapping], batch_size: int = 8, score_rows=None
+) -> tuple[dict[str, list[float]], float]:
     """`A(x, y)` of y+, y- and y_o for each record, as `{column: [value per record]}`, and the records scored per
     second. The plain prompt is forwarded once for its three responses (`trl_sso.sharing`), `batch_size` prompts at a
-    time."""
+    time; or, with `score_rows` (a vLLM sampler's `completion_logps`), scored by vLLM and `model` is not used."""
     from ..sharing import completion_logps
     from ..tokens import template_kwargs, tokenize_pair
 
@@ -59,7 +61,10 @@ def mean_logps(model, tokenizer, records: list[Mapping], batch_size: int = 8) ->
             owners += [(index, (CHOSEN, REJECTED)), (index, (ORIGINAL,))]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     start = time.perf_counter()
-    scores = completion_logps(model, rows, pad, batch_size, desc="Scoring A(x, y)")
+    if score_rows is not None:
+        scores = score_rows(rows)
+    else:
+        scores = completion_logps(model, rows, pad, batch_size, desc="Scoring A(x, y)")
     values = {column: [0.0] * len(records) for column in RESPONSE_COLUMNS}
     for (index, columns), row in zip(owners, scores):
         for column, (total, count) in zip(columns, row):
