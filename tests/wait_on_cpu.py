@@ -13,20 +13,24 @@ from accelerate import PartialState
 from trl_sso.runtime import wait_for_main
 
 
-out = Path(sys.argv[1])
-state = PartialState(cpu=True, timeout=timedelta(seconds=3))
-result = {}
-done = out / "done"
-if state.is_main_process:
-    time.sleep(8)
-    done.write_text("finished")
-wait_for_main(state, done, poll_seconds=0.5)
-result["wait_for_main"] = "passed"
-try:
+def main(out: Path) -> None:
+    state = PartialState(cpu=True, timeout=timedelta(seconds=3))
+    result = {}
+    done = out / "done"
     if state.is_main_process:
         time.sleep(8)
-    state.wait_for_everyone()
-    result["barrier"] = "passed"
-except Exception as error:  # the control: a barrier held past the timeout fails
-    result["barrier"] = f"failed: {type(error).__name__}"
-(out / f"rank{state.process_index}.json").write_text(json.dumps(result))
+        done.write_text("finished")
+    wait_for_main(state, done, poll_seconds=0.5)
+    result["wait_for_main"] = "passed"
+    try:
+        if state.is_main_process:
+            time.sleep(8)
+        state.wait_for_everyone()
+        result["barrier"] = "passed"
+    except Exception as error:  # the control: a barrier held past the timeout fails
+        result["barrier"] = f"failed: {type(error).__name__}"
+    (out / f"rank{state.process_index}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
