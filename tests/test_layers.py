@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_sso"
 # Bottom to top; a module imports from its own layer or below. `trl_sso/__init__.py` (the lazy public API) stands
 # above them all.
 LAYERS = [
-    ("loss", "sharing", "files", "retries", "runtime", "logs", "names", "options", "hub_token"),
+    ("loss", "sharing", "files", "retries", "runtime", "logs", "names", "options", "hub_token", "quiet"),
     ("data", "config", "offline", "tokens"),
     ("cards", "trainer", "hub", "signal", "principles"),
     ("generation",),

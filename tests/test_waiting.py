@@ -1,6 +1,6 @@
 """While the main process works alone (a round's evaluation in `iterate`, the merge of generated batches), the other
 processes wait without a collective, so a long evaluation cannot outlast the process group's timeout: 2 CPU processes
-with a 3-second timeout, the main process working for 8 (tests/wait_on_cpu.py)."""
+with a 2-second timeout, the main process working for 5 (tests/wait_on_cpu.py)."""
 
 import json
 import subprocess
