@@ -206,6 +206,28 @@ class SSOTrainer(DPOTrainer):
         )
         self._prepare_scoring()
         self._use_sso_collator()
+        self._sso_ready = True
+        self._pass_ref_model_to_callbacks()
+
+    def add_callback(self, callback):
+        super().add_callback(callback)
+        if getattr(self, "_sso_ready", False):  # Trainer's `__init__` adds callbacks before the models are set
+            self._pass_ref_model_to_callbacks()
+
+    def _pass_ref_model_to_callbacks(self):
+        """Callbacks of `trl.experimental` that update the reference model (`BEMACallback(update_ref_model=True)`)
+        read it from the event's keyword arguments, which TRL's experimental trainers pass with their
+        `CallbackHandlerWithRefModel`. When such a callback is registered, use that handler (its module is then
+        imported already, so no new warning shows). TRL's own `sync_ref_model=True` needs nothing of this."""
+        handler = self.callback_handler
+        experimental = any(type(c).__module__.startswith("trl.experimental") for c in handler.callbacks)
+        if not experimental or hasattr(handler, "ref_model"):
+            return
+        from trl.experimental.bema_for_ref_model.callback import CallbackHandlerWithRefModel
+
+        self.callback_handler = CallbackHandlerWithRefModel(
+            handler.callbacks, self.model, self.ref_model, self.processing_class, self.optimizer, self.lr_scheduler
+        )
 
     def _prepare_scoring(self):
         """The fused LM heads that DPOTrainer gave the policy and the reference model, compacted on a CPU too
