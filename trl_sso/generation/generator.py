@@ -100,6 +100,80 @@ def _load_model(name: str, dtype: str, device, revision: str = "main", trust_rem
     return model.to(device).eval(), tokenizer
 
 
+@dataclasses.dataclass
+class SampledBatch:
+    """What `sample_triples` returns: the kept records, and for every prompt its drop reason (None: kept) and its
+    principles; the tokens generated in all."""
+
+    records: list[dict]
+    reasons: list[str | None]
+    principles: list
+    generated_tokens: int
+
+
+def sample_triples(
+    sampler, source, tokenizer, prompts, indices, options, seed: int, provenance: dict, logprob_scores=None
+) -> SampledBatch:
+    """One batch of SSO triples from `sampler` (the policy): principles from `source` (`PrincipleSource`), x+ / x-
+    built as the trainer rebuilds them (`build_steered_prompt`), y+ and y- sampled with `seed`, y_o with `seed + 1`,
+    then the filters of `options` (`GenerationOptions` fields), and the kept records with their `provenance` (record
+    fields such as the generator model). Shared by the generator and `OnlineSSOTrainer`."""
+    queries = [" ".join(m["content"] for m in p if m["role"] == "user") for p in prompts]
+    principles = source.assign(indices, queries, seed)
+    where = options.principle_placement
+    x_pos = [build_steered_prompt(p, pr.positive_system, tokenizer, where) for p, pr in zip(prompts, principles)]
+    x_neg = [build_steered_prompt(p, pr.negative_system, tokenizer, where) for p, pr in zip(prompts, principles)]
+    length = options.max_completion_length
+    steered = sampler.sample(x_pos + x_neg, options.temperature, options.top_p, length, seed)
+    chosen, rejected = steered[: len(prompts)], steered[len(prompts) :]
+    original_temperature = (
+        options.temperature if options.original_temperature is None else options.original_temperature
+    )
+    originals = sampler.sample(prompts, original_temperature, options.top_p, length, seed + 1)
+    reasons = [
+        drop_reason(
+            c,
+            r,
+            o,
+            min_chars=options.min_response_chars,
+            drop_truncated=options.drop_truncated,
+            drop_revealing=options.drop_revealing,
+        )
+        for c, r, o in zip(chosen, rejected, originals)
+    ]
+    if logprob_scores is not None:
+        alive = [i for i, reason in enumerate(reasons) if reason is None]
+        scores = logprob_scores(*([column[i] for i in alive] for column in (prompts, x_pos, x_neg, chosen, rejected)))
+        for i, keep in zip(alive, logprob_keep(scores)):
+            reasons[i] = None if keep else "logprob"
+    records = [
+        make_record(
+            prompts[k],
+            chosen[k].text,
+            rejected[k].text,
+            originals[k].text,
+            pr.positive_system,
+            pr.negative_system,
+            principle_placement=where,
+            features=pr.features,
+            principle_source=pr.source,
+            principle_fallback=pr.fallback,
+            prompt_index=index,
+            **provenance,
+            chosen_tokens=chosen[k].num_tokens,
+            rejected_tokens=rejected[k].num_tokens,
+            original_tokens=originals[k].num_tokens,
+            chosen_finished=chosen[k].finished,
+            rejected_finished=rejected[k].finished,
+            original_finished=originals[k].finished,
+        )
+        for k, (index, pr) in enumerate(zip(indices, principles))
+        if reasons[k] is None
+    ]
+    tokens = sum(c.num_tokens for c in chosen + rejected + originals)
+    return SampledBatch(records, reasons, principles, tokens)
+
+
 def generation_worker(args: GenerateArguments, state) -> tuple[int, int, bool]:
     """`(worker, workers, writes)` of this process: the processes of a colocated vLLM tensor-parallel group generate
     the same batches together (one worker, whose first process writes them); otherwise each process is a worker.
@@ -183,87 +257,26 @@ class SSOGenerator:
 
     def _generate_batch(self, batch_index: int, indices: list[int]) -> dict:
         args = self.args
-        prompts = [self.prompts[i] for i in indices]
-        queries = [" ".join(m["content"] for m in p if m["role"] == "user") for p in prompts]
-        batch_seed = args.seed * 100_003 + batch_index
-        principles = self.source.assign(indices, queries, batch_seed)
-        where = args.principle_placement
-        x_pos = [
-            build_steered_prompt(p, pr.positive_system, self.tokenizer, where) for p, pr in zip(prompts, principles)
-        ]
-        x_neg = [
-            build_steered_prompt(p, pr.negative_system, self.tokenizer, where) for p, pr in zip(prompts, principles)
-        ]
-        steered = self.sampler.sample(
-            x_pos + x_neg, args.temperature, args.top_p, args.max_completion_length, batch_seed
+        scores = self._logprob_scores if args.logprob_filter else None
+        batch = sample_triples(
+            self.sampler,
+            self.source,
+            self.tokenizer,
+            [self.prompts[i] for i in indices],
+            indices,
+            args,
+            seed=args.seed * 100_003 + batch_index,
+            provenance={"generator_model": self.generator_name, "seed": args.seed, "iteration": args.iteration},
+            logprob_scores=scores,
         )
-        chosen, rejected = steered[: len(prompts)], steered[len(prompts) :]
-        original_temperature = args.temperature if args.original_temperature is None else args.original_temperature
-        originals = self.sampler.sample(
-            prompts, original_temperature, args.top_p, args.max_completion_length, batch_seed + 1
-        )
-
-        reasons = [
-            drop_reason(
-                c,
-                r,
-                o,
-                min_chars=args.min_response_chars,
-                drop_truncated=args.drop_truncated,
-                drop_revealing=args.drop_revealing,
-            )
-            for c, r, o in zip(chosen, rejected, originals)
-        ]
-        if args.logprob_filter:
-            alive = [i for i, reason in enumerate(reasons) if reason is None]
-            scores = self._logprob_scores(
-                [prompts[i] for i in alive],
-                [x_pos[i] for i in alive],
-                [x_neg[i] for i in alive],
-                [chosen[i] for i in alive],
-                [rejected[i] for i in alive],
-            )
-            for i, keep in zip(alive, logprob_keep(scores)):
-                reasons[i] = None if keep else "logprob"
-
-        records = []
-        for k, index in enumerate(indices):
-            if reasons[k] is not None:
-                continue
-            pr = principles[k]
-            records.append(
-                make_record(
-                    prompts[k],
-                    chosen[k].text,
-                    rejected[k].text,
-                    originals[k].text,
-                    pr.positive_system,
-                    pr.negative_system,
-                    principle_placement=where,
-                    features=pr.features,
-                    principle_source=pr.source,
-                    principle_fallback=pr.fallback,
-                    prompt_index=index,
-                    generator_model=self.generator_name,
-                    seed=args.seed,
-                    iteration=args.iteration,
-                    chosen_tokens=chosen[k].num_tokens,
-                    rejected_tokens=rejected[k].num_tokens,
-                    original_tokens=originals[k].num_tokens,
-                    chosen_finished=chosen[k].finished,
-                    rejected_finished=rejected[k].finished,
-                    original_finished=originals[k].finished,
-                )
-            )
-        tokens = sum(c.num_tokens for c in chosen + rejected + originals)
         return {
             "settings": _settings_key(args),
-            "records": records,
-            "dropped": dict(Counter(r for r in reasons if r is not None)),
-            "fallbacks": sum(p.fallback for p in principles),
-            "features": dict(Counter(name for p in principles for name in p.features)),
+            "records": batch.records,
+            "dropped": dict(Counter(r for r in batch.reasons if r is not None)),
+            "fallbacks": sum(p.fallback for p in batch.principles),
+            "features": dict(Counter(name for p in batch.principles for name in p.features)),
             "prompts": len(indices),
-            "generated_tokens": tokens,
+            "generated_tokens": batch.generated_tokens,
         }
 
     def _logprob_scores(self, plain, pos, neg, chosen, rejected) -> list[dict[str, float]]:
