@@ -13,7 +13,7 @@ LAYERS = [
     ("loss", "sharing", "files", "retries", "runtime", "logs", "names", "options", "hub_token", "quiet"),
     ("data", "config", "offline", "tokens"),
     ("cards", "trainer", "hub", "signal", "principles"),
-    ("generation",),
+    ("generation", "online_config", "online_trainer"),
     ("scripts",),
     ("cli",),
 ]

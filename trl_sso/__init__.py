@@ -14,6 +14,9 @@ _LAZY = {
     "SSOConfig": "trl_sso.config",
     "SSOTrainer": "trl_sso.trainer",
     "DataCollatorForSSO": "trl_sso.trainer",
+    "OnlineSSOConfig": "trl_sso.online_config",
+    "OnlineSSOTrainer": "trl_sso.online_trainer",
+    "feature_rewards": "trl_sso.signal.reward_functions",
     "sso_loss": "trl_sso.loss",
     "PairLogps": "trl_sso.loss",
     "build_steered_prompt": "trl_sso.data",
@@ -43,6 +46,9 @@ if TYPE_CHECKING:
     )
     from .generation import GenerateArguments, SSOGenerator, generate
     from .loss import PairLogps, sso_loss
+    from .online_config import OnlineSSOConfig
+    from .online_trainer import OnlineSSOTrainer
+    from .signal.reward_functions import feature_rewards
     from .trainer import DataCollatorForSSO, SSOTrainer
 
 

@@ -1,0 +1,143 @@
+"""`OnlineSSOTrainer` on a tiny model: the oracle (one online step on the triples it sampled gives the loss and
+gradients of `SSOTrainer` on the same records), the signal logged per generation, the buffering over
+`steps_per_generation`, a resumed run that samples and trains as the uninterrupted one, and the argument checks."""
+
+import pytest
+import torch
+from conftest import policy_and_reference
+from datasets import Dataset
+from numerics import assert_close_to_scale
+from transformers import TrainerCallback
+
+from trl_sso import OnlineSSOConfig, OnlineSSOTrainer, SSOConfig, SSOTrainer
+
+
+PROMPTS = Dataset.from_dict({"prompt": [f"Question {i}: why is the sky blue?" for i in range(8)]})
+
+
+TRAINING = dict(
+    per_device_train_batch_size=2,
+    max_steps=2,
+    learning_rate=1e-3,
+    bf16=False,
+    gradient_checkpointing=False,
+    report_to="none",
+    save_strategy="no",
+    logging_steps=1,
+    max_length=256,
+    seed=0,
+    disable_tqdm=True,
+    dataloader_pin_memory=False,
+    sso_principle_placement="after_question",
+)
+
+
+def online_args(tmp_path, **overrides):
+    kwargs = dict(
+        TRAINING,
+        output_dir=str(tmp_path),
+        max_completion_length=8,
+        temperature=1.0,
+        sso_features=["verifiable"],
+        sso_num_features=1,
+        sso_concision_prob=0.0,
+        sso_drop_revealing=False,
+        sso_min_response_chars=0,
+    )
+    kwargs.update(overrides)
+    return OnlineSSOConfig(**kwargs)
+
+
+class FirstGradients(TrainerCallback):
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.usefixtures("each_thread_count")
+def test_one_online_step_equals_sso_on_the_records_it_sampled(tiny_model_dir, tokenizer, tmp_path):
+    online_grads, oracle_grads = FirstGradients(), FirstGradients()
+    args = online_args(tmp_path / "online", max_steps=1)
+    online = OnlineSSOTrainer(
+        **policy_and_reference(tiny_model_dir), args=args, train_dataset=PROMPTS, processing_class=tokenizer,
+        callbacks=[online_grads],
+    )  # fmt: skip
+    online.train()
+    records = online.last_records
+    assert len(records) == 2  # nothing filtered: one micro-step of 2 prompts
+    oracle_args = SSOConfig(**dict(TRAINING, max_steps=1), output_dir=str(tmp_path / "oracle"))
+    oracle = SSOTrainer(
+        **policy_and_reference(tiny_model_dir), args=oracle_args, train_dataset=Dataset.from_list(records),
+        processing_class=tokenizer, callbacks=[oracle_grads],
+    )  # fmt: skip
+    oracle.train()
+    loss = [e["loss"] for e in online.state.log_history if "loss" in e]
+    expected = [e["loss"] for e in oracle.state.log_history if "loss" in e]
+    assert_close_to_scale(torch.tensor(loss), torch.tensor(expected), 1e-6, name="loss")
+    assert online_grads.grads.keys() == oracle_grads.grads.keys()
+    for name, grad in oracle_grads.grads.items():
+        assert_close_to_scale(online_grads.grads[name], grad, 1e-5, name=name)
+
+
+def test_the_signal_of_each_generation_is_logged_and_buffered_over_micro_steps(tiny_model_dir, tokenizer, tmp_path):
+    args = online_args(tmp_path, gradient_accumulation_steps=2, max_steps=2)
+    trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
+    calls = []
+    generate = trainer._generate
+    trainer._generate = lambda rows, generation: calls.append((len(rows), generation)) or generate(rows, generation)
+    trainer.train()
+    assert calls == [(4, 0), (4, 1)]  # one generation per optimizer step, for its 2 micro-steps of 2 prompts
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    for key in ("online/kept", "online/dropped", "online/accuracy", "online/tokens_chosen", "online/truncated"):
+        assert all(key in entry for entry in logged), key
+
+
+def test_a_micro_step_with_every_triple_filtered_out_trains_on(tiny_model_dir, tokenizer, tmp_path):
+    args = online_args(tmp_path, max_steps=2, sso_min_response_chars=10_000)  # every response is too short
+    trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert [e["loss"] for e in trainer.state.log_history if "loss" in e] == [0.0, 0.0]
+    assert all(e["online/kept"] == 0.0 for e in trainer.state.log_history if "loss" in e)
+    for name, value in trainer.model.named_parameters():  # a zero gradient: no parameter moves (no weight decay)
+        torch.testing.assert_close(value.detach(), before[name])
+
+
+class StopAfter(TrainerCallback):
+    """Ends training after `step` optimizer steps, once their checkpoint is saved: a kill at that point."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_a_resumed_run_samples_and_trains_as_the_uninterrupted_one(tiny_model_dir, tokenizer, tmp_path):
+    def run(folder, resume=False, callbacks=None):
+        args = online_args(folder, max_steps=4, save_strategy="steps", save_steps=2)
+        trainer = OnlineSSOTrainer(
+            model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer, callbacks=callbacks
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return [e["loss"] for e in trainer.state.log_history if "loss" in e], trainer.last_records
+
+    whole, whole_records = run(tmp_path / "whole")
+    stopped, _ = run(tmp_path / "parts", callbacks=[StopAfter(2)])
+    assert len(stopped) == 2
+    resumed, resumed_records = run(tmp_path / "parts", resume=True)
+    assert_close_to_scale(torch.tensor(resumed), torch.tensor(whole), 1e-5, name="losses")
+    assert [r["chosen"] for r in resumed_records] == [r["chosen"] for r in whole_records]
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="precompute_ref_log_probs=True` cannot work"):
+        OnlineSSOConfig("out", precompute_ref_log_probs=True, report_to="none")
+    with pytest.raises(TypeError, match="OnlineSSOConfig"):
+        OnlineSSOTrainer(model="any", args=SSOConfig("out", report_to="none"), train_dataset=PROMPTS)
+    with pytest.raises(ValueError, match="Unknown feature"):
+        OnlineSSOConfig("out", sso_features=["Brevityy"], report_to="none")

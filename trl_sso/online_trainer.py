@@ -1,0 +1,234 @@
+"""`OnlineSSOTrainer`: SSO whose triples (y+, y-, y_o) are sampled from the current policy during training, so that
+the signal stays on-policy between optimizer steps rather than between the rounds of `trl-sso iterate`.
+
+It is an `SSOTrainer` whose data are prompts; the rest follows TRL's `GRPOTrainer`:
+- the training dataloader yields, per process, the prompts of `steps_per_generation` micro-steps at once, each such
+  batch repeated `steps_per_generation` times (TRL's `RepeatSampler`);
+- `_prepare_inputs` samples the triples once per generation (`trl_sso.generation.generator.sample_triples`: the
+  generator's principles, steering prompts and filters) with the policy as it is then, tokenizes and collates them as
+  `SSOTrainer` does, and hands out one slice per micro-step;
+- the loss is `SSOTrainer`'s (shared-prompt layout included), the reference the frozen starting policy (a separate
+  model, or the adapter switched off with PEFT), or TRL's `sync_ref_model`.
+
+Every generation logs its signal under `online/`: the triples kept and dropped, the accuracy on verifiable features,
+the mean lengths and the share of responses cut at `max_completion_length`. Sampling is seeded by the generation's
+index and the process, so a run resumed from a checkpoint samples what the uninterrupted run sampled.
+
+A micro-step whose triples were all filtered out contributes a zero loss that still reaches every trainable parameter,
+so that processes keep their gradients in step. Sampling uses transformers' `generate`; vLLM is not wired in yet.
+"""
+
+from collections import Counter
+
+from datasets import Dataset, IterableDataset
+from transformers import TrainerCallback
+from trl.models import unwrap_model_for_generation
+from trl.trainer.grpo_trainer import RepeatSampler
+
+from .data import RESPONSE_COLUMNS
+from .generation.generator import sample_triples
+from .generation.samplers import TransformersSampler, require_chat_template
+from .generation.sources import PrincipleSource
+from .online_config import OnlineSSOConfig
+from .principles import expand_feature_names, known_features
+from .signal.report import accuracy
+from .trainer import SSOTrainer
+
+
+PROMPT_INDEX = "prompt_index"
+
+
+class _AlignGenerationStep(TrainerCallback):
+    """At the start of training (also when resuming), the micro-step count that seeds the generations."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._step = state.global_step * args.gradient_accumulation_steps
+        self.trainer._buffer = None
+
+
+class OnlineSSOTrainer(SSOTrainer):
+    """SSO on triples sampled from the current policy during training; see the module docstring.
+
+    `train_dataset` holds prompts: a `prompt` column of strings or of chat messages (other columns are ignored).
+
+    Example:
+    ```python
+    from datasets import Dataset
+    from trl_sso import OnlineSSOConfig, OnlineSSOTrainer
+
+    prompts = Dataset.from_dict({"prompt": ["Why is the sky blue?", "Name three prime numbers."]})
+    args = OnlineSSOConfig("out", sso_features=["verifiable"], per_device_train_batch_size=2, max_steps=10)
+    OnlineSSOTrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct", args=args, train_dataset=prompts).train()
+    ```
+    """
+
+    _tag_names = ["trl", "sso", "online-sso"]
+    _name = "Online SSO"
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: OnlineSSOConfig | None = None,
+        train_dataset: Dataset | None = None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        if not isinstance(args, OnlineSSOConfig):
+            raise TypeError(
+                "OnlineSSOTrainer needs its arguments as an `OnlineSSOConfig` (an SSOConfig with the sampling "
+                f"settings), got `{type(args).__name__}`."
+            )
+        if train_dataset is None or isinstance(train_dataset, IterableDataset):
+            raise ValueError("OnlineSSOTrainer needs a `train_dataset` of prompts (a map-style `Dataset`).")
+        self._step, self._buffer = 0, None
+        super().__init__(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+        )
+        require_chat_template(self.processing_class, "the policy")
+        self.sso_collator, self.data_collator = self.data_collator, list  # the raw prompt rows reach `_prepare_inputs`
+        self.generation_options = args.generation_options()
+        features = known_features(args.sso_features_file)
+        candidates = expand_feature_names(args.sso_features, features) if args.sso_features else None
+        self.features = features
+        self.principle_source = PrincipleSource(
+            "library",
+            features,
+            seed=args.seed,
+            num_features=args.sso_num_features,
+            concision_prob=args.sso_concision_prob,
+            candidates=candidates,
+        )
+        self.add_callback(_AlignGenerationStep(self))
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Data: prompts
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name: str):
+        if "prompt" not in dataset.column_names:
+            raise ValueError(
+                f"The {dataset_name} dataset of OnlineSSOTrainer needs a `prompt` column (strings or chat messages); "
+                f"it has {dataset.column_names}."
+            )
+        if len(dataset) == 0:
+            raise ValueError(f"The {dataset_name} dataset has no rows: there is nothing to train on.")
+
+        def as_messages(row, index):
+            prompt = row["prompt"]
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            return {"prompt": messages, PROMPT_INDEX: index}
+
+        columns = [c for c in dataset.column_names if c != "prompt"]
+        return dataset.map(as_messages, with_indices=True, remove_columns=columns)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt", PROMPT_INDEX]
+
+    def get_train_dataloader(self):
+        return self._get_dataloader(
+            dataset=self.train_dataset,
+            description="Training",
+            batch_size=self._train_batch_size * self.args.steps_per_generation,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
+
+    def _get_train_sampler(self, dataset=None):
+        """Each generation batch (the prompts of `steps_per_generation` micro-steps on every process) repeated
+        `steps_per_generation` times: `_prepare_inputs` samples for the first and serves the stored triples after."""
+        spg = self.args.steps_per_generation
+        return RepeatSampler(
+            data_source=dataset if dataset is not None else self.train_dataset,
+            mini_repeat_count=1,
+            batch_size=self._train_batch_size * spg * self.accelerator.num_processes,
+            repeat_count=spg,
+            shuffle=True,
+            seed=self.args.seed,
+        )
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Generation
+
+    def _prepare_inputs(self, inputs):
+        if not isinstance(inputs, list):  # a collated batch (from `training_step` below)
+            return super()._prepare_inputs(inputs)
+        spg = self.args.steps_per_generation
+        if self._step % spg == 0 or self._buffer is None:
+            self._buffer = self._generate(inputs, generation=self._step // spg)
+        inputs = self._buffer[self._step % spg]
+        self._step += 1
+        return inputs
+
+    def _generate(self, rows: list[dict], generation: int) -> list[dict | None]:
+        """Sample the triples of `rows` with the current policy, log their signal, and return one collated slice per
+        micro-step (None where the filters left nothing)."""
+        args, tokenizer = self.args, self.processing_class
+        seed = (args.seed * 100_003 + generation) * self.accelerator.num_processes + self.accelerator.process_index
+        padding_side = tokenizer.padding_side
+        was_training = self.model.training
+        with unwrap_model_for_generation(self.model, self.accelerator) as policy:
+            policy.eval()
+            sampler = TransformersSampler(policy, tokenizer, len(rows) * 2, self.generation_options.generation_kwargs)
+            batch = sample_triples(
+                sampler,
+                self.principle_source,
+                tokenizer,
+                [row["prompt"] for row in rows],
+                [row[PROMPT_INDEX] for row in rows],
+                self.generation_options,
+                seed=seed,
+                provenance={"generator_model": "online", "seed": args.seed, "iteration": generation + 1},
+            )
+        self.model.train(was_training)
+        tokenizer.padding_side = padding_side
+        self.last_records = batch.records
+        self._log_generation(batch, len(rows))
+        examples = [
+            self._tokenize_record(record, tokenizer, self.sso_pairs, args.sso_principle_placement)
+            for record in batch.records
+        ]
+        size = args.per_device_train_batch_size
+        slices = [examples[k * size : (k + 1) * size] for k in range(args.steps_per_generation)]
+        return [self._prepare_inputs(self.sso_collator(part)) if part else None for part in slices]
+
+    def _log_generation(self, batch, num_prompts: int) -> None:
+        """The signal of one generation, as training metrics under `online/` (averaged over the logging steps)."""
+        metrics = self._metrics["train"]
+        dropped = Counter(reason for reason in batch.reasons if reason is not None)
+        metrics["online/kept"].append(len(batch.records) / num_prompts)
+        metrics["online/dropped"].append(sum(dropped.values()) / num_prompts)
+        records = batch.records
+        if not records:
+            return
+        overall = accuracy(records, self.features).get("overall")
+        if overall and overall["pairs"]:
+            metrics["online/accuracy"].append(overall["correct"])
+        for side in RESPONSE_COLUMNS:
+            metrics[f"online/tokens_{side}"].append(sum(r[f"{side}_tokens"] for r in records) / len(records))
+        cut = [not r[f"{side}_finished"] for r in records for side in RESPONSE_COLUMNS]
+        metrics["online/truncated"].append(sum(cut) / len(cut))
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Training
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        inputs = self._prepare_inputs(inputs)
+        if inputs is None:  # every triple of this micro-step was filtered out: a zero that reaches every parameter
+            model.train()
+            loss = sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+            self.accelerator.backward(loss)
+            return loss.detach()
+        return super().training_step(model, inputs, num_items_in_batch)
