@@ -26,6 +26,7 @@ def test_every_command_has_help(command, capsys):
         "train": "--sso_steer_coef",
         "reward": "--use_steering_pairs",
         "iterate": "--rounds",
+        "online": "--steps_per_generation",
         "pipeline": "--policy_num_prompts",
         "push": "--repo_id",
         "inspect": "--reward_model",

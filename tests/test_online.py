@@ -2,6 +2,8 @@
 gradients of `SSOTrainer` on the same records), the signal logged per generation, the buffering over
 `steps_per_generation`, a resumed run that samples and trains as the uninterrupted one, and the argument checks."""
 
+import os
+
 import pytest
 import torch
 from conftest import policy_and_reference
@@ -141,3 +143,36 @@ def test_bad_arguments_are_named():
         OnlineSSOTrainer(model="any", args=SSOConfig("out", report_to="none"), train_dataset=PROMPTS)
     with pytest.raises(ValueError, match="Unknown feature"):
         OnlineSSOConfig("out", sso_features=["Brevityy"], report_to="none")
+
+
+def test_the_online_command_on_two_processes(tiny_model_dir, tmp_path):
+    """`trl-sso online` under DDP on 2 CPU processes (through `--accelerate_config`): each process samples its share
+    of the prompts, and the card and metrics are saved."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+    from conftest import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "recipes" / "accelerate_configs" / "multi_cpu.yaml").read_text())
+    config["main_process_port"] = free_port()
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(8)))
+    out = tmp_path / "out"
+    flags = (
+        f"--model_name_or_path {tiny_model_dir} --dataset_name {prompts} --output_dir {out} --max_steps 2 "
+        "--per_device_train_batch_size 2 --max_completion_length 8 --sso_features verifiable --sso_num_features 1 "
+        "--sso_drop_revealing false --sso_min_response_chars 0 --report_to none --save_strategy no --logging_steps 1 "
+        f"--gradient_checkpointing false --dataloader_pin_memory false --accelerate_config {tmp_path / 'two.yaml'}"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(["trl-sso", "online", *flags.split()], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    steps = [entry for entry in history if "loss" in entry]
+    # 8 prompts, 2 per process and step on 2 processes: each step is half an epoch
+    assert [entry["epoch"] for entry in steps] == [0.5, 1.0] and all("online/kept" in entry for entry in steps)
+    assert "online-sso" in (out / "README.md").read_text()

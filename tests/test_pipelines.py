@@ -173,7 +173,7 @@ def test_two_process_iterate(tiny_model_dir, tmp_path):
 def recipe_command(path: Path) -> str:
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and "--config" in first and path.name in first, f"{path.name}: no command header"
-    for command in ("iterate", "pipeline", "reward", "train", "generate"):
+    for command in ("iterate", "pipeline", "online", "reward", "train", "generate"):
         if f" {command} " in first:
             return command
     raise AssertionError(f"{path.name}: unknown command in {first!r}")

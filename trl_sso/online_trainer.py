@@ -77,6 +77,7 @@ class OnlineSSOTrainer(SSOTrainer):
         processing_class=None,
         callbacks=None,
         optimizers=(None, None),
+        quantization_config=None,
         peft_config=None,
     ):
         if not isinstance(args, OnlineSSOConfig):
@@ -95,6 +96,7 @@ class OnlineSSOTrainer(SSOTrainer):
             processing_class=processing_class,
             callbacks=callbacks,
             optimizers=optimizers,
+            quantization_config=quantization_config,
             peft_config=peft_config,
         )
         require_chat_template(self.processing_class, "the policy")

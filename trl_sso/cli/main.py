@@ -5,6 +5,7 @@
     trl-sso reward --model_name_or_path MODEL --dataset_name sso-data --output_dir sso-rm
     trl-sso push PATH --repo_id NAMESPACE/NAME
     trl-sso iterate --config recipes/quickstart_cpu.yaml
+    trl-sso online --config recipes/online_cpu.yaml
     trl-sso pipeline --config recipes/v2_generator_llama3_8b.yaml
     trl-sso inspect sso-data [--model MODEL] [--reward_model RM]
     trl-sso evaluate --model BEFORE --model AFTER

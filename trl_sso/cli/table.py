@@ -64,6 +64,16 @@ COMMANDS: dict[str, Command] = {
         "trl_sso.scripts.reward:train_reward",
         trl_parser=True,
     ),
+    "online": Command(
+        "Online SSO: sample y+, y-, y_o from the current policy during training (OnlineSSOTrainer).",
+        "Online SSO: the policy samples y+, y- and y_o for its prompts during training, every "
+        "`steps_per_generation` micro-steps, and trains on them with the SSO loss (OnlineSSOTrainer). Prompts from "
+        "`--dataset_name` (default: the packaged 200), policy from `--model_name_or_path` (default: the packaged "
+        "SmolLM2-135M-Instruct).",
+        ("trl:ScriptArguments", "trl_sso.online_config:OnlineSSOConfig", "trl:ModelConfig"),
+        "trl_sso.scripts.online:train_online",
+        trl_parser=True,
+    ),
     "iterate": Command(
         "Online SSO (paper v1): generate with the current policy, train, repeat for T rounds.",
         "Online SSO (paper v1): generate with the current policy, train, repeat for T rounds.",

@@ -60,7 +60,6 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
     """Train a policy (or a data generator) with SSO; returns the trainer. Resumes from the last checkpoint in
     `output_dir` when there is one, saves the model or adapter with its tokenizer, metrics and SSO card, publishes
     with `--push_to_hub`, and ends the trainer (trackers, process group) as TRL's scripts do."""
-    from accelerate.utils import is_peft_model
     from trl import DatasetMixtureConfig
 
     from ..trainer import SSOTrainer
@@ -76,11 +75,20 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
         train_dataset=train,
         eval_dataset=evaluation,
     )
-    trainer.log_metrics("train", output.metrics)
-    trainer.save_metrics("train", output.metrics)
     mixture = dataset_args.datasets if dataset_args else None
     sources = [config.path for config in mixture] if mixture else [script_args.dataset_name]
-    dataset_name = [name for source in sources if (name := hub_id(source))] or None  # the card's `datasets` list
+    finish_training(trainer, output, training_args, model_args, sources)
+    return trainer
+
+
+def finish_training(trainer, output, training_args, model_args, sources) -> None:
+    """After a training command: the metrics saved, the card naming the Hub datasets among `sources`, publishing with
+    `--push_to_hub`, and the trainer ended (trackers, process group) as TRL's scripts end."""
+    from accelerate.utils import is_peft_model
+
+    trainer.log_metrics("train", output.metrics)
+    trainer.save_metrics("train", output.metrics)
+    dataset_name = [name for source in sources if source and (name := hub_id(source))] or None  # the card's list
     if dataset_name:
         trainer.create_model_card(dataset_name=dataset_name)
     if training_args.push_to_hub and trainer.accelerator.is_main_process:
@@ -104,4 +112,3 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
         )
     trainer.accelerator.wait_for_everyone()
     trainer.end()
-    return trainer
