@@ -4,12 +4,12 @@ filter settings of the generator under TRL's names (those of `GRPOConfig` where 
 from dataclasses import dataclass, field
 
 from .config import SSOConfig
-from .generation.arguments import DEFAULT_GENERATION_PLACEMENT, GenerationOptions
+from .generation.arguments import DEFAULT_GENERATION_PLACEMENT, GenerationOptions, VLLMOptions
 from .principles import expand_feature_names, known_features
 
 
 @dataclass
-class OnlineSSOConfig(SSOConfig):
+class OnlineSSOConfig(SSOConfig, VLLMOptions):
     r"""
     Configuration class for the [`OnlineSSOTrainer`]: SSO on triples (y+, y-, y_o) sampled from the current policy
     during training. Every [`SSOConfig`] field applies; these set how the triples are sampled:
@@ -37,6 +37,10 @@ class OnlineSSOConfig(SSOConfig):
             Probability of adding Concision as a length control.
         sso_min_response_chars, sso_drop_truncated, sso_drop_revealing:
             The generator's filters (`min_response_chars`, `drop_truncated`, `drop_revealing`).
+        use_vllm, vllm_mode, vllm_server_base_url, vllm_server_timeout, vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size, vllm_max_model_length, vllm_enable_sleep_mode:
+            Sampling with TRL's `VLLMGeneration` on GPUs, as `GRPOConfig` names these options; the policy's weights
+            are synced to the engine (or server) before each generation that follows an optimizer step.
 
     The principle goes where `sso_principle_placement` says (default: the generator's, after the question). The
     reference model is the frozen starting policy (or TRL's `sync_ref_model`), so `precompute_ref_log_probs` must stay
@@ -113,4 +117,5 @@ class OnlineSSOConfig(SSOConfig):
             min_response_chars=self.sso_min_response_chars,
             drop_truncated=self.sso_drop_truncated,
             drop_revealing=self.sso_drop_revealing,
+            **{name: getattr(self, name) for name in VLLMOptions.__dataclass_fields__},
         )

@@ -15,7 +15,9 @@ the mean lengths and the share of responses cut at `max_completion_length`. Samp
 index and the process, so a run resumed from a checkpoint samples what the uninterrupted run sampled.
 
 A micro-step whose triples were all filtered out contributes a zero loss that still reaches every trainable parameter,
-so that processes keep their gradients in step. Sampling uses transformers' `generate`; vLLM is not wired in yet.
+so that processes keep their gradients in step. Sampling uses transformers' `generate`, or with `use_vllm` TRL's
+`VLLMGeneration` (colocate or server) as GRPO uses it, the policy's weights synced before each generation that follows
+an optimizer step.
 """
 
 from collections import Counter
@@ -113,7 +115,49 @@ class OnlineSSOTrainer(SSOTrainer):
             concision_prob=args.sso_concision_prob,
             candidates=candidates,
         )
+        self.vllm_generation, self._synced_step = self._vllm_generation(), None
         self.add_callback(_AlignGenerationStep(self))
+
+    def _vllm_generation(self):
+        """TRL's `VLLMGeneration` with `use_vllm` (colocate: an engine per process built as GRPO builds it; server:
+        TRL's client), or None."""
+        args = self.args
+        if not args.use_vllm:
+            return None
+        from trl.generation.vllm_generation import VLLMGeneration
+
+        from .generation.vllm import require_vllm
+
+        require_vllm()
+        return VLLMGeneration(
+            model=self.model,
+            accelerator=self.accelerator,
+            processing_class=self.processing_class,
+            mode=args.vllm_mode,
+            server_base_url=args.vllm_server_base_url,
+            server_timeout=args.vllm_server_timeout,
+            tensor_parallel_size=args.vllm_tensor_parallel_size,
+            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+            max_model_length=args.vllm_max_model_length,
+            enable_sleep_mode=args.vllm_enable_sleep_mode,
+            trust_remote_code=bool((args.model_init_kwargs or {}).get("trust_remote_code", False)),
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_completion_length=args.max_completion_length,
+        )
+
+    def _sampler(self, policy, batch_size: int):
+        """What samples this generation: TRL's vLLM engine (the policy's weights synced to it once per optimizer
+        step), or transformers' `generate` on the policy."""
+        kwargs = self.generation_options.generation_kwargs
+        if self.vllm_generation is None:
+            return TransformersSampler(policy, self.processing_class, batch_size, kwargs)
+        from .generation.vllm import TrainerEngineSampler
+
+        if self._synced_step != self.state.global_step:
+            self.vllm_generation.sync_weights()
+            self._synced_step = self.state.global_step
+        return TrainerEngineSampler(self.vllm_generation, self.processing_class, kwargs)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Data: prompts
@@ -181,10 +225,9 @@ class OnlineSSOTrainer(SSOTrainer):
         seed = (args.seed * 100_003 + generation) * self.accelerator.num_processes + self.accelerator.process_index
         padding_side = tokenizer.padding_side
         was_training = self.model.training
-        with unwrap_model_for_generation(self.model, self.accelerator) as policy:
-            policy.eval()
-            sampler = TransformersSampler(policy, tokenizer, len(rows) * 2, self.generation_options.generation_kwargs)
-            batch = sample_triples(
+
+        def sample(sampler):
+            return sample_triples(
                 sampler,
                 self.principle_source,
                 tokenizer,
@@ -194,6 +237,13 @@ class OnlineSSOTrainer(SSOTrainer):
                 seed=seed,
                 provenance={"generator_model": "online", "seed": args.seed, "iteration": generation + 1},
             )
+
+        if self.vllm_generation is not None:
+            batch = sample(self._sampler(None, len(rows)))
+        else:
+            with unwrap_model_for_generation(self.model, self.accelerator) as policy:
+                policy.eval()
+                batch = sample(self._sampler(policy, len(rows) * 2))
         self.model.train(was_training)
         tokenizer.padding_side = padding_side
         self.last_records = batch.records

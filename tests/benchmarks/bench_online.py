@@ -6,11 +6,12 @@ quickstart's: the features `trl-sso calibrate` found the model to follow, after 
 - **online**: the same N prompts, `batch` per step, sampled by the policy as it is at that step: the same number of
   responses (3 N) and of optimizer steps.
 Reported: the signal of the sampled triples (accuracy on the checked features: y+ beats y-, with its Wilson interval;
-per step for online), the held-out follow rate of the final policies (answers with no principle following the good
-sides, on the 24 held-out prompts) with its change against the start and between methods (paired bootstrap
-intervals), and the wall time of each. Writes `bench_online.json` and prints a table.
+per step for online, and pooled), the held-out follow rate of the start and final policies (answers with no principle
+following the good sides, on the 24 held-out prompts) with the changes against the start and between methods (paired
+bootstrap intervals), and the wall time of each method's generation and training (evaluations apart). Writes
+`bench_online.json` and prints a table.
 
-    python tests/benchmarks/bench_online.py                 # N=16, batch 4 (about 20 minutes on 2 cores)
+    python tests/benchmarks/bench_online.py                 # N=32, batch 4 (about 12 minutes on 2 cores)
     python tests/benchmarks/bench_online.py --num_prompts 4 --eval_prompts 4   # a smoke run
 """
 
@@ -50,23 +51,33 @@ def run_iterate(cli, root: Path, prompts: Path) -> dict:
     argv = (
         f"--output_dir {out} --rounds 1 --prompts {prompts} --features {' '.join(FEATURES)} --principle_placement "
         f"{PLACEMENT} --num_features 1 --concision_prob 0 --max_completion_length {cli.max_tokens} --batch_size 8 "
-        f"--eval_num_prompts {cli.eval_prompts} --eval_max_completion_length {cli.eval_tokens} "
-        f"--max_steps {cli.num_prompts // cli.batch} --per_device_train_batch_size {cli.batch} {COMMON}"
+        f"--no_round_signal --max_steps {cli.num_prompts // cli.batch} --per_device_train_batch_size {cli.batch} "
+        f"{COMMON}"
     ).split()
     start = time.perf_counter()
-    iterate(*parser("iterate").parse_args_and_config(args=argv))
+    (report,) = iterate(*parser("iterate").parse_args_and_config(args=argv))
     seconds = time.perf_counter() - start
-    rounds = json.loads((out / "rounds.json").read_text())
-    start_eval = json.loads((out / "round_1" / "signal.json").read_text())["evaluation"]
-    return {"rounds": rounds, "start_evaluation": start_eval, "seconds": seconds}
+    summary = json.loads((out / "round_1" / "data" / "summary.json").read_text())
+    accuracy = summary["signal"]["accuracy"]["overall"]
+    return {"accuracy": accuracy, "report": report, "seconds": seconds, "policy": str(out / "round_1" / "policy")}
+
+
+def evaluate(cli, policy: str, path: Path) -> dict:
+    """The held-out evaluation of `policy` (answers with no principle, scored on the features), as `iterate` runs
+    it."""
+    from trl_sso.generation.arguments import GenerationOptions
+    from trl_sso.scripts.stages import IterateArguments, signal_stage
+
+    pipe = IterateArguments(eval_num_prompts=cli.eval_prompts, eval_max_completion_length=cli.eval_tokens)
+    return signal_stage(policy, None, GenerationOptions(features=FEATURES), pipe, path)["evaluation"]
 
 
 def run_online(cli, root: Path, prompts: Path) -> dict:
     from trl_sso.cli.commands import parser
-    from trl_sso.generation.arguments import GenerationOptions
     from trl_sso.offline import default_model_path
     from trl_sso.scripts.online import train_online
-    from trl_sso.scripts.stages import IterateArguments, save_next_policy, signal_stage
+    from trl_sso.scripts.stages import save_next_policy
+    from trl_sso.signal.intervals import wilson
 
     out = root / "online"
     argv = (
@@ -86,15 +97,20 @@ def run_online(cli, root: Path, prompts: Path) -> dict:
     policy = out / "policy"
     if not policy.exists():
         save_next_policy(default_model_path(), out / "train", policy)
-    options = GenerationOptions(features=FEATURES)
-    pipe = IterateArguments(eval_num_prompts=cli.eval_prompts, eval_max_completion_length=cli.eval_tokens)
-    evaluation = signal_stage(str(policy), None, options, pipe, out / "signal.json")["evaluation"]
-    return {"steps": steps, "final_evaluation": evaluation, "seconds": seconds}
+    # every step's triples pooled: one checked feature per record, so one pair per kept record
+    pairs = [round(step["online/kept"] * cli.batch) for step in steps]
+    correct = sum(round(step.get("online/accuracy", 0.0) * n) for step, n in zip(steps, pairs))
+    pooled = {
+        "correct": correct / max(sum(pairs), 1),
+        "correct_ci95": wilson(correct, sum(pairs)),
+        "pairs": sum(pairs),
+    }
+    return {"steps": steps, "accuracy": pooled, "seconds": seconds, "policy": str(policy)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_prompts", type=int, default=16)
+    parser.add_argument("--num_prompts", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max_tokens", type=int, default=96)
     parser.add_argument("--eval_prompts", type=int, default=24)
@@ -108,12 +124,14 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     prompts = root / "prompts.jsonl"
     write_prompts(prompts, cli.num_prompts)
+    from trl_sso.names import DEFAULT_MODEL_ID
+
     iterate_result = run_iterate(cli, root, prompts)
     online_result = run_online(cli, root, prompts)
-
-    start = iterate_result["start_evaluation"]["follows_good_per_prompt"]
-    final_iterate = iterate_result["rounds"]["final_evaluation"]
-    final_online = online_result["final_evaluation"]
+    start_eval = evaluate(cli, DEFAULT_MODEL_ID, root / "start_signal.json")
+    final_iterate = evaluate(cli, iterate_result["policy"], root / "iterate_signal.json")
+    final_online = evaluate(cli, online_result["policy"], root / "online_signal.json")
+    start = start_eval["follows_good_per_prompt"]
     comparison = {
         "iterate_vs_start": paired_change(final_iterate["follows_good_per_prompt"], start),
         "online_vs_start": paired_change(final_online["follows_good_per_prompt"], start),
@@ -121,18 +139,26 @@ def main() -> None:
             final_online["follows_good_per_prompt"], final_iterate["follows_good_per_prompt"]
         ),
     }
-    report = {"settings": vars(cli), "iterate": iterate_result, "online": online_result, "comparison": comparison}
+    evaluations = {"start": start_eval, "iterate": final_iterate, "online": final_online}
+    report = {
+        "settings": vars(cli),
+        "iterate": iterate_result,
+        "online": online_result,
+        "evaluations": evaluations,
+        "comparison": comparison,
+    }
     (root / "bench_online.json").write_text(json.dumps(report, indent=2))
 
-    row = iterate_result["rounds"]["rounds"][0]
     print(f"\nonline SSO vs one iterate round: {cli.num_prompts} prompts (3 responses each), batch {cli.batch}")
-    print(f"iterate: round accuracy {with_interval(row['accuracy'], row.get('accuracy_ci95'))} on "
-          f"{row['accuracy_pairs']} pairs, {iterate_result['seconds']:.0f} s")  # fmt: skip
+    for name, result in (("iterate", iterate_result), ("online", online_result)):
+        accuracy = result["accuracy"]
+        print(f"{name}: accuracy of its triples {with_interval(accuracy['correct'], accuracy['correct_ci95'])} on "
+              f"{accuracy['pairs']} pairs; generation and training {result['seconds']:.0f} s")  # fmt: skip
     accuracies = [step.get("online/accuracy") for step in online_result["steps"]]
     kept = [round(step["online/kept"], 2) for step in online_result["steps"]]
     shown = ["n/a" if a is None else round(a, 2) for a in accuracies]
-    print(f"online: accuracy per step {shown}, kept per step {kept}, {online_result['seconds']:.0f} s")
-    start_mean = iterate_result["start_evaluation"]["follows_good_mean"]
+    print(f"online, per step: accuracy {shown}, share kept {kept}")
+    start_mean = start_eval["follows_good_mean"]
     finals = {
         name: with_interval(final["follows_good_mean"], final.get("follows_good_mean_ci95"))
         for name, final in (("iterate", final_iterate), ("online", final_online))

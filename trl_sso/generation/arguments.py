@@ -19,7 +19,53 @@ DEFAULT_GENERATION_PLACEMENT = "after_question"  # chosen by `trl-sso calibrate`
 
 
 @dataclass
-class GenerationOptions:
+class VLLMOptions:
+    """Sampling with vLLM (GPUs), under the option names of TRL's online trainers; read by the generator
+    (`trl_sso.generation.vllm`) and by `OnlineSSOTrainer` (TRL's `VLLMGeneration`)."""
+
+    use_vllm: bool = field(
+        default=False,
+        metadata={"help": "Sample with vLLM (GPU, `pip install trl-sso[vllm]`) instead of transformers' `generate`."},
+    )
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "'colocate': a vLLM engine in each process (per tensor-parallel group), on the training GPUs; "
+            "'server': a `trl vllm-serve` / `vllm serve` server at `vllm_server_base_url`, which receives the "
+            "policy's weights when they change.",
+            "choices": ["colocate", "server"],
+        },
+    )
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "Base URL of the vLLM server (server mode). Default: http://127.0.0.1:8000."}
+    )
+    vllm_server_timeout: float = field(
+        default=240.0, metadata={"help": "Seconds to wait for the vLLM server to answer its health check."}
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "Share of GPU memory the colocated engine reserves (weights and KV cache)."}
+    )
+    vllm_tensor_parallel_size: int = field(
+        default=1, metadata={"help": "GPUs each colocated engine spans; must divide the number of processes."}
+    )
+    vllm_max_model_length: int | None = field(
+        default=None, metadata={"help": "Context length of the colocated engine. Default: the model's."}
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False,
+        metadata={
+            "help": "Put the colocated engine to sleep while the policy trains (weights offloaded, KV cache freed) "
+            "instead of keeping it (online training) or deleting it (between the rounds of `iterate`)."
+        },
+    )
+
+    def _check_vllm(self):
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(f"`vllm_mode` must be 'colocate' or 'server', got {self.vllm_mode!r}.")
+
+
+@dataclass
+class GenerationOptions(VLLMOptions):
     """What the generator samples and keeps: the prompt set, the sampling settings, the principles and the filters.
 
     Parameters:
@@ -54,41 +100,6 @@ class GenerationOptions:
     )
     batch_size: int = field(
         default=8, metadata={"help": "Prompts per batch; each batch is generated and saved as a unit."}
-    )
-    use_vllm: bool = field(
-        default=False,
-        metadata={"help": "Sample with vLLM (GPU, `pip install trl-sso[vllm]`) instead of transformers' `generate`."},
-    )
-    vllm_mode: str = field(
-        default="colocate",
-        metadata={
-            "help": "'colocate': an engine in each process (per tensor-parallel group) that sleeps or is deleted "
-            "before training; 'server': a `trl vllm-serve` / `vllm serve` server at `vllm_server_base_url`, which "
-            "gets each round's policy weights.",
-            "choices": ["colocate", "server"],
-        },
-    )
-    vllm_server_base_url: str | None = field(
-        default=None, metadata={"help": "Base URL of the vLLM server (server mode). Default: http://127.0.0.1:8000."}
-    )
-    vllm_server_timeout: float = field(
-        default=240.0, metadata={"help": "Seconds to wait for the vLLM server to answer its health check."}
-    )
-    vllm_gpu_memory_utilization: float = field(
-        default=0.3, metadata={"help": "Share of GPU memory the colocated engine reserves (weights and KV cache)."}
-    )
-    vllm_tensor_parallel_size: int = field(
-        default=1, metadata={"help": "GPUs each colocated engine spans; must divide the number of processes."}
-    )
-    vllm_max_model_length: int | None = field(
-        default=None, metadata={"help": "Context length of the colocated engine. Default: the model's."}
-    )
-    vllm_enable_sleep_mode: bool = field(
-        default=False,
-        metadata={
-            "help": "Put the colocated engine to sleep between generations (weights offloaded) instead of deleting "
-            "it: faster rounds, host memory for the weights."
-        },
     )
     principle_source: str = field(
         default="library",
@@ -165,8 +176,7 @@ class GenerationOptions:
             raise ValueError(
                 "`principle_source='model'` needs `principle_model`, the model that writes the guidelines."
             )
-        if self.vllm_mode not in ("colocate", "server"):
-            raise ValueError(f"`vllm_mode` must be 'colocate' or 'server', got {self.vllm_mode!r}.")
+        self._check_vllm()
 
     def _take_deprecated(self):
         """The names of trl-sso 0.1.0, kept until 0.2 with a warning: `backend` and `max_new_tokens`."""

@@ -127,6 +127,26 @@ class ServerSampler(VLLMSampler):
         return [[position[0] for position in row] for row in scores["actual_logprobs"]]
 
 
+class TrainerEngineSampler(VLLMSampler):
+    """Samples through TRL's `VLLMGeneration` (colocate or server), the engine of TRL's online trainers, which
+    `OnlineSSOTrainer` builds and whose weights it syncs; each call sets the sampling settings of the call."""
+
+    def __init__(self, generation, tokenizer, generation_kwargs=None):
+        super().__init__(tokenizer, generation_kwargs)
+        self.generation = generation
+
+    def _generate(self, prompt_ids, params, desc=None):
+        engine = self.generation
+        engine.temperature, engine.top_p = params.pop("temperature"), params.pop("top_p")
+        engine.max_completion_length = params.pop("max_tokens")
+        engine.generation_kwargs = params  # the seed, and the user's `generation_kwargs`
+        _, completion_ids, _, _ = engine.generate(prompt_ids, None, num_generations=1)
+        return completion_ids
+
+    def _prompt_logps(self, sequences, starts):
+        raise NotImplementedError("Online training does not score responses with vLLM (no log-probability filter).")
+
+
 def _build_llm(options, model_path: str, revision: str, trust_remote_code: bool):
     """A `vllm.LLM` for this process, as TRL's `VLLMGeneration` builds its colocated engine."""
     from trl.trainer.utils import ensure_master_addr_port
