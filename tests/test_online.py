@@ -93,7 +93,8 @@ def test_the_signal_of_each_generation_is_logged_and_buffered_over_micro_steps(t
     trainer.train()
     assert calls == [(4, 0), (4, 1)]  # one generation per optimizer step, for its 2 micro-steps of 2 prompts
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    for key in ("online/kept", "online/dropped", "online/accuracy", "online/tokens_chosen", "online/truncated"):
+    keys = ("online/kept", "online/dropped", "online/dropped_chosen_equals_rejected", "online/accuracy")
+    for key in (*keys, "online/tokens_chosen", "online/truncated", "online/a_gap_chosen", "online/a_gap_rejected"):
         assert all(key in entry for entry in logged), key
 
 
@@ -219,3 +220,38 @@ def test_use_vllm_samples_through_trls_vllm_generation(tiny_model_dir, tokenizer
     assert [call[0] for call in engine.calls] == [1.0, 0.5, 1.0, 0.5]  # y+ / y-, then y_o at its own temperature
     assert all(call[2] == 8 and call[3]["repetition_penalty"] == 1.1 and "seed" in call[3] for call in engine.calls)
     assert len(trainer.last_records) == 2 and trainer.last_records[0]["chosen"][-1]["content"].startswith("Answer")
+
+
+def test_the_policy_picks_the_features_as_it_is_at_each_generation(tiny_model_dir, tokenizer, tmp_path):
+    args = online_args(tmp_path, max_steps=1, sso_principle_source="policy")
+    trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
+    trainer.train()
+    assert trainer.last_records and all(r["principle_source"] == "policy" for r in trainer.last_records)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_trls_reference_model_callbacks(tiny_model_dir, tokenizer, tmp_path):
+    """`sync_ref_model=True` and the experimental `BEMACallback(update_ref_model=True)` update the reference model of
+    online training too."""
+    from trl.experimental.bema_for_ref_model import BEMACallback
+
+    args = online_args(tmp_path / "sync", max_steps=1, sync_ref_model=True, ref_model_sync_steps=1,
+                       ref_model_mixup_alpha=1.0)  # fmt: skip
+    trainer = OnlineSSOTrainer(
+        **policy_and_reference(tiny_model_dir), args=args, train_dataset=PROMPTS, processing_class=tokenizer
+    )
+    trainer.train()
+    reference = dict(trainer.ref_model.named_parameters())
+    for name, value in trainer.model.named_parameters():
+        torch.testing.assert_close(reference[name], value)
+
+    models = policy_and_reference(tiny_model_dir)
+    before = {name: p.detach().clone() for name, p in models["ref_model"].named_parameters()}
+    bema = BEMACallback(update_freq=1, update_ref_model=True, ref_model_update_freq=1, ref_model_update_after=1)
+    trainer = OnlineSSOTrainer(
+        **models, args=online_args(tmp_path / "bema", max_steps=2), train_dataset=PROMPTS,
+        processing_class=tokenizer, callbacks=[bema],
+    )  # fmt: skip
+    trainer.train()
+    after = dict(trainer.ref_model.named_parameters())
+    assert any(not torch.equal(after[name].detach(), value) for name, value in before.items())

@@ -35,6 +35,10 @@ class OnlineSSOConfig(SSOConfig, VLLMOptions):
             Features per query.
         sso_concision_prob (`float`, *optional*, defaults to `0.2`):
             Probability of adding Concision as a length control.
+        sso_principle_source (`str`, *optional*, defaults to `"library"`):
+            Where principles come from, as in the generator: `"library"`, `"policy"` (the policy as it is at each
+            generation picks the features, and with `sso_policy_writes_principles` writes their texts) or `"model"`
+            (`sso_principle_model` writes a guideline pair per query).
         sso_min_response_chars, sso_drop_truncated, sso_drop_revealing:
             The generator's filters (`min_response_chars`, `drop_truncated`, `drop_revealing`).
         use_vllm, vllm_mode, vllm_server_base_url, vllm_server_timeout, vllm_gpu_memory_utilization,
@@ -71,6 +75,21 @@ class OnlineSSOConfig(SSOConfig, VLLMOptions):
         default=None, metadata={"help": "YAML/JSON file of features that add to or replace the library's."}
     )
     sso_num_features: int = field(default=2, metadata={"help": "Features per query."})
+    sso_principle_source: str = field(
+        default="library",
+        metadata={
+            "help": "Where principles come from: 'library' (drawn per prompt), 'policy' (the policy picks the "
+            "features, as it is at each generation) or 'model' (`sso_principle_model` writes a guideline pair).",
+            "choices": ["library", "policy", "model"],
+        },
+    )
+    sso_principle_model: str | None = field(
+        default=None, metadata={"help": "Model that writes the guideline pair per query (principle source 'model')."}
+    )
+    sso_policy_writes_principles: bool = field(
+        default=False,
+        metadata={"help": "With principle source 'policy', let the policy also write the principle texts."},
+    )
     sso_concision_prob: float = field(
         default=0.2, metadata={"help": "Probability of adding Concision as a length control."}
     )
@@ -114,6 +133,9 @@ class OnlineSSOConfig(SSOConfig, VLLMOptions):
             features_file=self.sso_features_file,
             num_features=self.sso_num_features,
             concision_prob=self.sso_concision_prob,
+            principle_source=self.sso_principle_source,
+            principle_model=self.sso_principle_model,
+            policy_writes_principles=self.sso_policy_writes_principles,
             min_response_chars=self.sso_min_response_chars,
             drop_truncated=self.sso_drop_truncated,
             drop_revealing=self.sso_drop_revealing,

@@ -10,7 +10,8 @@ It is an `SSOTrainer` whose data are prompts; the rest follows TRL's `GRPOTraine
 - the loss is `SSOTrainer`'s (shared-prompt layout included), the reference the frozen starting policy (a separate
   model, or the adapter switched off with PEFT), or TRL's `sync_ref_model`.
 
-Every generation logs its signal under `online/`: the triples kept and dropped, the accuracy on verifiable features,
+Every generation logs its signal under `online/`: the triples kept and dropped (also per filter), the accuracy on
+verifiable features, the on-policyness gaps A(x, y+) - A(x, y_o) and A(x, y-) - A(x, y_o) under the sampling policy,
 the mean lengths and the share of responses cut at `max_completion_length`. Sampling is seeded by the generation's
 index and the process, so a run resumed from a checkpoint samples what the uninterrupted run sampled.
 
@@ -22,17 +23,20 @@ an optimizer step.
 
 from collections import Counter
 
+import torch
 from datasets import Dataset, IterableDataset
 from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 from trl.trainer.grpo_trainer import RepeatSampler
 
-from .data import RESPONSE_COLUMNS
-from .generation.generator import sample_triples
+from .data import CHOSEN, ORIGINAL, REJECTED, RESPONSE_COLUMNS
+from .generation.filters import REASONS
+from .generation.generator import load_model, sample_triples
 from .generation.samplers import TransformersSampler, require_chat_template
 from .generation.sources import PrincipleSource
 from .online_config import OnlineSSOConfig
 from .principles import expand_feature_names, known_features
+from .signal.onpolicy import mean_logps
 from .signal.report import accuracy
 from .trainer import SSOTrainer
 
@@ -104,17 +108,11 @@ class OnlineSSOTrainer(SSOTrainer):
         require_chat_template(self.processing_class, "the policy")
         self.sso_collator, self.data_collator = self.data_collator, list  # the raw prompt rows reach `_prepare_inputs`
         self.generation_options = args.generation_options()
-        features = known_features(args.sso_features_file)
-        candidates = expand_feature_names(args.sso_features, features) if args.sso_features else None
-        self.features = features
-        self.principle_source = PrincipleSource(
-            "library",
-            features,
-            seed=args.seed,
-            num_features=args.sso_num_features,
-            concision_prob=args.sso_concision_prob,
-            candidates=candidates,
-        )
+        self.features = known_features(args.sso_features_file)
+        self.principle_sampler = None
+        if args.sso_principle_source == "model":  # a separate model writes the guideline pairs
+            model, tokenizer = load_model(args.sso_principle_model, "auto", self.accelerator.device)
+            self.principle_sampler = TransformersSampler(model, tokenizer, args.per_device_train_batch_size)
         self.vllm_generation, self._synced_step = self._vllm_generation(), None
         self.add_callback(_AlignGenerationStep(self))
 
@@ -229,7 +227,7 @@ class OnlineSSOTrainer(SSOTrainer):
         def sample(sampler):
             return sample_triples(
                 sampler,
-                self.principle_source,
+                self._principle_source(sampler),
                 tokenizer,
                 [row["prompt"] for row in rows],
                 [row[PROMPT_INDEX] for row in rows],
@@ -256,12 +254,30 @@ class OnlineSSOTrainer(SSOTrainer):
         slices = [examples[k * size : (k + 1) * size] for k in range(args.steps_per_generation)]
         return [self._prepare_inputs(self.sso_collator(part)) if part else None for part in slices]
 
+    def _principle_source(self, sampler) -> PrincipleSource:
+        """The generator's principle source, with this generation's policy sampler (principle source 'policy')."""
+        args = self.args
+        candidates = expand_feature_names(args.sso_features, self.features) if args.sso_features else None
+        return PrincipleSource(
+            args.sso_principle_source,
+            self.features,
+            seed=args.seed,
+            num_features=args.sso_num_features,
+            concision_prob=args.sso_concision_prob,
+            candidates=candidates,
+            policy_sampler=sampler,
+            policy_writes_principles=args.sso_policy_writes_principles,
+            principle_sampler=self.principle_sampler,
+        )
+
     def _log_generation(self, batch, num_prompts: int) -> None:
         """The signal of one generation, as training metrics under `online/` (averaged over the logging steps)."""
         metrics = self._metrics["train"]
         dropped = Counter(reason for reason in batch.reasons if reason is not None)
         metrics["online/kept"].append(len(batch.records) / num_prompts)
         metrics["online/dropped"].append(sum(dropped.values()) / num_prompts)
+        for reason in REASONS:  # every reason on every generation, so that the averages over steps stay shares
+            metrics[f"online/dropped_{reason}"].append(dropped.get(reason, 0) / num_prompts)
         records = batch.records
         if not records:
             return
@@ -272,6 +288,19 @@ class OnlineSSOTrainer(SSOTrainer):
             metrics[f"online/tokens_{side}"].append(sum(r[f"{side}_tokens"] for r in records) / len(records))
         cut = [not r[f"{side}_finished"] for r in records for side in RESPONSE_COLUMNS]
         metrics["online/truncated"].append(sum(cut) / len(cut))
+        for side, gap in self._onpolicy_gaps(records).items():
+            metrics[f"online/a_gap_{side}"].append(gap)
+
+    def _onpolicy_gaps(self, records) -> dict[str, float]:
+        """The mean on-policyness gaps A(x, y+) - A(x, y_o) and A(x, y-) - A(x, y_o) of this generation's records
+        under the policy that sampled them (`trl_sso.signal.onpolicy`): how far the pair drifted from what the
+        policy says without a principle."""
+        with unwrap_model_for_generation(self.model, self.accelerator) as policy, torch.no_grad():
+            values, _ = mean_logps(policy, self.processing_class, records, batch_size=len(records))
+        return {
+            side: sum(a - o for a, o in zip(values[side], values[ORIGINAL])) / len(records)
+            for side in (CHOSEN, REJECTED)
+        }
 
     # -----------------------------------------------------------------------------------------------------------------
     # Training

@@ -86,7 +86,8 @@ def _settings_key(args: GenerateArguments) -> str:
     return hashlib.sha256(json.dumps(_settings(args), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _load_model(name: str, dtype: str, device, revision: str = "main", trust_remote_code: bool = False):
+def load_model(name: str, dtype: str, device, revision: str = "main", trust_remote_code: bool = False):
+    """`(model, tokenizer)` of a chat model for sampling, in evaluation mode on `device` (fp32 on a CPU for `auto`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,13 +216,13 @@ class SSOGenerator:
                     self.engine, self.owns_engine = VLLMEngine(args), True
                 sampler = self.engine.sampler(model_name, tokenizer, args.model_revision, args.trust_remote_code)
             else:
-                model, tokenizer = _load_model(
+                model, tokenizer = load_model(
                     model_name, args.dtype, self.state.device, args.model_revision, args.trust_remote_code
                 )
                 sampler = TransformersSampler(model, tokenizer, args.batch_size, args.generation_kwargs)
         self.sampler, self.tokenizer = sampler, tokenizer
         if args.principle_source == "model" and principle_sampler is None:
-            principle_model, principle_tokenizer = _load_model(args.principle_model, args.dtype, self.state.device)
+            principle_model, principle_tokenizer = load_model(args.principle_model, args.dtype, self.state.device)
             principle_sampler = TransformersSampler(
                 principle_model, principle_tokenizer, args.batch_size, args.generation_kwargs
             )
