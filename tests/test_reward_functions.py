@@ -52,6 +52,7 @@ def test_a_grpo_step_with_the_feature_rewards(tiny_model_dir, tmp_path):
         gradient_checkpointing=False,
         save_strategy="no",
         disable_tqdm=True,
+        dataloader_pin_memory=False,
     )
     trainer = GRPOTrainer(
         model=tiny_model_dir, reward_funcs=feature_rewards(["Brevity", "Bullets"]), args=args, train_dataset=dataset
