@@ -58,7 +58,9 @@ class _AlignGenerationStep(TrainerCallback):
 class OnlineSSOTrainer(SSOTrainer):
     """SSO on triples sampled from the current policy during training; see the module docstring.
 
-    `train_dataset` holds prompts: a `prompt` column of strings or of chat messages (other columns are ignored).
+    `train_dataset` holds prompts: a `prompt` column of strings or of chat messages (other columns are ignored). After
+    each generation, `last_records` holds the SSO records this process kept (canonical records, as the generator
+    writes them).
 
     Example:
     ```python
