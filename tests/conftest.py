@@ -9,6 +9,7 @@ import socket
 import subprocess
 
 import pytest
+from transformers import TrainerCallback
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -155,29 +156,41 @@ def sso_dataset(conversational: bool = True, n: int | None = None):
     return Dataset.from_list(sso_rows(conversational, n))
 
 
+# Small, fast, deterministic training arguments for CPU tests
+TEST_TRAINING = dict(
+    per_device_train_batch_size=2,
+    per_device_eval_batch_size=2,
+    max_steps=2,
+    learning_rate=1e-3,
+    bf16=False,
+    gradient_checkpointing=False,
+    report_to="none",
+    save_strategy="no",
+    logging_steps=1,
+    max_length=128,
+    seed=0,
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+    dataloader_pin_memory=False,
+)
+
+
 def sso_args(tmp_path, **overrides):
-    """Small, fast, deterministic training arguments for CPU tests."""
+    """`SSOConfig` with `TEST_TRAINING` and `overrides`, writing to `tmp_path`."""
     from trl_sso import SSOConfig
 
-    kwargs = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=2,
-        max_steps=2,
-        learning_rate=1e-3,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        max_length=128,
-        seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-    )
-    kwargs.update(overrides)
-    return SSOConfig(**kwargs)
+    return SSOConfig(**{**TEST_TRAINING, "output_dir": str(tmp_path), **overrides})
+
+
+class FirstGradients(TrainerCallback):
+    """Keeps a copy of the gradients just before the first optimizer step (`.grads`)."""
+
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def free_port() -> int:

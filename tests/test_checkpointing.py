@@ -10,10 +10,9 @@ trains leaves the trainer's fused LM head, and its metrics, as they were.
 
 import pytest
 import torch
-from conftest import policy_and_reference, sso_args, sso_dataset
+from conftest import FirstGradients, policy_and_reference, sso_args, sso_dataset
 from numerics import assert_close_to_scale
 from peft import LoraConfig
-from transformers import TrainerCallback
 
 from trl_sso import SSOTrainer, sharing
 
@@ -26,17 +25,6 @@ CASES = {  # each setting on one side at least; LoRA with the backward per pair,
     "full model, two rows, one backward": dict(sso_share_prompt=False, sso_backward_per_pair=False),
     "LoRA, shared layout, backward per pair": dict(lora=True, sso_share_prompt=True, sso_backward_per_pair=True),
 }
-
-
-class FirstGradients(TrainerCallback):
-    """Keeps a copy of the gradients just before the first optimizer step."""
-
-    def __init__(self):
-        self.grads = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.grads is None:
-            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def train(tiny_model_dir, tokenizer, tmp_path, checkpointing: bool, lora: bool = False, **overrides):

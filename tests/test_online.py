@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import policy_and_reference
+from conftest import TEST_TRAINING, FirstGradients, policy_and_reference
 from datasets import Dataset
 from numerics import assert_close_to_scale
 from transformers import TrainerCallback
@@ -17,21 +17,7 @@ from trl_sso import OnlineSSOConfig, OnlineSSOTrainer, SSOConfig, SSOTrainer
 PROMPTS = Dataset.from_dict({"prompt": [f"Question {i}: why is the sky blue?" for i in range(8)]})
 
 
-TRAINING = dict(
-    per_device_train_batch_size=2,
-    max_steps=2,
-    learning_rate=1e-3,
-    bf16=False,
-    gradient_checkpointing=False,
-    report_to="none",
-    save_strategy="no",
-    logging_steps=1,
-    max_length=256,
-    seed=0,
-    disable_tqdm=True,
-    dataloader_pin_memory=False,
-    sso_principle_placement="after_question",
-)
+TRAINING = dict(TEST_TRAINING, max_length=256, sso_principle_placement="after_question")
 
 
 def online_args(tmp_path, **overrides):
@@ -48,15 +34,6 @@ def online_args(tmp_path, **overrides):
     )
     kwargs.update(overrides)
     return OnlineSSOConfig(**kwargs)
-
-
-class FirstGradients(TrainerCallback):
-    def __init__(self):
-        self.grads = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.grads is None:
-            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.usefixtures("each_thread_count")

@@ -35,7 +35,7 @@ from .generation.generator import load_model, sample_triples
 from .generation.samplers import TransformersSampler, require_chat_template
 from .generation.sources import PrincipleSource
 from .online_config import OnlineSSOConfig
-from .principles import expand_feature_names, known_features
+from .principles import known_features
 from .signal.onpolicy import mean_logps
 from .signal.report import accuracy
 from .trainer import SSOTrainer
@@ -229,7 +229,9 @@ class OnlineSSOTrainer(SSOTrainer):
         def sample(sampler):
             return sample_triples(
                 sampler,
-                self._principle_source(sampler),
+                PrincipleSource.from_options(
+                    self.generation_options, self.features, args.seed, sampler, self.principle_sampler
+                ),
                 tokenizer,
                 [row["prompt"] for row in rows],
                 [row[PROMPT_INDEX] for row in rows],
@@ -255,22 +257,6 @@ class OnlineSSOTrainer(SSOTrainer):
         size = args.per_device_train_batch_size
         slices = [examples[k * size : (k + 1) * size] for k in range(args.steps_per_generation)]
         return [self._prepare_inputs(self.sso_collator(part)) if part else None for part in slices]
-
-    def _principle_source(self, sampler) -> PrincipleSource:
-        """The generator's principle source, with this generation's policy sampler (principle source 'policy')."""
-        args = self.args
-        candidates = expand_feature_names(args.sso_features, self.features) if args.sso_features else None
-        return PrincipleSource(
-            args.sso_principle_source,
-            self.features,
-            seed=args.seed,
-            num_features=args.sso_num_features,
-            concision_prob=args.sso_concision_prob,
-            candidates=candidates,
-            policy_sampler=sampler,
-            policy_writes_principles=args.sso_policy_writes_principles,
-            principle_sampler=self.principle_sampler,
-        )
 
     def _log_generation(self, batch, num_prompts: int) -> None:
         """The signal of one generation, as training metrics under `online/` (averaged over the logging steps)."""

@@ -195,7 +195,8 @@ class SSOGenerator:
         self.args, self.state = args, process_state()
         self.engine, self.owns_engine = engine, False
         self.features = known_features(args.features_file)
-        candidates = expand_feature_names(args.features, self.features) if args.features else None
+        if args.features:  # unknown names fail before any model loads
+            expand_feature_names(args.features, self.features)
         self.prompts = load_prompts(args.prompts, args.prompt_column, args.prompt_split, args.num_prompts)
         if sampler is None:
             model_name = args.model_name_or_path
@@ -226,17 +227,7 @@ class SSOGenerator:
             principle_sampler = TransformersSampler(
                 principle_model, principle_tokenizer, args.batch_size, args.generation_kwargs
             )
-        self.source = PrincipleSource(
-            args.principle_source,
-            self.features,
-            seed=args.seed,
-            num_features=args.num_features,
-            concision_prob=args.concision_prob,
-            candidates=candidates,
-            policy_sampler=sampler,
-            policy_writes_principles=args.policy_writes_principles,
-            principle_sampler=principle_sampler,
-        )
+        self.source = PrincipleSource.from_options(args, self.features, args.seed, sampler, principle_sampler)
         self.output_dir = Path(args.output_dir)
         self.batches = self._plan_batches()
         self.generator_name = args.model_name or (

@@ -22,6 +22,7 @@ from ..principles import (
     Feature,
     contrastive_system_prompts,
     default_candidates,
+    expand_feature_names,
     guideline_system_prompts,
     select_features,
 )
@@ -171,6 +172,23 @@ class PrincipleSource:
         self.candidates = list(candidates) if candidates else default_candidates(features)
         self.policy_sampler, self.principle_sampler = policy_sampler, principle_sampler
         self.policy_writes_principles, self.max_new_tokens = policy_writes_principles, max_new_tokens
+
+    @classmethod
+    def from_options(cls, options, features, seed: int, policy_sampler=None, principle_sampler=None):
+        """The source that the generator's `options` (`GenerationOptions`: `principle_source`, `features`,
+        `num_features`, `concision_prob`, `policy_writes_principles`) describe, over `features` (name -> Feature)."""
+        candidates = expand_feature_names(options.features, features) if options.features else None
+        return cls(
+            options.principle_source,
+            features,
+            seed=seed,
+            num_features=options.num_features,
+            concision_prob=options.concision_prob,
+            candidates=candidates,
+            policy_sampler=policy_sampler,
+            policy_writes_principles=options.policy_writes_principles,
+            principle_sampler=principle_sampler,
+        )
 
     def _library(self, index, candidates=None):
         rng = query_rng(self.seed, index, "features")
