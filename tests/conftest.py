@@ -31,6 +31,13 @@ ROWS = [
 ]
 
 
+def pytest_report_header(config):
+    """The releases this run tests (CI runs the locked set and, with `--newest`, the newest the ranges allow)."""
+    from trl_sso.scripts.env import PACKAGES, installed_version
+
+    return "packages: " + ", ".join(f"{package} {installed_version(package)}" for package in (*PACKAGES, "kernels"))
+
+
 @pytest.fixture(params=["1-thread", pytest.param("default-threads", marks=pytest.mark.slow)])
 def each_thread_count(request):
     """Run a numerical test once with torch on 1 thread and once with its default thread count (the second run is

@@ -52,7 +52,7 @@ def train(tiny_model_dir, tokenizer, tmp_path, checkpointing: bool, lora: bool =
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     base = model.get_base_model() if lora else model
-    assert base.is_gradient_checkpointing is checkpointing
+    assert base.is_activation_checkpointing is checkpointing
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and callback.grads
     return losses, callback.grads

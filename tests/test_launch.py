@@ -14,7 +14,8 @@ from trl_sso.cli.main import main
 
 
 ROOT = Path(__file__).resolve().parents[1]
-NOISE = ("kernels-community", "Setting accelerator to CPU", "gradient_checkpointing` is deprecated")
+# bitsandbytes' kernel fetch (and `kernels`' offline note about it), DeepSpeed's CPU detection, transformers' renames
+NOISE = ("kernels-community", "publisher trust", "Setting accelerator to CPU", "deprecated and will be removed in v6")
 
 
 def test_a_name_of_trls_configs_launches_this_command_as_a_module(monkeypatch):

@@ -1,8 +1,10 @@
 """The project frame: the README's commands match CI, light imports stay light, the card templates ship."""
 
 import re
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ def test_readme_opens_with_the_run_and_test_commands_and_ci_runs_the_latter():
     assert "trl-sso iterate --config recipes/quickstart_cpu.yaml" in run_command and "pytest" in test_command
     for command in (run_command, test_command):
         assert command.startswith("pip install torch==2.13.0")  # each does its own set-up
+        assert 'pip install -c .ci/constraints.txt -e ".[test]"' in command  # from the locked set
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
@@ -73,11 +76,21 @@ def test_the_wheel_holds_the_package_and_its_resources(wheel):
 
 @pytest.mark.slow
 def test_the_installed_wheel_runs_from_outside_the_repository(wheel, tmp_path, packaged_model):
-    """The wheel installed in a fresh virtual environment (which sees this machine's packages, torch and the rest,
-    but not the repository) generates from the packaged model in a folder outside the repository."""
+    """The wheel installed in a fresh virtual environment generates from the packaged model in a folder outside the
+    repository. That environment sees the packages of the interpreter running the suite (torch and the rest), whether
+    it is a system Python or a virtual environment, through a `.pth` file that lists its site-packages folders
+    (`venv --system-site-packages` would expose the base interpreter's instead, which inside a virtual environment
+    lack them). Folders listed in a `.pth` file are appended to `sys.path` without reading their own `.pth` files,
+    so the repository's editable install stays out of sight."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    own = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+    )
+    paths = sysconfig.get_paths()
+    running = dict.fromkeys([*site.getsitepackages(), paths["purelib"], paths["platlib"]])
+    (Path(own.stdout.strip()) / "running_suite.pth").write_text("\n".join(running) + "\n")
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     where = subprocess.run(
         [python, "-c", "import trl_sso; print(trl_sso.__file__)"], cwd=tmp_path, capture_output=True, text=True

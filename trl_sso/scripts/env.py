@@ -10,7 +10,8 @@ PACKAGES = (
 )  # fmt: skip
 
 
-def _version(package: str) -> str:
+def installed_version(package: str) -> str:
+    """The installed release of `package`, or "not installed"."""
     try:
         return version(package)
     except PackageNotFoundError:
@@ -34,6 +35,7 @@ def accelerator() -> str:
 def environment() -> dict[str, str]:
     """Platform, Python, the versions of trl-sso and the libraries it runs on, and the accelerator."""
     info = {"Platform": platform.platform(), "Python version": platform.python_version()}
-    info.update({f"{package} version": _version(package) for package in PACKAGES})
-    info["Accelerator"] = accelerator() if _version("torch") != "not installed" else "unknown (torch not installed)"
+    info.update({f"{package} version": installed_version(package) for package in PACKAGES})
+    torch_installed = installed_version("torch") != "not installed"
+    info["Accelerator"] = accelerator() if torch_installed else "unknown (torch not installed)"
     return info
