@@ -42,10 +42,10 @@ def test_every_sso_field_has_help_and_a_docstring_entry():
         ({"sso_steer_coef": -0.1}, ["`sso_steer_coef`", "at least 0", "Use 0 to turn the term off"]),
         ({"sso_sft_coef": -1.0}, ["`sso_sft_coef`", "at least 0"]),
         ({"beta": float("nan")}, ["`beta`", "finite"]),
-        ({"loss_type": "hinge"}, ["`loss_type`", "'sigmoid'", "'ipo'"]),
-        ({"loss_type": ["sigmoid", "ipo"]}, ["one at a time"]),
-        ({"ld_alpha": 0.5}, ["`ld_alpha=0.5`", "does not implement"]),
-        ({"use_weighting": True}, ["`use_weighting=True`"]),
+        ({"loss_type": "hinge2"}, ["`loss_type`", "'hinge2'", "'sigmoid'", "'sigmoid_norm'"]),
+        ({"loss_type": ["sigmoid", "aot"]}, ["['aot'] sorts the examples", "`sso_use_weight=False`"]),
+        ({"padding_free": True}, ["`padding_free=True`", "shared-prompt layout", "default (False)"]),
+        ({"use_liger_kernel": True}, ["`use_liger_kernel=True`", "use_kernels"]),
     ],
 )
 def test_invalid_values_get_clear_errors(tmp_path, kwargs, fragments):

@@ -1,6 +1,8 @@
 """SSOTrainer against TRL's DPOTrainer as an oracle, on the same model and data.
 
-- steering off and W off: SSO is DPO on the main pair, loss and gradients;
+- steering off and W off: SSO is DPO on the main pair, loss and gradients, for every base loss DPOTrainer offers
+  (each `loss_type`, the MPO list with `loss_weights`, WPO, LD-DPO, the f-divergences) and for MoE models with their
+  load-balancing loss;
 - W off, steer coefficient c: SSO = DPO(main) + c * (DPO on x+ data + DPO on x- data with original > chosen), where
   the oracle datasets carry the principle as a system message (or, for text prompts, prepended to the prompt);
 - through `training_step`, which backpropagates each steering pair on its own (`sso_backward_per_pair`): the same
@@ -16,6 +18,7 @@ from numerics import assert_close_to_scale
 from trl import DPOConfig, DPOTrainer
 
 from trl_sso import SSOTrainer
+from trl_sso.loss import BASE_LOSS_TYPES
 
 
 N = 4  # examples in the compared batch
@@ -48,20 +51,14 @@ def step_loss_and_grads(trainer, accumulation_steps=1):
     return loss, grads, len(calls)
 
 
-def dpo_loss_and_grads(model_dir, tokenizer, dataset, tmp_path, loss_type):
-    args = DPOConfig(
-        output_dir=str(tmp_path),
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        max_length=128,
-        loss_type=loss_type,
-        beta=0.1,
-        seed=0,
-    )
-    return loss_and_grads(
-        DPOTrainer(**models(model_dir), args=args, train_dataset=dataset, processing_class=tokenizer)
-    )
+def dpo_trainer(model_dir, tokenizer, dataset, tmp_path, loss_type="sigmoid", **overrides):
+    settings = dict(bf16=False, gradient_checkpointing=False, report_to="none", max_length=128, beta=0.1, seed=0)
+    args = DPOConfig(output_dir=str(tmp_path), loss_type=loss_type, **{**settings, **overrides})
+    return DPOTrainer(**models(model_dir), args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def dpo_loss_and_grads(model_dir, tokenizer, dataset, tmp_path, loss_type="sigmoid", **overrides):
+    return loss_and_grads(dpo_trainer(model_dir, tokenizer, dataset, tmp_path, loss_type, **overrides))
 
 
 def steered_rows(conversational, system_column, winner, loser):
@@ -77,7 +74,7 @@ def steered_rows(conversational, system_column, winner, loser):
     return Dataset.from_list(rows)
 
 
-def assert_close(got, expected, scales=None):
+def assert_close(got, expected, scales=None, rtol=GRAD_RTOL):
     """The same loss (tight: a scalar of order 1, summed the same way) and the same gradients (to the tensor's scale,
     or to `scales[name]` where the expected gradient is a sum of oracle gradients that may cancel)."""
     loss, grads = got
@@ -87,7 +84,7 @@ def assert_close(got, expected, scales=None):
     assert grads.keys() == expected_grads.keys()
     for name in grads:
         scale = scales[name] if scales else None
-        assert_close_to_scale(grads[name], expected_grads[name], GRAD_RTOL, scale=scale, name=name)
+        assert_close_to_scale(grads[name], expected_grads[name], rtol, scale=scale, name=name)
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
@@ -100,11 +97,67 @@ def test_steering_and_weight_off_equals_dpo(tiny_model_dir, tokenizer, tmp_path,
     assert_close(loss_and_grads(sso), expected)
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-@pytest.mark.parametrize("conversational", [True, False], ids=["conversational", "standard"])
-def test_weight_off_equals_dpo_on_three_datasets(tiny_model_dir, tokenizer, tmp_path, loss_type, conversational):
+# Every base loss of DPOTrainer, as DPOConfig sets it: each `loss_type` (with a label smoothing where it reads one),
+# the MPO list, and the DPO variants that reshape every loss (WPO, LD-DPO, the f-divergences)
+SMOOTHED = ("exo_pair", "robust", "aot", "aot_unpaired")
+BASE_LOSSES = [
+    *(
+        pytest.param({"loss_type": name, **({"label_smoothing": 0.1} if name in SMOOTHED else {})}, id=name)
+        for name in BASE_LOSS_TYPES
+    ),
+    pytest.param({"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]}, id="mpo"),
+    pytest.param({"use_weighting": True}, id="wpo"),
+    pytest.param({"use_weighting": True, "loss_type": "ipo"}, id="wpo-ipo"),
+    pytest.param({"ld_alpha": 0.5}, id="ld"),
+    pytest.param({"ld_alpha": 0.3, "loss_type": "ipo"}, id="ld-ipo"),
+    # WPO and LD-DPO read per-token outputs, laid out differently in DPO's two rows (models that cannot share prompts)
+    pytest.param({"use_weighting": True, "sso_share_prompt": False}, id="wpo-two-rows"),
+    pytest.param({"ld_alpha": 0.5, "sso_share_prompt": False}, id="ld-two-rows"),
+    *(
+        pytest.param({"f_divergence_type": kind, "f_alpha_divergence_coef": 0.5}, id=kind)
+        for kind in ("forward_kl", "js_divergence", "alpha_divergence")
+    ),
+]
+
+
+@pytest.mark.parametrize("settings", BASE_LOSSES)
+def test_every_base_loss_equals_dpo(tiny_model_dir, tokenizer, tmp_path, settings):
+    """Steering and W off, each base loss of DPOTrainer: SSO is DPO on the main pair, loss and gradients."""
+    dataset = sso_dataset(True, N)
+    settings = dict(settings)
+    loss_type = settings.pop("loss_type", "sigmoid")
+    layout = {"sso_share_prompt": settings.pop("sso_share_prompt", True)}
+    args = sso_args(
+        tmp_path / "sso", sso_steer_coef=0.0, sso_use_weight=False, loss_type=loss_type, **layout, **settings
+    )
+    sso = SSOTrainer(**models(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tokenizer)
+    expected = dpo_loss_and_grads(tiny_model_dir, tokenizer, dataset, tmp_path / "dpo", loss_type, **settings)
+    # DiscoPOP mixes its two terms with sigmoid(logits / discopop_tau): the log-probs' rounding (which differs between
+    # the shared layout and DPO's rows) reaches its gradient multiplied by 1 / discopop_tau = 20
+    assert_close(loss_and_grads(sso), expected, rtol=GRAD_RTOL * (20 if loss_type == "discopop" else 1))
+
+
+STEERED_LOSSES = [
+    pytest.param({"loss_type": "sigmoid"}, True, id="sigmoid-conversational"),
+    pytest.param({"loss_type": "sigmoid"}, False, id="sigmoid-standard"),
+    pytest.param({"loss_type": "ipo"}, True, id="ipo-conversational"),
+    pytest.param({"loss_type": "ipo"}, False, id="ipo-standard"),
+    pytest.param({"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]}, True, id="mpo"),
+    pytest.param({"loss_type": "aot", "label_smoothing": 0.1}, True, id="aot"),  # sorted within each pair's batch
+    pytest.param({"loss_type": "sft"}, True, id="sft"),  # a batch mean per pair
+    pytest.param({"use_weighting": True}, True, id="wpo"),
+    pytest.param({"ld_alpha": 0.5}, True, id="ld"),
+    pytest.param({"f_divergence_type": "js_divergence"}, True, id="js_divergence"),
+]
+
+
+@pytest.mark.parametrize("settings,conversational", STEERED_LOSSES)
+def test_weight_off_equals_dpo_on_three_datasets(tiny_model_dir, tokenizer, tmp_path, settings, conversational):
+    """W off, steer coefficient c: each pair trains on its base loss as DPOTrainer trains on its one pair."""
+    settings = dict(settings)
+    loss_type = settings.pop("loss_type", "sigmoid")
     c = 0.3
-    args = sso_args(tmp_path / "sso", sso_steer_coef=c, sso_use_weight=False, loss_type=loss_type)
+    args = sso_args(tmp_path / "sso", sso_steer_coef=c, sso_use_weight=False, loss_type=loss_type, **settings)
     sso = SSOTrainer(
         **models(tiny_model_dir), args=args, train_dataset=sso_dataset(conversational, N), processing_class=tokenizer
     )
@@ -114,7 +167,7 @@ def test_weight_off_equals_dpo_on_three_datasets(tiny_model_dir, tokenizer, tmp_
         "neg": steered_rows(conversational, "negative_system", "original", "chosen"),
     }
     oracle = {
-        name: dpo_loss_and_grads(tiny_model_dir, tokenizer, data, tmp_path / name, loss_type)
+        name: dpo_loss_and_grads(tiny_model_dir, tokenizer, data, tmp_path / name, loss_type, **settings)
         for name, data in parts.items()
     }
     expected_loss = oracle["main"][0] + c * (oracle["pos"][0] + oracle["neg"][0])
@@ -170,3 +223,73 @@ def test_compute_loss_outside_a_training_step_leaves_the_gradients_alone(tiny_mo
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(N)]))
     loss = trainer.compute_loss(trainer.model, batch)
     assert loss.requires_grad and all(p.grad is None for p in trainer.model.parameters())
+
+
+MOE = {
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, router_aux_loss_coef=0.05),
+    "gpt_oss": dict(
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        intermediate_size=32,
+        head_dim=16,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        router_aux_loss_coef=0.05,
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MOE))
+def moe_model_dir(request, tokenizer_dir, tmp_path_factory):
+    """A tiny Mixture-of-Experts model (Qwen3-MoE or GPT-OSS) with a sizeable load-balancing coefficient."""
+    from conftest import save_tiny_model
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return save_tiny_model(tokenizer, tmp_path_factory.mktemp(request.param), request.param, **MOE[request.param])
+
+
+def test_moe_load_balancing_loss_as_dpo(moe_model_dir, tokenizer, tmp_path):
+    """An MoE policy: the load-balancing loss of each pair's forward is added as DPOTrainer adds its forward's one.
+    - steering and W off: SSO is DPO (its aux loss included), loss and gradients, and logs the same `aux_loss`;
+    - steering on (W off): the loss is DPO's on the three pairs' datasets with the steering pairs' DPO losses scaled
+      by c and their aux losses not (`router_aux_loss_coef` times each forward's own, as DPO adds it), and `aux_loss`
+      logs the sum of the three forwards';
+    - the per-pair backward gives the gradient of one backward pass, aux losses included."""
+    k, c = 0.05, 0.3
+    off = sso_args(tmp_path / "off", sso_steer_coef=0.0, sso_use_weight=False)
+    sso = SSOTrainer(**models(moe_model_dir), args=off, train_dataset=sso_dataset(n=N), processing_class=tokenizer)
+    assert sso.aux_loss_enabled and sso.router_aux_loss_coef == k
+    plain = sso_dataset(n=N).select_columns(["prompt", "chosen", "rejected"])
+    dpo = dpo_trainer(moe_model_dir, tokenizer, plain, tmp_path)
+    assert_close(loss_and_grads(sso), loss_and_grads(dpo))
+    assert sso._metrics["train"]["aux_loss"] == pytest.approx(dpo._metrics["train"]["aux_loss"], rel=1e-5)
+    assert sso._metrics["train"]["aux_loss"][0] > 0
+
+    on = sso_args(tmp_path / "on", sso_steer_coef=c, sso_use_weight=False)
+    sso = SSOTrainer(**models(moe_model_dir), args=on, train_dataset=sso_dataset(n=N), processing_class=tokenizer)
+    parts = {
+        "main": sso_dataset(True, N).select_columns(["prompt", "chosen", "rejected"]),
+        "pos": steered_rows(True, "positive_system", "chosen", "rejected"),
+        "neg": steered_rows(True, "negative_system", "original", "chosen"),
+    }
+    losses, aux = {}, {}
+    for name, data in parts.items():
+        trainer = dpo_trainer(moe_model_dir, tokenizer, data, tmp_path / name)
+        losses[name] = loss_and_grads(trainer)[0].item()
+        (aux[name],) = trainer._metrics["train"]["aux_loss"]
+    expected = losses["main"] + c * (losses["pos"] + losses["neg"]) + (1 - c) * k * (aux["pos"] + aux["neg"])
+    assert loss_and_grads(sso)[0].item() == pytest.approx(expected, rel=1e-5)
+    assert sso._metrics["train"]["aux_loss"][0] == pytest.approx(sum(aux.values()), rel=1e-5)
+
+    def step(per_pair):
+        args = sso_args(tmp_path / f"step{per_pair}", sso_steer_coef=c, sso_backward_per_pair=per_pair)
+        trainer = SSOTrainer(
+            **models(moe_model_dir), args=args, train_dataset=sso_dataset(n=N), processing_class=tokenizer
+        )
+        return step_loss_and_grads(trainer)
+
+    loss, grads, passes = step(True)
+    expected_loss, expected_grads, single = step(False)
+    assert (passes, single) == (2, 1)
+    assert_close((loss, grads), (expected_loss, expected_grads))

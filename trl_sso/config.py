@@ -10,6 +10,7 @@ from trl import DPOConfig
 
 from .data import PLACEMENTS
 from .hub_token import TokenFreePickle
+from .loss import BASE_LOSS_TYPES, SORTING_LOSS_TYPES
 from .options import check_ranges
 from .runtime import accelerator_available, bf16_available
 
@@ -17,8 +18,55 @@ from .runtime import accelerator_available, bf16_available
 logger = logging.getLogger(__name__)
 
 SSO_OBJECTIVES = ("policy", "generator")
-SSO_LOSS_TYPES = ("sigmoid", "ipo")
 _DEFAULT_SFT_COEF = {"policy": 0.0, "generator": 0.1}
+
+# What SSOTrainer does with each field that DPOConfig declares (or whose default it changes), and with the fields of
+# `TrainingArguments` whose meaning DPOTrainer changes: "supported" with the test that shows it, or "refused" with
+# the reason given when it is set. Every other field is transformers' `Trainer`'s, the same for both trainers.
+# `tests/test_dpo_surface.py` fails when TRL adds a field that is not decided here.
+DPO_FIELDS = {
+    "model_init_kwargs": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    "trust_remote_code": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    "router_aux_loss_coef": ("supported", "test_moe_load_balancing_loss_as_dpo"),
+    "disable_dropout": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    "dataset_num_proc": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    "max_length": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    "truncation_mode": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    "padding_free": (
+        "refused",
+        "TRL 1.16's DPOTrainer has switched it off too (it falls back to padding); SSO's shared-prompt layout "
+        "(`sso_share_prompt=True`, the default) removes the repeated prompts instead",
+    ),
+    "pad_to_multiple_of": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    "precompute_ref_log_probs": ("supported", "test_precomputed_reference_matches_live_reference"),
+    "precompute_ref_batch_size": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    "loss_type": ("supported", "test_every_base_loss_equals_dpo"),
+    "loss_weights": ("supported", "test_every_base_loss_equals_dpo"),
+    "ld_alpha": ("supported", "test_every_base_loss_equals_dpo"),
+    "f_divergence_type": ("supported", "test_every_base_loss_equals_dpo"),
+    "f_alpha_divergence_coef": ("supported", "test_every_base_loss_equals_dpo"),
+    "label_smoothing": ("supported", "test_every_base_loss_equals_dpo"),
+    "beta": ("supported", "test_every_base_loss_equals_dpo"),
+    "use_weighting": ("supported", "test_every_base_loss_equals_dpo"),
+    "discopop_tau": ("supported", "test_every_base_loss_equals_dpo"),
+    "activation_offloading": ("supported", "test_activation_offloading_wraps_every_pass"),
+    "sync_ref_model": ("supported", "test_sync_ref_model_copies_the_policy_into_the_reference"),
+    "ref_model_mixup_alpha": ("supported", "test_sync_ref_model_copies_the_policy_into_the_reference"),
+    "ref_model_sync_steps": ("supported", "test_sync_ref_model_copies_the_policy_into_the_reference"),
+    "pad_token": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    # fields of `TrainingArguments` whose default DPOConfig changes
+    "learning_rate": ("supported", "test_training_reduces_the_loss"),
+    "bf16": ("supported", "test_bf16_falls_back_to_fp32_on_cpu_with_a_warning"),
+    "gradient_checkpointing": ("supported", "test_checkpointing_keeps_losses_and_gradients"),
+    "logging_steps": ("supported", "test_a_dpo_field_trains_as_in_dpo"),
+    # fields of `TrainingArguments` that DPOTrainer reads in its own way
+    "use_liger_kernel": (
+        "refused",
+        "TRL deprecates it (use `model_init_kwargs={'use_kernels': True}` for Hub kernels), and Liger's layer kernels "
+        "are not tested with SSO's shared-prompt mask",
+    ),
+    "liger_kernel_config": ("refused", "it only applies with `use_liger_kernel`, which SSO refuses"),
+}
 
 
 def settle_device_and_precision(args) -> None:
@@ -116,7 +164,10 @@ class SSOConfig(TokenFreePickle, DPOConfig):
     > These parameters have default values different from [`~trl.DPOConfig`]:
     > - `bf16`: when not set, defaults to `True` only on an accelerator that supports it; elsewhere (e.g. a CPU) it
     >   falls back to `False` with a warning, since bf16 emulation there is several times slower than fp32.
-    > - `loss_type`: only `"sigmoid"` (DPO) and `"ipo"` are supported, one at a time.
+
+    Every loss of DPOTrainer (`loss_type`, also as a list with `loss_weights`), WPO (`use_weighting`), LD-DPO
+    (`ld_alpha`) and the f-divergences apply to each of the three pairs as DPOTrainer applies them to its one pair
+    (`trl_sso.loss.base_pair_loss`). `DPO_FIELDS` in this module says what SSOTrainer does with every DPOConfig field.
     """
 
     sso_objective: str = field(
@@ -226,20 +277,23 @@ class SSOConfig(TokenFreePickle, DPOConfig):
             self.sso_sft_coef = _DEFAULT_SFT_COEF[self.sso_objective]
 
         loss_type = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
-        if len(loss_type) != 1 or loss_type[0] not in SSO_LOSS_TYPES:
+        unknown = [name for name in loss_type if name not in BASE_LOSS_TYPES]
+        if unknown or not loss_type:
             raise ValueError(
-                f"SSO supports `loss_type` {list(SSO_LOSS_TYPES)} (one at a time), got {loss_type}. Set "
-                "`loss_type='sigmoid'` for DPO or `loss_type='ipo'` for IPO as the base loss of every pair."
+                f"`loss_type` {unknown or loss_type} is no loss of TRL's DPOTrainer: use one of "
+                f"{list(BASE_LOSS_TYPES)}, or a list of them with `loss_weights`."
             )
-        unsupported = {
-            "ld_alpha": (self.ld_alpha, None),
-            "f_divergence_type": (self.f_divergence_type, "reverse_kl"),
-            "use_weighting": (self.use_weighting, False),
-            "loss_weights": (self.loss_weights, None),
-        }
-        for name, (value, default) in unsupported.items():
-            if value != default:
+        sorting = sorted(set(loss_type) & set(SORTING_LOSS_TYPES))
+        if sorting and self.sso_objective == "policy" and self.sso_use_weight:
+            raise ValueError(
+                f"`loss_type` {sorting} sorts the examples of a batch, so its per-example losses belong to no "
+                "example and SSO's per-example weight W cannot scale them. Set `sso_use_weight=False`, or use "
+                "another `loss_type`."
+            )
+        for name, (decision, reason) in DPO_FIELDS.items():
+            default = type(self).__dataclass_fields__[name].default
+            if decision == "refused" and getattr(self, name) != default:
                 raise ValueError(
-                    f"`{name}={value!r}` is a DPO variant that SSO does not implement. Leave `{name}` at its "
-                    f"default ({default!r}) when training with SSOTrainer."
+                    f"`{name}={getattr(self, name)!r}` is not available with SSOTrainer: {reason}. Leave `{name}` at "
+                    f"its default ({default!r})."
                 )

@@ -290,16 +290,39 @@ def check_columns(column_names: Iterable[str], required: Iterable[str]) -> None:
     hint = ""
     if set(missing) & {ORIGINAL, POSITIVE_SYSTEM, NEGATIVE_SYSTEM}:
         hint = (
-            " SSO needs on-policy responses sampled under contrastive principles: turn plain preference data or "
-            "prompts into SSO records with the trl-sso generator first (`trl-sso generate`), convert a published SSO "
-            "dataset with `trl_sso.data.convert_reference_dataset`, or set `sso_steer_coef=0` to train on the "
-            "main pair (prompt, chosen, rejected) alone."
+            " SSO needs on-policy responses sampled under contrastive principles. Two ways out: make the SSO columns "
+            "from this dataset's prompts with the generator (`trl-sso generate --prompts <dataset or file> "
+            "--output_dir <folder>` samples y+, y- and y_o from your model; `trl_sso.data.convert_reference_dataset` "
+            "converts a published SSO dataset), or train the main pair (prompt, chosen, rejected) on the data as it "
+            "is with `sso_steer_coef=0, sso_use_weight=False`, which is DPO."
         )
     raise SSODataError(f"The dataset is missing the SSO column(s) {missing} (it has {sorted(column_names)}).{hint}")
 
 
 def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value)
+    """A message list: `{'role', 'content'}` messages, where an assistant turn may carry `tool_calls` in place of (or
+    beside) its content, as in TRL's tool-calling preference data."""
+    return isinstance(value, list) and all(
+        isinstance(m, Mapping) and "role" in m and ("content" in m or "tool_calls" in m) for m in value
+    )
+
+
+def _message_problem(message: Mapping[str, Any]) -> str | None:
+    """What is wrong with one message of a valid message list, or None: text content must not be empty, unless the
+    message calls tools (an assistant turn whose content may be empty or missing)."""
+    content = message.get("content")
+    if message.get("tool_calls"):
+        if content is None or isinstance(content, str):
+            return None
+        return f"holds a {message['role']!r} message with tool calls whose content is no string"
+    if isinstance(content, list):
+        return (
+            f"holds a {message['role']!r} message whose content is a list of parts (vision-language data), which "
+            "SSOTrainer does not train on: give the content as text"
+        )
+    if not isinstance(content, str) or not content.strip():
+        return f"holds a {message['role']!r} message with empty content. Fill it in or drop the row"
+    return None
 
 
 def validate_record(record: Mapping[str, Any], index: int, columns: Iterable[str] = SSO_COLUMNS) -> None:
@@ -319,15 +342,15 @@ def validate_record(record: Mapping[str, Any], index: int, columns: Iterable[str
             if not value:
                 raise SSODataError(f"{where} is an empty message list. Fill it in or drop the row before training.")
             for message in value:
-                if not isinstance(message["content"], str) or not message["content"].strip():
-                    raise SSODataError(
-                        f"{where} holds a {message['role']!r} message with empty content. Fill it in or drop the row."
-                    )
+                problem = _message_problem(message)
+                if problem:
+                    raise SSODataError(f"{where} {problem}.")
         else:
             held = "null" if value is None else f"{type(value).__name__} {str(value)[:80]!r}"
             raise SSODataError(
                 f"{where} must be a string (standard format) or a list of {{'role', 'content'}} messages "
-                f"(conversational format); it holds {held}. Fill it in or drop the row."
+                f"(conversational format; assistant turns may carry 'tool_calls'); it holds {held}. Fill it in or "
+                "drop the row."
             )
     if len(set(formats.values())) > 1:
         detail = ", ".join(f"'{c}' is {f}" for c, f in formats.items())

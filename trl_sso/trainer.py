@@ -134,6 +134,16 @@ class DataCollatorForSSO(DataCollatorForPreference):
         return output
 
 
+def _refuse_images(example: dict, dataset_name: str) -> None:
+    """Vision-language data is refused before DPOTrainer looks at it, in one line with the reason."""
+    if any(key in example for key in ("image", "images")):
+        raise ValueError(
+            f"The {dataset_name} dataset has an image column, but SSOTrainer trains on text only: vision-language "
+            "SSO (image tokens under the principle prompts and in the shared-prompt layout) is not implemented. "
+            "Drop the 'image'/'images' column to train on the text alone."
+        )
+
+
 class SSOTrainer(DPOTrainer):
     """
     Trainer for Self-Steering Optimization ([SSO](https://huggingface.co/papers/2410.17131)), a drop-in replacement
@@ -188,6 +198,10 @@ class SSOTrainer(DPOTrainer):
                 f"SSOTrainer needs its arguments as an `SSOConfig`, got `{type(args).__name__}`. Replace "
                 "`DPOConfig(...)` with `SSOConfig(...)` (it accepts every DPOConfig field)."
             )
+        for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+            for split, data in dataset.items() if isinstance(dataset, dict) else [(name, dataset)]:
+                if isinstance(data, (Dataset, IterableDataset)):
+                    _refuse_images(next(iter(data), {}), split)
         self.sso_pairs = sso_data.pairs_in_use(args.sso_objective, args.sso_steer_coef)
         self._prompt_sharing = None  # settled once the models are loaded (`_shares_prompt`)
         super().__init__(
@@ -255,6 +269,9 @@ class SSOTrainer(DPOTrainer):
         for the policy and the reference model. When it is not possible, warns once with the reason."""
         if self._prompt_sharing is None:
             self._prompt_sharing = self.args.sso_share_prompt
+            if self._prompt_sharing and self.compute_metrics is not None:
+                logger.info("`compute_metrics` reads DPO's two rows per pair, so the pairs are forwarded that way.")
+                self._prompt_sharing = False
             for role, model in (("model", self.model), ("reference model", self.ref_model)):
                 if model is None or not self._prompt_sharing:
                     continue
@@ -280,8 +297,7 @@ class SSOTrainer(DPOTrainer):
             raise ValueError(f"The {dataset_name} dataset has no rows: there is nothing to train on.")
         if all(column in first for pair in pairs for column in PAIRS[pair].token_columns):
             return dataset  # already tokenized (e.g. passed again to `evaluate`)
-        if any(key in first for key in ("image", "images")):
-            raise ValueError("SSOTrainer supports text datasets only; the dataset has an 'image(s)' column.")
+        _refuse_images(first, dataset_name)
         map_kwargs = {"num_proc": args.dataset_num_proc} if isinstance(dataset, Dataset) else {}
         columns = sso_data.required_columns(args.sso_objective, args.sso_steer_coef)
 
@@ -350,11 +366,14 @@ class SSOTrainer(DPOTrainer):
     # -----------------------------------------------------------------------------------------------------------------
     # Forward passes
 
-    def _forward_pair(self, model, inputs: dict, pair: str):
-        """One forward of a pair's collated block: the summed completion log-probs of `(winners, losers)`, and the
-        model outputs."""
+    def _forward_pair(self, model, inputs: dict, pair: str, policy: bool = False):
+        """One forward of a pair's collated block: the summed completion log-probs of `(winners, losers)` as the
+        preference loss compares them (LD-DPO's weighted sums under `ld_alpha`), and the model outputs. The `policy`
+        forward of an MoE model also returns its router logits, for the load-balancing loss (`outputs.aux_loss`), as
+        DPOTrainer asks for them; the reference forward does not."""
         prefix = PAIRS[pair].prefix
         input_ids, completion_mask = inputs[f"{prefix}input_ids"], inputs[f"{prefix}completion_mask"]
+        router = {"output_router_logits": True} if policy and getattr(self, "aux_loss_enabled", False) else {}
         if f"{prefix}segment_ids" in inputs:  # shared-prompt rows
             segments, positions = inputs[f"{prefix}segment_ids"], inputs[f"{prefix}position_ids"]
             config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
@@ -365,22 +384,68 @@ class SSOTrainer(DPOTrainer):
                 shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
                 use_cache=False,
                 fused_lm_head=True,
+                **router,
             )
-            return tuple(sharing.branch_sums(outputs.log_probs, segments, 2)), outputs
-        labels = input_ids.masked_fill(completion_mask == 0, -100)
-        outputs = model(
-            input_ids=input_ids,
-            attention_mask=inputs[f"{prefix}attention_mask"],
-            labels=labels,
-            use_cache=False,
-            fused_lm_head=True,
-        )
-        # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
-        seq_len = completion_mask.size(1) - 1
-        for field in ("log_probs", "entropy", "is_top1"):
-            if getattr(outputs, field, None) is not None:
-                setattr(outputs, field, getattr(outputs, field)[:, -seq_len:])
-        return outputs.log_probs.sum(dim=1).chunk(2), outputs
+        else:
+            labels = input_ids.masked_fill(completion_mask == 0, -100)
+            outputs = model(
+                input_ids=input_ids,
+                attention_mask=inputs[f"{prefix}attention_mask"],
+                labels=labels,
+                use_cache=False,
+                fused_lm_head=True,
+                **router,
+            )
+            # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
+            seq_len = completion_mask.size(1) - 1
+            for field in ("log_probs", "entropy", "is_top1", "log_sum_sq_probs"):
+                if getattr(outputs, field, None) is not None:
+                    setattr(outputs, field, getattr(outputs, field)[:, -seq_len:])
+        log_probs = outputs.log_probs
+        if self.ld_alpha is not None:
+            log_probs = log_probs * self._ld_token_weights(inputs, pair).to(log_probs.dtype)
+        return self._pair_sums(log_probs, inputs, pair), outputs
+
+    @staticmethod
+    def _pair_sums(per_token: torch.Tensor, inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums `(winners, losers)` of a per-position output of a pair's forward that is zero where nothing is scored
+        (the log-probs): over each branch of a shared row, or over each of DPO's rows."""
+        prefix = PAIRS[pair].prefix
+        if f"{prefix}segment_ids" in inputs:
+            return tuple(sharing.branch_sums(per_token, inputs[f"{prefix}segment_ids"], 2))
+        return per_token.sum(dim=1).chunk(2)
+
+    def _branch_masks(self, inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the per-position outputs of a pair's forward score a winner's token, and where a loser's, on the
+        grid of those outputs (a shared row's positions, or DPO's rows shifted by one)."""
+        scored, winners = self._scored_masks(inputs, pair)
+        return winners, scored & ~winners
+
+    def _ld_token_weights(self, inputs: dict, pair: str) -> torch.Tensor:
+        """LD-DPO's weight of each position of a pair's forward (arXiv 2409.06411, as DPOTrainer applies it): 1 on a
+        completion's tokens up to the length of the pair's shorter completion, `ld_alpha` beyond it, 0 where nothing
+        is scored."""
+        winners, losers = self._branch_masks(inputs, pair)
+        if f"{PAIRS[pair].prefix}segment_ids" in inputs:
+            shared = torch.minimum(winners.sum(dim=1), losers.sum(dim=1))
+        else:  # DPO's rows: the winners, then the losers, an example's two rows half a batch apart
+            shared = torch.minimum(*(winners | losers).sum(dim=1).chunk(2)).repeat(2)
+        weights = torch.zeros(winners.shape, device=winners.device)
+        for mask in (winners, losers):
+            in_shared = mask & (mask.cumsum(dim=1) <= shared.unsqueeze(1))
+            weights += in_shared + self.ld_alpha * (mask & ~in_shared)
+        return weights
+
+    def _wpo_weight(self, outputs, inputs: dict, pair: str) -> torch.Tensor:
+        """WPO's weight of each example (Eq. 2 of arXiv 2406.11827, as DPOTrainer computes it): for the winner and the
+        loser, the exponential of the token mean of `log p - log sum p^2` over the completion, multiplied; without
+        gradient."""
+        with torch.no_grad():
+            scored, _ = self._scored_masks(inputs, pair)
+            aligned = (outputs.log_probs - outputs.log_sum_sq_probs) * scored
+            sums = self._pair_sums(aligned, inputs, pair)
+            lengths = self._pair_sums(scored.to(aligned.dtype), inputs, pair)
+            return torch.exp(sums[0] / lengths[0].clamp(min=1)) * torch.exp(sums[1] / lengths[1].clamp(min=1))
 
     @staticmethod
     def _completion_tokens(inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -434,8 +499,8 @@ class SSOTrainer(DPOTrainer):
         """Reference log-probs of every pair in use, computed once over `dataset` and cached per fingerprint."""
         if isinstance(dataset, IterableDataset):
             raise ValueError(
-                "`precompute_ref_log_probs=True` needs a map-style `Dataset`, not an `IterableDataset`. Load the "
-                "dataset without `streaming=True`, or set `precompute_ref_log_probs=False`."
+                "`precompute_ref_log_probs=True` is not supported with IterableDataset: it needs a map-style "
+                "`Dataset`. Load the dataset without `streaming=True`, or set `precompute_ref_log_probs=False`."
             )
         self._use_sso_collator()
         self._prepare_scoring()
@@ -513,16 +578,17 @@ class SSOTrainer(DPOTrainer):
             self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
         at_once = self._backward_plan()
-        with self.compute_loss_context_manager():
-            pairs, outputs = {}, {}
-            for pair in self.sso_pairs:
-                pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
-                if pair in at_once:
-                    self._backward_share(pair, pairs)
-            loss = self._loss_and_metrics(inputs, pairs, outputs)
-        if not self.loss_is_scaled_for_ga:
-            loss = loss / self.current_gradient_accumulation_steps
-        self.accelerator.backward(loss)
+        with self.maybe_activation_offload_context:  # as DPOTrainer's `training_step` (`activation_offloading`)
+            with self.compute_loss_context_manager():
+                pairs, outputs = {}, {}
+                for pair in self.sso_pairs:
+                    pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
+                    if pair in at_once:
+                        self._backward_share(pair, pairs, outputs)
+                loss = self._loss_and_metrics(inputs, pairs, outputs)
+            if not self.loss_is_scaled_for_ga:
+                loss = loss / self.current_gradient_accumulation_steps
+            self.accelerator.backward(loss)
         return loss.detach()
 
     def _loss_settings(self) -> dict:
@@ -531,7 +597,12 @@ class SSOTrainer(DPOTrainer):
         return dict(
             objective=args.sso_objective,
             beta=self.beta,
-            loss_type=self.loss_types[0],
+            loss_type=tuple(self.loss_types),
+            loss_weights=tuple(self.loss_weights),
+            label_smoothing=self.label_smoothing,
+            discopop_tau=args.discopop_tau,
+            f_divergence_type=self.f_divergence_type,
+            f_alpha_divergence_coef=self.f_alpha_divergence_coef,
             steer_coef=args.sso_steer_coef,
             use_weight=args.sso_use_weight,
             weight_alpha=args.sso_weight_alpha,
@@ -539,11 +610,15 @@ class SSOTrainer(DPOTrainer):
             sft_coef=args.sso_sft_coef,
         )
 
-    def _backward_share(self, name: str, pairs: dict[str, PairLogps]) -> None:
-        """Backpropagate the share of pair `name` in the loss now (`trl_sso.loss.pair_share`), scaled as
+    def _backward_share(self, name: str, pairs: dict[str, PairLogps], outputs: dict) -> None:
+        """Backpropagate the share of pair `name` in the loss now (`trl_sso.loss.pair_share`, and the load-balancing
+        loss of its forward for an MoE model), scaled as
         `training_step` scales the loss, and detach the pair: the gradient through `W` flows with the main pair, from
         the loss computed with the pairs already backpropagated detached."""
         share = pair_share(name, pairs, **self._loss_settings()).mean()
+        if self.aux_loss_enabled:
+            share = share + self.router_aux_loss_coef * outputs[name].aux_loss
+            outputs[name].aux_loss = outputs[name].aux_loss.detach()
         if not self.loss_is_scaled_for_ga:
             share = share / self.current_gradient_accumulation_steps
         self.accelerator.backward(share)
@@ -552,31 +627,61 @@ class SSOTrainer(DPOTrainer):
     def _pair_logps(self, model, inputs: dict, pair: str) -> tuple[PairLogps, Any]:
         """Forward pair `pair` of the collated batch: its log-probabilities under the policy and the reference, and
         the policy's forward output (for the token metrics)."""
-        (chosen, rejected), output = self._forward_pair(model, inputs, pair)
+        (chosen, rejected), output = self._forward_pair(model, inputs, pair, policy=True)
+        plain = self._pair_sums(output.log_probs, inputs, pair) if self.ld_alpha is not None else None
+        wpo_weight = self._wpo_weight(output, inputs, pair) if self.use_weighting else None
         if self.precompute_ref_logps:
             ref_chosen, ref_rejected = (inputs[column] for column in PAIRS[pair].ref_columns)
         else:
             ref_chosen, ref_rejected = self._pair_ref_logps(self.ref_model or self.model, inputs, pair)
-        chosen_tokens, rejected_tokens = self._completion_tokens(inputs, pair)
-        return PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens), output
+        tokens = self._completion_tokens(inputs, pair)
+        return PairLogps(chosen, rejected, ref_chosen, ref_rejected, *tokens, plain, wpo_weight), output
 
     def _loss_and_metrics(self, inputs: dict, pairs: dict[str, PairLogps], outputs: dict) -> torch.Tensor:
+        """`trl_sso.loss.sso_loss`, plus for an MoE model the load-balancing loss of each pair's policy forward, as
+        DPOTrainer adds the one of its forward (times `router_aux_loss_coef`; a pair already backpropagated by
+        `_backward_share` holds it detached)."""
         loss, terms = sso_loss(pairs.get("main"), pairs.get("pos"), pairs.get("neg"), **self._loss_settings())
         self._record_metrics(inputs, pairs, terms, outputs)
+        if self.aux_loss_enabled:
+            aux_loss = sum(output.aux_loss for output in outputs.values())
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item()
+            )
+            loss = loss + self.router_aux_loss_coef * aux_loss
         return loss
 
     def _compute_loss(self, model, inputs, return_outputs):
         """The SSO loss of a collated batch: every pair in use forwarded (the main pair first: `W` depends on it), then
-        `trl_sso.loss.sso_loss`. No backward pass happens here; `training_step` plans those."""
-        if return_outputs:
-            raise NotImplementedError(
-                "SSOTrainer does not return logits for `compute_metrics`: its pairs span several forward passes. "
-                "Leave `compute_metrics` unset; the SSO metrics are logged under `eval_*`."
-            )
+        `trl_sso.loss.sso_loss`. No backward pass happens here; `training_step` plans those.
+
+        With `return_outputs` (evaluation with `compute_metrics`), also the outputs that DPOTrainer returns for its
+        pair: a forward of the first pair in use (the main pair; the positive steering pair under `"generator"`) in
+        DPO's two rows `[prompt + winner ; prompt + loser]`, with its logits. A trainer given `compute_metrics` keeps
+        that layout (`_shares_prompt`)."""
         pairs, outputs = {}, {}
         for pair in self.sso_pairs:
             pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
-        return self._loss_and_metrics(inputs, pairs, outputs)
+        loss = self._loss_and_metrics(inputs, pairs, outputs)
+        if not return_outputs:
+            return loss
+        prefix = PAIRS[self.sso_pairs[0]].prefix
+        with torch.no_grad():
+            ids, mask = inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"]
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False)
+        return loss, logits
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys: list[str] | None = None):
+        """DPOTrainer's evaluation step: the loss, and for `compute_metrics` the logits and input ids of the first pair
+        in use (its `EvalPrediction`: `predictions` of shape `(2 * batch, length, vocab)`, winners first, and
+        `label_ids` the matching `input_ids`)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            if prediction_loss_only:
+                return self.compute_loss(model, inputs).detach(), None, None
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        return loss.detach(), outputs.logits, inputs[f"{PAIRS[self.sso_pairs[0]].prefix}input_ids"]
 
     def _record_metrics(self, inputs: dict, pairs: dict[str, PairLogps], terms: dict, outputs: dict) -> None:
         """Log DPO's metrics for the main pair, the same under `steer_pos/` and `steer_neg/` for the steering pairs,
