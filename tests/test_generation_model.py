@@ -182,3 +182,24 @@ def test_logprob_filter_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
         assert summary["num_records"] == verdicts.count(True) > 0
         assert summary["num_records"] + sum(summary["dropped"].values()) == 8
     assert verdicts  # the filter ran on real scores
+
+
+def test_generation_kwargs_that_the_sampler_also_sets_take_the_users_value(tiny_model_dir, tmp_path, capsys):
+    """`generation_kwargs` may name settings the sampler passes itself (`top_k`, the token limit, ...): the user's
+    value wins, in the sampler and through `trl-sso generate`, instead of a `TypeError` from `generate`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_sso.cli.main import main
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    user = {"top_k": 50, "max_new_tokens": 3, "use_cache": False}
+    sampler = TransformersSampler(model, tokenizer, batch_size=2, generation_kwargs=user)
+    chats = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour."}]]
+    completions = sampler.sample(chats, temperature=0.7, top_p=0.8, max_new_tokens=16, seed=0)
+    assert all(completion.num_tokens <= 3 for completion in completions)
+
+    command = ["generate", "--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path / "out")]
+    command += ["--num_prompts", "2", "--batch_size", "2", "--max_completion_length", "8", "--drop_revealing", "false"]
+    command += ["--min_response_chars", "0", "--generation_kwargs", '{"top_k": 50}']
+    assert main(command) == 0, capsys.readouterr().err[-2000:]

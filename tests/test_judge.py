@@ -3,13 +3,14 @@ local backend on the packaged model and the HTTP backend against an OpenAI-compa
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from trl_sso.data import make_record
 from trl_sso.principles import ALL_FEATURES
-from trl_sso.signal.judge import EndpointJudge, LocalJudge, judge_messages, judge_report
+from trl_sso.signal.judge import EndpointJudge, LocalJudge, format_judge, judge_messages, judge_report
 
 
 def _records():
@@ -113,21 +114,23 @@ def test_local_judge_reads_the_letter_log_probabilities(packaged_model):
 class _ChatServer(BaseHTTPRequestHandler):
     """An OpenAI-compatible `/v1/chat/completions`: it answers with `reply(question)`, or garbage when told to."""
 
-    reply = staticmethod(_prefers_good)
+    reply = staticmethod(_prefers_good)  # a text, or a whole JSON payload (a dict) to send as it is
+    delay = 0.0  # seconds to wait before answering
     requests: list = []
 
     def do_POST(self):  # noqa: N802 (the http.server name)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append((self.path, body))
+        time.sleep(self.delay)
         content = self.reply(body["messages"][-1]["content"])
-        payload = {
+        payload = content if isinstance(content, dict) else {
             "id": "chatcmpl-1",
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model") or "judge",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }
+        }  # fmt: skip
         data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -142,10 +145,12 @@ class _ChatServer(BaseHTTPRequestHandler):
 @pytest.fixture
 def chat_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatServer)
+    server.handle_error = lambda request, address: None  # a client that timed out and left: no server traceback
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    _ChatServer.requests = []
+    _ChatServer.requests, _ChatServer.delay = [], 0.0
     yield f"http://127.0.0.1:{server.server_address[1]}/v1", _ChatServer
+    _ChatServer.delay = 0.0
     server.shutdown()
 
 
@@ -157,9 +162,62 @@ def test_endpoint_judge_over_http(chat_server):
     assert len(handler.requests) == 4
     path, body = handler.requests[0]
     assert path == "/v1/chat/completions" and body["model"] == "tiny-judge" and body["temperature"] == 0.0
-    handler.reply = staticmethod(lambda text: "I cannot decide.")  # unreadable verdicts are ties, and counted
+    # one unreadable verdict in four (the share allowed): a tie, counted, and shown in the printed figures
+    handler.reply = staticmethod(lambda text: "C" if "GOOD red." in _answer_a(text) else _prefers_good(text))
     report = judge_report(EndpointJudge(url), _records(), ALL_FEATURES)
-    assert report["overall"]["tie"] == 1.0 and report["position_bias"]["unreadable_verdicts"] == 4
+    assert report["unreadable_verdicts"] == 1 and report["verdicts"] == 4 and report["overall"]["tie"] == 0.5
+    assert "unreadable verdicts (no 'A' or 'B' in the reply, counted as ties): 1 of 4" in format_judge(report)
+
+
+def message_lines(stderr: str) -> list[str]:
+    """The lines of `stderr` that are messages, not progress bars (which redraw themselves with carriage returns)."""
+    return [line for line in stderr.split("\n") if line and "\r" not in line]
+
+
+@pytest.mark.parametrize(
+    "reply,shown",
+    [
+        ({"choices": []}, "first such reply: ChatCompletionOutput(choices=[],"),  # no choice at all
+        ({}, "first such reply: ChatCompletionOutput(choices=None,"),  # no field at all
+        ("C", "first such reply: 'C'."),  # names another letter
+        ("both", "first such reply: 'both'."),
+    ],
+    ids=["no-choices", "empty-object", "letter-C", "both"],
+)
+def test_a_judge_whose_replies_are_unreadable_fails_in_one_line(chat_server, tmp_path, capsys, reply, shown):
+    from datasets import Dataset
+
+    from trl_sso.cli.main import main
+
+    url, handler = chat_server
+    handler.reply = staticmethod(lambda text: reply)
+    Dataset.from_list(_records()).to_json(tmp_path / "data.jsonl")
+    capsys.readouterr()
+    out = tmp_path / "out"
+    argv = ["inspect", str(tmp_path / "data.jsonl"), "--skip_onpolicy", "--judge", url, "--output_dir", str(out)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert len(message_lines(error)) == 1 and "Traceback" not in error
+    assert f"endpoint at {url} gave 4 unreadable verdicts of 4" in error and shown in error
+    assert not (out / "signal.json").exists()
+
+
+def test_a_judge_that_does_not_reply_times_out_and_fails_in_one_line(chat_server, tmp_path, capsys):
+    from datasets import Dataset
+
+    from trl_sso.cli.main import main
+
+    url, handler = chat_server
+    handler.delay = 3.0
+    Dataset.from_list(_records()).to_json(tmp_path / "data.jsonl")
+    argv = ["inspect", str(tmp_path / "data.jsonl"), "--skip_onpolicy", "--judge", url, "--judge_timeout", "0.2"]
+    capsys.readouterr()
+    start = time.monotonic()
+    assert main([*argv, "--output_dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert time.monotonic() - start < 15  # three tries of 0.2 s and two pauses (1 s, 2 s), not the server's delay
+    assert f"The judge endpoint {url} did not answer" in error and "3 tries of at most 0.2 s" in error
+    assert len(message_lines(error)) == 1 and len(handler.requests) == 3
 
 
 def test_an_endpoint_that_does_not_answer_is_one_line_naming_it(tmp_path, capsys):

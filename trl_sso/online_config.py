@@ -26,7 +26,8 @@ class OnlineSSOConfig(SSOConfig, VLLMOptions):
             trained on over that many micro-steps. Default: `gradient_accumulation_steps` (one generation per
             optimizer step).
         generation_kwargs (`dict` or `None`, *optional*):
-            More keyword arguments of transformers' `generate`.
+            More keyword arguments of transformers' `generate`. A key that trl-sso also sets (temperature, top_p,
+            top_k, do_sample, the token limit) takes the value given here.
         sso_features (`list[str]` or `None`, *optional*):
             Features the principles are drawn from, or a set (`verifiable`, `qualitative`), as in `trl-sso generate`.
         sso_features_file (`str` or `None`, *optional*):
@@ -62,7 +63,11 @@ class OnlineSSOConfig(SSOConfig, VLLMOptions):
         },
     )
     generation_kwargs: dict | str | None = field(
-        default=None, metadata={"help": "More keyword arguments of transformers' `generate`, as a JSON mapping."}
+        default=None,
+        metadata={
+            "help": "More keyword arguments of transformers' `generate`, as a JSON mapping. A key that trl-sso also "
+            "sets (temperature, top_p, top_k, do_sample, the token limit) takes the value given here."
+        },
     )
     sso_original_temperature: float | None = field(
         default=None, metadata={"help": "Temperature of y_o (no principle). Default: `temperature`."}

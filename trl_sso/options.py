@@ -56,6 +56,7 @@ RANGES: dict[str, Range] = {
     "vllm_gpu_memory_utilization": Range(0, 1, low_open=True),
     "vllm_tensor_parallel_size": AT_LEAST_1,
     "vllm_server_timeout": AT_LEAST_0,
+    "judge_timeout": Range(0, None, low_open=True),
     "eval_max_completion_length": AT_LEAST_1,
     "batch_size": AT_LEAST_1,
     "num_features": AT_LEAST_1,

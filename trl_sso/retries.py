@@ -38,7 +38,8 @@ def _server_gone(error: BaseException) -> bool:
     return "ConnectionRefusedError" in repr(error) or "Connection refused" in str(error)
 
 
-def _is_transient(error: BaseException) -> bool:
+def is_transient(error: BaseException) -> bool:
+    """Whether retrying may fix `error`: a transient HTTP status, a time-out or a dropped connection."""
     status = _status(error)
     if status is not None:
         return status in TRANSIENT_STATUS
@@ -64,7 +65,7 @@ def _explain(error: BaseException, what: str, advice: str) -> str:
             f"{what} failed (HTTP 404): the namespace, repository or revision does not exist or is not visible to "
             f"this token. Check the repo id (`namespace/name`).{advice}"
         )
-    if _server_gone(error) or _is_transient(error):
+    if _server_gone(error) or is_transient(error):
         reason = f"the Hub could not be reached ({_describe(error)})"
         return f"{what} failed: {reason}. Check the network or HF_ENDPOINT.{advice}"
     return f"{what} failed: {error}.{advice}"
@@ -81,9 +82,9 @@ def with_retries(action: Callable[[], T], what: str, *, advice: str = "", retrie
             cause = error
             while cause.__cause__ is not None and _status(cause) is None:
                 cause = cause.__cause__
-            if _status(cause) is None and not (_is_transient(cause) or _server_gone(cause)):
+            if _status(cause) is None and not (is_transient(cause) or _server_gone(cause)):
                 raise
-            if _is_transient(cause) and attempt < retries:
+            if is_transient(cause) and attempt < retries:
                 delay = backoff * 2**attempt
                 logger.warning(f"{what}: transient error ({_describe(cause)}); retrying in {delay:.1f}s.")
                 time.sleep(delay)

@@ -90,7 +90,8 @@ class GenerationOptions(VLLMOptions):
         default=None,
         metadata={
             "help": "More sampling settings, as a JSON mapping: keyword arguments of transformers' `generate`, or of "
-            "vLLM's `SamplingParams` with `use_vllm` (as TRL's online trainers take them)."
+            "vLLM's `SamplingParams` with `use_vllm` (as TRL's online trainers take them). A key that trl-sso also "
+            "sets (temperature, top_p, top_k, do_sample, the token limit) takes the value given here."
         },
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of y+ and y-."})
@@ -260,6 +261,13 @@ class GenerateArguments(GenerationOptions):
     )
     judge_model: str | None = field(
         default=None, metadata={"help": "The model an endpoint `--judge` serves, when it serves several."}
+    )
+    judge_timeout: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds an endpoint `--judge` may take to answer one question; a time-out is retried twice, "
+            "then the run stops with one line."
+        },
     )
 
     def __post_init__(self):

@@ -57,6 +57,7 @@ _REPORT_ONLY = (
     "output_dir",
     "judge",
     "judge_model",
+    "judge_timeout",
     "vllm_server_base_url",
     "vllm_server_timeout",
     "vllm_gpu_memory_utilization",
@@ -387,7 +388,8 @@ class SSOGenerator:
         if self.args.judge:
             from ..signal.judge import judge_report, make_judge
 
-            judge = make_judge(self.args.judge, self.args.judge_model, batch_size=self.args.batch_size)
+            args = self.args
+            judge = make_judge(args.judge, args.judge_model, batch_size=args.batch_size, timeout=args.judge_timeout)
             summary["signal"]["judge"] = judge_report(judge, records, self.features)
         write_json_atomic(self.output_dir / SUMMARY_FILE, summary, indent=2)
 

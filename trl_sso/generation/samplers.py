@@ -68,18 +68,18 @@ class TransformersSampler:
                 [texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.model.device)
             torch.manual_seed(seed * 1_000 + chunk_index)
+            settings = dict(
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=top_p if temperature > 0 else None,
+                top_k=None,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                use_cache=True,
+            )
+            settings.update(self.generation_kwargs)  # the user's `generation_kwargs` win, as in TRL's trainers
             with torch.no_grad():
-                output = self.model.generate(
-                    **inputs,
-                    do_sample=temperature > 0,
-                    temperature=temperature if temperature > 0 else None,
-                    top_p=top_p if temperature > 0 else None,
-                    top_k=None,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    use_cache=True,
-                    **self.generation_kwargs,
-                )
+                output = self.model.generate(**inputs, **settings)
             new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
             for i, tokens in zip(chunk, new_tokens):
                 end = next((j for j, t in enumerate(tokens) if t in self.eos_ids), None)

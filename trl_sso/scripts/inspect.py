@@ -52,6 +52,13 @@ class InspectArguments:
     judge_model: str | None = field(
         default=None, metadata={"help": "The model an endpoint `--judge` serves, when it serves several."}
     )
+    judge_timeout: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds an endpoint `--judge` may take to answer one question; a time-out is retried twice, "
+            "then the run stops with one line."
+        },
+    )
     features_file: str | None = field(
         default=None, metadata={"help": "The features file the data were generated with, if any (for its checkers)."}
     )
@@ -120,9 +127,8 @@ def inspect_dataset(args: InspectArguments) -> dict:
     if args.judge:
         from ..signal.judge import judge_report, make_judge
 
-        report["judge"] = judge_report(
-            make_judge(args.judge, args.judge_model, batch_size=args.batch_size), records, features
-        )
+        judge = make_judge(args.judge, args.judge_model, batch_size=args.batch_size, timeout=args.judge_timeout)
+        report["judge"] = judge_report(judge, records, features)
     plot_accuracy(report, output / "accuracy.png")
     write_json_atomic(output / "signal.json", report, indent=2)
     return report

@@ -16,6 +16,7 @@ figure before trusting its verdicts on qualitative features.
 """
 
 import re
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -24,11 +25,15 @@ from urllib.parse import urlparse
 
 from ..data import CHOSEN, PROMPT, REJECTED, render
 from ..names import public_name
+from ..retries import is_transient
 from .intervals import wilson, with_interval
 from .onpolicy import load_policy
 from .responses import outcome as checked_outcome
 from .responses import outcome_shares, response_text
 
+
+# A judge whose replies are mostly unreadable makes ties of its own: past this share of verdicts, the report fails
+MAX_UNREADABLE_SHARE = 0.25
 
 QUESTION = (
     "Two assistants answered the same request. Judge them on one quality only.\n\n"
@@ -83,9 +88,22 @@ class LocalJudge:
 
 
 class EndpointJudge:
-    """An OpenAI-compatible chat endpoint as judge, through `huggingface_hub.InferenceClient(base_url=...)`."""
+    """An OpenAI-compatible chat endpoint as judge, through `huggingface_hub.InferenceClient(base_url=...)`.
 
-    def __init__(self, base_url: str, model: str | None = None, token: str | None = None, max_tokens: int = 8):
+    Each request waits at most `timeout` seconds; a time-out or a transient failure (HTTP 5xx, 429, a dropped
+    connection) is retried `retries` times with a growing pause, then ends the run in one line naming the endpoint.
+    A reply without a readable `A` or `B` (empty, malformed, or naming neither) is an unreadable verdict: counted, and
+    the first such reply kept (`first_unreadable`) for `judge_report`'s message."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        token: str | None = None,
+        max_tokens: int = 8,
+        timeout: float = 60.0,
+        retries: int = 2,
+    ):
         from huggingface_hub import InferenceClient, constants
 
         self.local = urlparse(base_url).hostname in ("127.0.0.1", "localhost", "::1")
@@ -94,29 +112,51 @@ class EndpointJudge:
                 f"The judge endpoint {base_url} is on the network, but HF_HUB_OFFLINE is set. Unset HF_HUB_OFFLINE, "
                 "or serve the judge on this machine (e.g. `vllm serve MODEL` and `--judge http://127.0.0.1:8000/v1`)."
             )
-        self.client = InferenceClient(base_url=base_url, token=token)
+        self.client = InferenceClient(base_url=base_url, token=token, timeout=timeout)
         self.model, self.max_tokens, self.base_url = model, max_tokens, base_url
+        self.timeout, self.retries = timeout, retries
         self.name = f"{model or 'endpoint'} at {base_url}"
+        self.first_unreadable: str | None = None
+
+    def _ask(self, messages):
+        for attempt in range(self.retries + 1):
+            try:
+                return self.client.chat_completion(
+                    messages, model=self.model, max_tokens=self.max_tokens, temperature=0.0
+                )
+            except Exception as error:  # the client's HTTP, time-out and connection errors: one line, no stack trace
+                if attempt < self.retries and is_transient(error):
+                    time.sleep(2**attempt)
+                    continue
+                raise ValueError(
+                    f"The judge endpoint {self.base_url} did not answer ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else 'no message'}; {attempt + 1} tries of at most "
+                    f"{self.timeout:g} s). Check that the server runs and serves an OpenAI-compatible "
+                    "`/v1/chat/completions`, `--judge_model` if it serves several models, and `--judge_timeout` for "
+                    "a slow one."
+                ) from error
+        raise AssertionError("unreachable")
 
     def verdicts(self, questions: Sequence[list[dict]]) -> list[str | None]:
-        """`"A"`, `"B"`, or `None` for a reply that names neither."""
+        """`"A"`, `"B"`, or `None` for a reply that is empty, malformed or names neither."""
         verdicts = []
         with _online_for(self.local):
             for messages in questions:
-                try:
-                    reply = self.client.chat_completion(
-                        messages, model=self.model, max_tokens=self.max_tokens, temperature=0.0
-                    )
-                except Exception as error:  # the client's HTTP and connection errors: one line, not a stack trace
-                    raise ValueError(
-                        f"The judge endpoint {self.base_url} did not answer ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else 'no message'}). Check that the server runs "
-                        "and serves an OpenAI-compatible `/v1/chat/completions`, and `--judge_model` if it serves "
-                        "several models."
-                    ) from error
-                match = re.search(r"\b([AB])\b", reply.choices[0].message.content or "")
+                reply = self._ask(messages)
+                text = _reply_text(reply)
+                match = re.search(r"\b([AB])\b", text or "")
                 verdicts.append(match.group(1) if match else None)
+                if not match and self.first_unreadable is None:
+                    self.first_unreadable = repr(text if text is not None else reply)[:200]
         return verdicts
+
+
+def _reply_text(reply) -> str | None:
+    """The text of a chat completion's first choice, or None when the reply has none (no choices, no message)."""
+    try:
+        return reply.choices[0].message.content
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
 
 
 @contextmanager
@@ -133,11 +173,13 @@ def _online_for(local: bool):
         constants.HF_HUB_OFFLINE = saved
 
 
-def make_judge(spec: str, model_name: str | None = None, token: str | None = None, batch_size: int = 8):
-    """A judge from `--judge`: an `http(s)://` URL is an OpenAI-compatible endpoint (`model_name` picks its model),
-    anything else a causal LM to load (a path or Hub id)."""
+def make_judge(
+    spec: str, model_name: str | None = None, token: str | None = None, batch_size: int = 8, timeout: float = 60.0
+):
+    """A judge from `--judge`: an `http(s)://` URL is an OpenAI-compatible endpoint (`model_name` picks its model,
+    `timeout` bounds each request), anything else a causal LM to load (a path or Hub id)."""
     if spec.startswith(("http://", "https://")):
-        return EndpointJudge(spec, model_name, token)
+        return EndpointJudge(spec, model_name, token, timeout=timeout)
 
     model, tokenizer = load_policy(spec)
     return LocalJudge(model, tokenizer, batch_size, name=public_name(spec))
@@ -173,6 +215,14 @@ def judge_report(judge, records: Sequence[Mapping], features: Mapping[str, Any])
             if checked != "tie":
                 agreement["agree" if judged == checked else "disagree"] += 1
     readable = [v for v in verdicts if v is not None]
+    unreadable = len(verdicts) - len(readable)
+    if unreadable > MAX_UNREADABLE_SHARE * len(verdicts):
+        raise ValueError(
+            f"The judge {judge.name} gave {unreadable} unreadable verdicts of {len(verdicts)} (more than "
+            f"{MAX_UNREADABLE_SHARE:.0%}: no 'A' or 'B' in its reply), so its figures would mostly be ties of its own "
+            f"making. Its first such reply: {getattr(judge, 'first_unreadable', None)}. Check that it follows the "
+            "question's instruction to reply with one letter (a chat model, its chat template, `--judge_model`)."
+        )
     qualitative = Counter()
     for name, counter in outcomes.items():
         if features[name].checker is None:
@@ -180,13 +230,15 @@ def judge_report(judge, records: Sequence[Mapping], features: Mapping[str, Any])
     decided = sum(agreement.values())
     return {
         "judge": judge.name,
+        "verdicts": len(verdicts),
+        "unreadable_verdicts": unreadable,
         "overall": outcome_shares(sum(outcomes.values(), Counter())),
         "qualitative": outcome_shares(qualitative) if qualitative else None,
         "per_feature": {name: outcome_shares(outcomes[name]) for name in sorted(outcomes)},
         "position_bias": {
             "first_answer_chosen": readable.count("A") / len(readable) if readable else None,
             "first_answer_chosen_ci95": wilson(readable.count("A"), len(readable)),
-            "unreadable_verdicts": len(verdicts) - len(readable),
+            "unreadable_verdicts": unreadable,
         },
         "agreement_with_checkers": {
             "pairs": decided,
@@ -205,6 +257,11 @@ def format_judge(report: dict) -> str:
         f"{with_interval(bias['first_answer_chosen'], bias['first_answer_chosen_ci95'])} of verdicts (0.5: no "
         f"position bias)"
     ]
+    if report.get("unreadable_verdicts"):
+        lines.append(
+            f"  unreadable verdicts (no 'A' or 'B' in the reply, counted as ties): {report['unreadable_verdicts']} of "
+            f"{report['verdicts']}"
+        )
     for label, row in (("all features", report["overall"]), ("qualitative features", report["qualitative"])):
         if row:
             lines.append(
