@@ -55,13 +55,17 @@ def test_the_readme_shows_the_table():
 FIELDS = [
     pytest.param({"max_length": 44}, id="max_length"),  # cuts some completions, no prompt (35 to 38 tokens)
     pytest.param({"max_length": 44, "truncation_mode": "keep_end"}, id="truncation_mode"),
-    pytest.param({"pad_to_multiple_of": 16}, id="pad_to_multiple_of"),
-    pytest.param({"disable_dropout": False}, id="disable_dropout"),
-    pytest.param({"dataset_num_proc": 2}, id="dataset_num_proc"),
+    pytest.param({"pad_to_multiple_of": 16}, id="pad_to_multiple_of", marks=pytest.mark.slow),
+    pytest.param({"disable_dropout": False}, id="disable_dropout", marks=pytest.mark.slow),
+    pytest.param({"dataset_num_proc": 2}, id="dataset_num_proc", marks=pytest.mark.slow),
     pytest.param({"precompute_ref_log_probs": True, "precompute_ref_batch_size": 1}, id="precompute_ref_batch_size"),
-    pytest.param({"pad_token": "<|im_end|>"}, id="pad_token"),
-    pytest.param({"logging_steps": 3}, id="logging_steps"),
-    pytest.param({"model_init_kwargs": {"dtype": "float32"}, "trust_remote_code": True}, id="model_init_kwargs"),
+    pytest.param({"pad_token": "<|im_end|>"}, id="pad_token", marks=pytest.mark.slow),
+    pytest.param({"logging_steps": 3}, id="logging_steps", marks=pytest.mark.slow),
+    pytest.param(
+        {"model_init_kwargs": {"dtype": "float32"}, "trust_remote_code": True},
+        id="model_init_kwargs",
+        marks=pytest.mark.slow,
+    ),
 ]
 
 
@@ -114,6 +118,7 @@ def test_activation_offloading_wraps_every_pass(tiny_model_dir, tokenizer, tmp_p
     assert all(within for _, within in events)
 
 
+@pytest.mark.slow
 def test_compute_metrics_receives_dpos_eval_prediction(tiny_model_dir, tokenizer, tmp_path):
     """`compute_metrics` gets what DPOTrainer gives it for its pair: the logits of `[prompt + chosen ; prompt +
     rejected]` and their input ids, here for the main pair, while SSO's own metrics are logged beside its result."""
@@ -188,6 +193,7 @@ def tool_rows(n=4) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_tool_calls_and_tools_train_as_in_dpo(tiny_model_dir, tokenizer, tmp_path):
     """Assistant turns with `tool_calls`, tool turns and a `tools` column: the main pair trains exactly as DPO on the
     same data, and x+ / x- carry the principle where any record carries it, with the tools and calls rendered."""

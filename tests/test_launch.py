@@ -56,3 +56,15 @@ def test_a_config_file_launches_two_processes_quietly(tiny_model_dir, data_folde
     output = result.stdout + result.stderr
     assert not [noise for noise in NOISE if noise in output], output[-3000:]
     assert "No accelerator with bf16 support was found" in output  # trl-sso's own warning still shows
+
+
+def test_a_malformed_config_file_is_one_line_naming_the_file_and_the_yaml_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: [MULTI_GPU\nnum_processes: 2\n")
+    assert main(["train", "--max_steps", "1", "--accelerate_config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"trl-sso train: error: The accelerate config {bad} is not valid YAML (") and "line 3" in err
+    assert err.count("\n") == 1
+    (tmp_path / "empty.yaml").write_text("just text\n")
+    assert main(["train", "--accelerate_config", str(tmp_path / "empty.yaml")]) == 2
+    assert "holds no settings" in capsys.readouterr().err

@@ -53,6 +53,7 @@ def step_loss_and_grads(trainer, accumulation_steps=1):
 
 def dpo_trainer(model_dir, tokenizer, dataset, tmp_path, loss_type="sigmoid", **overrides):
     settings = dict(bf16=False, gradient_checkpointing=False, report_to="none", max_length=128, beta=0.1, seed=0)
+    settings["dataloader_pin_memory"] = False
     args = DPOConfig(output_dir=str(tmp_path), loss_type=loss_type, **{**settings, **overrides})
     return DPOTrainer(**models(model_dir), args=args, train_dataset=dataset, processing_class=tokenizer)
 
@@ -100,21 +101,27 @@ def test_steering_and_weight_off_equals_dpo(tiny_model_dir, tokenizer, tmp_path,
 # Every base loss of DPOTrainer, as DPOConfig sets it: each `loss_type` (with a label smoothing where it reads one),
 # the MPO list, and the DPO variants that reshape every loss (WPO, LD-DPO, the f-divergences)
 SMOOTHED = ("exo_pair", "robust", "aot", "aot_unpaired")
+FAST = ("sigmoid", "ipo", "aot")  # in the fast subset; the others, and the variants, in the whole suite
+SLOW = pytest.mark.slow
 BASE_LOSSES = [
     *(
-        pytest.param({"loss_type": name, **({"label_smoothing": 0.1} if name in SMOOTHED else {})}, id=name)
+        pytest.param(
+            {"loss_type": name, **({"label_smoothing": 0.1} if name in SMOOTHED else {})},
+            id=name,
+            marks=() if name in FAST else pytest.mark.slow,
+        )
         for name in BASE_LOSS_TYPES
     ),
     pytest.param({"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]}, id="mpo"),
     pytest.param({"use_weighting": True}, id="wpo"),
-    pytest.param({"use_weighting": True, "loss_type": "ipo"}, id="wpo-ipo"),
+    pytest.param({"use_weighting": True, "loss_type": "ipo"}, id="wpo-ipo", marks=SLOW),
     pytest.param({"ld_alpha": 0.5}, id="ld"),
-    pytest.param({"ld_alpha": 0.3, "loss_type": "ipo"}, id="ld-ipo"),
+    pytest.param({"ld_alpha": 0.3, "loss_type": "ipo"}, id="ld-ipo", marks=SLOW),
     # WPO and LD-DPO read per-token outputs, laid out differently in DPO's two rows (models that cannot share prompts)
-    pytest.param({"use_weighting": True, "sso_share_prompt": False}, id="wpo-two-rows"),
-    pytest.param({"ld_alpha": 0.5, "sso_share_prompt": False}, id="ld-two-rows"),
+    pytest.param({"use_weighting": True, "sso_share_prompt": False}, id="wpo-two-rows", marks=SLOW),
+    pytest.param({"ld_alpha": 0.5, "sso_share_prompt": False}, id="ld-two-rows", marks=SLOW),
     *(
-        pytest.param({"f_divergence_type": kind, "f_alpha_divergence_coef": 0.5}, id=kind)
+        pytest.param({"f_divergence_type": kind, "f_alpha_divergence_coef": 0.5}, id=kind, marks=SLOW)
         for kind in ("forward_kl", "js_divergence", "alpha_divergence")
     ),
 ]
@@ -143,11 +150,12 @@ STEERED_LOSSES = [
     pytest.param({"loss_type": "ipo"}, True, id="ipo-conversational"),
     pytest.param({"loss_type": "ipo"}, False, id="ipo-standard"),
     pytest.param({"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]}, True, id="mpo"),
-    pytest.param({"loss_type": "aot", "label_smoothing": 0.1}, True, id="aot"),  # sorted within each pair's batch
-    pytest.param({"loss_type": "sft"}, True, id="sft"),  # a batch mean per pair
-    pytest.param({"use_weighting": True}, True, id="wpo"),
-    pytest.param({"ld_alpha": 0.5}, True, id="ld"),
-    pytest.param({"f_divergence_type": "js_divergence"}, True, id="js_divergence"),
+    # sorted within each pair's batch
+    pytest.param({"loss_type": "aot", "label_smoothing": 0.1}, True, id="aot", marks=SLOW),
+    pytest.param({"loss_type": "sft"}, True, id="sft", marks=SLOW),  # a batch mean per pair
+    pytest.param({"use_weighting": True}, True, id="wpo", marks=SLOW),
+    pytest.param({"ld_alpha": 0.5}, True, id="ld", marks=SLOW),
+    pytest.param({"f_divergence_type": "js_divergence"}, True, id="js_divergence", marks=SLOW),
 ]
 
 
@@ -249,6 +257,7 @@ def moe_model_dir(request, tokenizer_dir, tmp_path_factory):
     return save_tiny_model(tokenizer, tmp_path_factory.mktemp(request.param), request.param, **MOE[request.param])
 
 
+@pytest.mark.slow
 def test_moe_load_balancing_loss_as_dpo(moe_model_dir, tokenizer, tmp_path):
     """An MoE policy: the load-balancing loss of each pair's forward is added as DPOTrainer adds its forward's one.
     - steering and W off: SSO is DPO (its aux loss included), loss and gradients, and logs the same `aux_loss`;

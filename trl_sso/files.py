@@ -1,6 +1,7 @@
 """Writing files and folders so that an interrupted run leaves either the old version or the new one, never a part.
 
 Every file or folder that a later run reads back to decide what is already done goes through these two functions.
+`output_lock` keeps two runs from writing one output folder at the same time.
 """
 
 import contextlib
@@ -110,3 +111,59 @@ def save_folder_atomic(target: str | Path, save: Callable[[Path], None], *, repl
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+LOCK_FILE = ".trl-sso.lock"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path, command: str):
+    """Hold `folder` for one run of `command`: a lock file with this process's id, refused (a `ValueError` naming the
+    running process) while another live process holds it, taken over (with a warning) from a process that died
+    without releasing it, and removed when the run ends."""
+    import logging
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                holder = None  # written half-way by a process that died at that moment
+            if holder is not None and holder != os.getpid() and _running(holder):
+                raise ValueError(
+                    f"{folder} is in use by another trl-sso run (process {holder}, lock file {path}). Wait for it to "
+                    "end, or choose another `--output_dir`."
+                ) from None
+            logging.getLogger(__name__).warning(
+                f"Took over {path} from process {holder}, which is no longer running (it was stopped before it "
+                f"released the folder); `{command}` continues from what it finished."
+            )
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(handle, "w") as f:
+            f.write(f"{os.getpid()} {command}\n")
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text().split()[0] == str(os.getpid()):
+                path.unlink()
+            if created and not any(folder.iterdir()):  # a run that wrote nothing leaves no folder behind
+                folder.rmdir()

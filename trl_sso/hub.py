@@ -242,7 +242,8 @@ def push_folder(path, repo_id, *, kind=None, private=False, revision=None, commi
     adapter_config = _published_adapter_config(path)
     api = _api(token)
     _ensure_repo(api, repo_id, "model", private, revision)
-    ignore = ["training_args.bin", "checkpoint-*", "checkpoint-*/*", "runs/*", "*.lock", ".*", "*/.*", "README.md"]
+    ignore = ["training_args.bin", "sso_run_settings.json", "checkpoint-*", "checkpoint-*/*", "runs/*", "*.lock", ".*"]
+    ignore += ["*/.*", "README.md"]  # the local run: its arguments, checkpoints, logs and locks
     files = [p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_file()]
     additions = {name: str(path / name) for name in filter_repo_objects(files, ignore_patterns=ignore)}
     if adapter_config is not None:  # the base named by Hub id in the repo; the local file stays as it is

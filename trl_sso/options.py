@@ -101,6 +101,42 @@ def check_ranges(instance) -> None:
             )
 
 
+# Options that act only with another one on, and that one: such an option set away from its default while the other
+# is off is refused at parse time (it would be ignored without a word)
+REQUIRES: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "vllm_mode",
+            "vllm_server_base_url",
+            "vllm_server_timeout",
+            "vllm_gpu_memory_utilization",
+            "vllm_tensor_parallel_size",
+            "vllm_max_model_length",
+            "vllm_enable_sleep_mode",
+        ),
+        "use_vllm",
+    ),
+    "judge_model": "judge",
+    "judge_timeout": "judge",
+}
+
+
+def check_requirements(instance) -> None:
+    """Raise a `ValueError` for the first option of the dataclass `instance` that is set while the option it acts
+    with (`REQUIRES`) is off."""
+    fields = {f.name: f for f in dataclasses.fields(instance)}
+    for name, switch in REQUIRES.items():
+        if name not in fields or switch not in fields or getattr(instance, switch):
+            continue
+        field = fields[name]
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if getattr(instance, name) != default:
+            raise ValueError(
+                f"`{name}` only applies with `{switch}`, which is off, so it would be ignored. Set `{switch}` too, or "
+                f"leave `{name}` out."
+            )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # YAML values: the command line's types apply to them too
 

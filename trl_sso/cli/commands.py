@@ -6,18 +6,20 @@ Heavy libraries load inside the functions, and only `train`, `reward`, `iterate`
 so `trl-sso generate --help` and `trl-sso push --help` answer at once.
 """
 
+import contextlib
 import dataclasses
 import errno
 import os
 import sys
 
 from ..data import RESPONSE_COLUMNS, SSODataError
+from ..files import output_lock
 from ..generation.generator import NoRecordsError
 from ..hub import push as publish
 from ..hub_token import HUB_TOKEN_HELP
 from ..logs import LoggingArguments, configure_logging
 from ..names import hub_id
-from ..options import check_ranges
+from ..options import check_ranges, check_requirements
 from ..quiet import quiet_known_noise
 from ..retries import HubError
 from ..runtime import process_state
@@ -118,6 +120,7 @@ def parse(command: str, argv: list[str]) -> tuple:
     configure_logging(*(levels[0] if levels else (None, None)))
     for arguments in parsed:
         check_ranges(arguments)
+        check_requirements(arguments)
     check_model_references(parsed)
     for arguments in parsed:
         if getattr(arguments, "output_dir", None):
@@ -131,8 +134,10 @@ def generate(gen_args, publish_args) -> int:
     if process_state().is_main_process:
         dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items() if v) or "none"
         lengths = "/".join(f"{summary['mean_tokens'][s]:.1f}" for s in RESPONSE_COLUMNS)
+        empty = summary.get("empty_prompts_dropped")
+        empty = f" ({empty} dropped as empty)" if empty else ""
         print(
-            f"Wrote {summary['num_records']} SSO records from {summary['num_prompts']} prompts to "
+            f"Wrote {summary['num_records']} SSO records from {summary['num_prompts']} prompts{empty} to "
             f"{gen_args.output_dir} (dropped: {dropped}; principle fallbacks: "
             f"{summary['principle_fallbacks']}). Mean tokens chosen/rejected/original: {lengths}. Load it with "
             f"`datasets.load_dataset({gen_args.output_dir!r})`; summary: {gen_args.output_dir}/summary.json"
@@ -209,6 +214,19 @@ def explain_os_error(error: OSError) -> str:
     return str(error)
 
 
+# Commands whose runs write an output folder that a second run at the same time would write too
+LOCKED = ("generate", "train", "online", "iterate", "pipeline")
+
+
+def _output_lock(command: str, parsed: tuple):
+    """The lock of the output folder of a `LOCKED` command (`trl_sso.files.output_lock`), taken by the main process of
+    a launch (the others write there under its lead); a null context for the other commands."""
+    folders = [p.output_dir for p in parsed if getattr(p, "output_dir", None)]
+    if command not in LOCKED or not folders or int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return output_lock(folders[0], command)
+
+
 def run(command: str, argv: list[str]) -> int:
     """Run `trl-sso COMMAND argv`; bad options and inputs, and errors of the file system, end in one line on stderr
     and exit code 2."""
@@ -219,7 +237,9 @@ def run(command: str, argv: list[str]) -> int:
             config, argv = take_accelerate_config(argv)
             if config is not None:
                 return launch(command, config, argv)
-        result = load(entry.runner)(*parse(command, argv))
+        parsed = parse(command, argv)
+        with _output_lock(command, parsed):
+            result = load(entry.runner)(*parsed)
         if entry.trl_parser:  # a training script: its result is a report, not an exit code
             from accelerate import PartialState
 

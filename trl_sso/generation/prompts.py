@@ -1,9 +1,35 @@
 """Prompt sets for generation: the packaged default (200 prompts written by us across advice, writing, coding, math,
 safety-sensitive and factual questions), a local file (JSON, JSONL, CSV, Parquet or a saved dataset folder), or any
-`datasets` dataset name. Every prompt becomes a list of user (and earlier assistant) messages, without system ones."""
+`datasets` dataset name. Every prompt becomes a list of user (and earlier assistant) messages.
+
+The one prompt rule of every command that reads prompts (`generate`, `online`, `calibrate`, `evaluate`), the same as
+the trainer's for records (`trl_sso.data.validate_record`):
+- an empty prompt is dropped, logged and counted (`Prompts.empty_rows`, shown in the commands' summaries);
+- a system message in a prompt is refused with its row: trl-sso places the principle itself (the system message under
+  the `system` placement), so a prompt holds only user and assistant turns;
+- a prompt longer than a command's `max_length` (`online`, like `train`) is dropped and counted by that command.
+"""
 
 import json
+import logging
 from importlib.resources import files
+
+
+logger = logging.getLogger(__name__)
+
+
+class Prompts(list):
+    """The prompts of a set, as message lists, with what was left out: the rows dropped as empty (`empty_rows`) and
+    how many prompts were asked for (`asked`, `--num_prompts`)."""
+
+    def __init__(self, prompts, source: str, empty_rows=(), asked: int | None = None):
+        super().__init__(prompts)
+        self.source, self.empty_rows, self.asked = source, tuple(empty_rows), asked
+
+    def describe(self) -> str:
+        """`N prompts`, with the empty ones dropped, as the commands' summaries say it."""
+        dropped = f" ({len(self.empty_rows)} dropped as empty)" if self.empty_rows else ""
+        return f"{len(self)} prompts{dropped}"
 
 
 def packaged_prompts(name: str = "default_prompts") -> list[dict]:
@@ -19,11 +45,17 @@ def default_prompts() -> list[dict]:
 
 
 def _as_messages(value, index: int, column: str, source: str) -> list[dict] | None:
+    """The messages of one prompt, or None for an empty one."""
     if isinstance(value, str):
         return [{"role": "user", "content": value.strip()}] if value.strip() else None
     if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        messages = [m for m in value if m["role"] != "system"]
-        return messages if any(m["role"] == "user" and str(m["content"]).strip() for m in messages) else None
+        if any(m["role"] == "system" for m in value):
+            raise ValueError(
+                f"Row {index} of the prompt column {column!r} of {source!r} holds a system message. trl-sso places "
+                "the principle itself (in the system message under the `system` placement), so a prompt holds only "
+                "user and assistant turns: drop the system message or fold it into the user turn."
+            )
+        return value if any(m["role"] == "user" and str(m["content"]).strip() for m in value) else None
     held = "null" if value is None else type(value).__name__
     raise ValueError(
         f"Row {index} of the prompt column {column!r} of {source!r} holds {held}; expected a string or a list of "
@@ -37,9 +69,9 @@ def load_prompts(
     split: str = "train",
     num_prompts: int | None = None,
     packaged: str = "default_prompts",
-) -> list[list[dict]]:
-    """Load and normalise a prompt set (see the module docstring; without `source`, the `packaged` set); blank
-    prompts are skipped."""
+) -> Prompts:
+    """Load and normalise a prompt set (see the module docstring; without `source`, the `packaged` set): the first
+    `num_prompts` non-empty prompts, the empty ones before them dropped and counted."""
     if source is None:
         values = [record["prompt"] for record in packaged_prompts(packaged)]
         column = "prompt"
@@ -54,12 +86,26 @@ def load_prompts(
             )
         values = dataset[column]
     where = source or packaged
-    prompts = [m for i, v in enumerate(values) if (m := _as_messages(v, i, column, where)) is not None]
-    if num_prompts is not None:
-        prompts = prompts[:num_prompts]
+    prompts, empty = [], []
+    for index, value in enumerate(values):
+        if num_prompts is not None and len(prompts) == num_prompts:
+            break
+        messages = _as_messages(value, index, column, where)
+        if messages is None:
+            empty.append(index)
+        else:
+            prompts.append(messages)
     if not prompts:
         raise ValueError(
             f"The prompt set {source or 'default'!r} (column {column!r}) holds no non-empty prompt. Check the file "
             "and `--prompt_column`, or raise `--num_prompts`."
         )
-    return prompts
+    if empty:
+        rows = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        logger.warning(f"Dropped {len(empty)} empty prompts of {where!r} (rows {rows}).")
+    if num_prompts is not None and len(prompts) < num_prompts:
+        logger.warning(
+            f"Asked for {num_prompts} prompts (`--num_prompts`), but {where!r} holds {len(prompts)} non-empty ones: "
+            f"using those {len(prompts)}."
+        )
+    return Prompts(prompts, where, empty, num_prompts)

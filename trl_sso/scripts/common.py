@@ -210,7 +210,61 @@ def _reuse_finished(trainer, kind: str, folder: str):
     return TrainOutput(step, metrics.get("train_loss", float("nan")), metrics)
 
 
-def train_and_save(trainer_class, model_name: str, model_args, training_args, before_train=None, **kwargs):
+RUN_SETTINGS_FILE = "sso_run_settings.json"
+# Training arguments that shape what is logged, saved, published or evaluated, or how far the run goes (`max_steps`,
+# `num_train_epochs`: the end a finished run is checked against), not the weights it trains; every other setting of
+# the training, the model options and the data must match for a run to be reused or resumed
+_BOOKKEEPING = re.compile(
+    r"^(output_dir|overwrite_output_dir|logging_.*|log_.*|save_.*|push_to_hub|hub_.*|report_to|run_name|project|"
+    r"trackio_.*|disable_tqdm|resume_from_checkpoint|eval_.*|per_device_eval_batch_size|do_eval|do_predict|"
+    r"dataloader_.*|max_steps|num_train_epochs|include_.*|prediction_loss_only|skip_memory_metrics|"
+    r"model_init_kwargs|torch_empty_cache_steps|local_rank|ddp_timeout)$"
+)
+
+
+def run_settings(model_name: str, model_args, training_args, data) -> dict:
+    """The settings that change what a training run trains: the model and its options, the data (`data`: the
+    sources, as the command names them) and the training arguments but their bookkeeping (`_BOOKKEEPING`). JSON
+    values, with no Hub token."""
+    import dataclasses
+
+    training = {
+        f.name: getattr(training_args, f.name)
+        for f in dataclasses.fields(training_args)
+        if not _BOOKKEEPING.match(f.name) and f.init
+    }
+    model = {f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args) if f.init}
+    settings = {"model": model_name, "data": data, "model_args": model, "training_args": training}
+    return json.loads(json.dumps(settings, default=str))
+
+
+def check_same_run(output_dir: str, settings: dict) -> None:
+    """Refuse to reuse or resume the run in `output_dir` when it was made with other settings (`run_settings`), in one
+    line naming each setting that differs and its two values. A folder from before this check is taken as it is."""
+    path = os.path.join(output_dir, RUN_SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    differ = []
+    for group in settings:
+        old, new = saved.get(group), settings[group]
+        if isinstance(new, dict) and isinstance(old, dict):
+            names = sorted(set(old) | set(new))
+            differ += [
+                f"{name} {old.get(name)!r} -> {new.get(name)!r}" for name in names if old.get(name) != new.get(name)
+            ]
+        elif old != new:
+            differ.append(f"{group} {old!r} -> {new!r}")
+    if differ:
+        shown = "; ".join(differ[:8]) + (f"; and {len(differ) - 8} more" if len(differ) > 8 else "")
+        raise ValueError(
+            f"{output_dir} holds a run made with other settings ({shown}). Its results would not be those of these "
+            "settings: choose another `--output_dir`, or run again with the settings it was made with."
+        )
+
+
+def train_and_save(trainer_class, model_name: str, model_args, training_args, before_train=None, data=None, **kwargs):
     """Build the trainer (`build_trainer`), call `before_train(trainer)` if given, train, resuming from
     `--resume_from_checkpoint` or the last checkpoint of the output folder, and save the model (or adapter; its base
     named by Hub id when it has one, see `trl_sso.hub.point_adapter_at`) and then the trainer state, last.
@@ -218,7 +272,19 @@ def train_and_save(trainer_class, model_name: str, model_args, training_args, be
     A training that already reached its end (`finished_training`) is reused, not resumed: nothing is trained, the
     returned output and state are those of the run that finished, and `trainer.sso_reused_training` is `True` (the
     model in memory holds the trained weights, except under DeepSpeed or FSDP, whose final model stays on disk).
+    A folder that holds a run made with other settings (`run_settings`, `data` naming the data sources) is refused
+    before any model loads (`check_same_run`), whether the run finished or is to be resumed.
+
     Returns `(trainer, train_output)`."""
+    from accelerate import PartialState
+
+    from ..files import write_json_atomic
+
+    settings = run_settings(model_name, model_args, training_args, data)
+    if finished_training(training_args) or last_checkpoint(training_args.output_dir):
+        check_same_run(training_args.output_dir, settings)
+    if PartialState().is_main_process:
+        write_json_atomic(os.path.join(training_args.output_dir, RUN_SETTINGS_FILE), settings, indent=2)
     trainer = build_trainer(trainer_class, model_name, model_args, training_args, **kwargs)
     finished = finished_training(training_args)
     trainer.sso_reused_training = finished is not None
@@ -233,6 +299,13 @@ def train_and_save(trainer_class, model_name: str, model_args, training_args, be
         if resume:
             trainer.accelerator.print(f"Resuming from {resume}.")
         output = trainer.train(resume_from_checkpoint=resume)
+        if trainer.state.global_step == 0:  # an untrained model is no result: say so, and save nothing
+            raise ValueError(
+                f"The training ended without a single optimizer step (the data gave the trainer no batch: "
+                f"{len(trainer.train_dataset) if hasattr(trainer.train_dataset, '__len__') else 'a stream of'} "
+                "examples), so nothing was saved. Add examples, or lower the batch size, "
+                "`gradient_accumulation_steps` or `steps_per_generation`."
+            )
         if resume and trainer.state.log_history:
             output = _report_whole_run(trainer, output, resume)
 

@@ -66,17 +66,18 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
 
     require_model(model_args, "train")
     train, evaluation = training_data(script_args, training_args, dataset_args or DatasetMixtureConfig())
+    mixture = dataset_args.datasets if dataset_args else None
+    sources = [config.path for config in mixture] if mixture else [script_args.dataset_name]
     trainer, output = train_and_save(
         SSOTrainer,
         model_args.model_name_or_path,
         model_args,
         training_args,
         before_train=ignore_bias_buffers if script_args.ignore_bias_buffers else None,
+        data=[*sources, script_args.dataset_config, script_args.dataset_train_split],
         train_dataset=train,
         eval_dataset=evaluation,
     )
-    mixture = dataset_args.datasets if dataset_args else None
-    sources = [config.path for config in mixture] if mixture else [script_args.dataset_name]
     finish_training(trainer, output, training_args, model_args, sources)
     return trainer
 
