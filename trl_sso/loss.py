@@ -244,36 +244,17 @@ def steering_loss(
 
 
 @dataclass(frozen=True)
-class LossSettings:
+class LossSettings(BaseLoss):
     """The switches of the SSO objective, named as in the module docstring (`SSOConfig` documents each: `objective`
-    is `sso_objective`, `steer_coef` is `c`, `weight_alpha` is `a`, `sft_coef` is `gamma`, ...), and the settings of
-    `L_base` (`BaseLoss`, with DPOConfig's names)."""
+    is `sso_objective`, `steer_coef` is `c`, `weight_alpha` is `a`, `sft_coef` is `gamma`, ...), on top of the
+    settings of `L_base` (`BaseLoss`, with DPOConfig's names)."""
 
     objective: str = "policy"
-    beta: float = 0.1
-    loss_type: str | tuple[str, ...] = "sigmoid"
     steer_coef: float = 0.1
     use_weight: bool = True
     weight_alpha: float = 0.5
     detach_weight: bool = False
     sft_coef: float = 0.0
-    loss_weights: tuple[float, ...] | None = None
-    label_smoothing: float = 0.0
-    discopop_tau: float = 0.05
-    f_divergence_type: str = "reverse_kl"
-    f_alpha_divergence_coef: float = 0.5
-
-    @property
-    def base(self) -> BaseLoss:
-        return BaseLoss(
-            loss_type=self.loss_type,
-            beta=self.beta,
-            loss_weights=self.loss_weights,
-            label_smoothing=self.label_smoothing,
-            discopop_tau=self.discopop_tau,
-            f_divergence_type=self.f_divergence_type,
-            f_alpha_divergence_coef=self.f_alpha_divergence_coef,
-        )
 
 
 def _weight(main: PairLogps | None, settings: LossSettings, detach: bool):
@@ -287,8 +268,8 @@ def _share(name: str, pair: PairLogps, weight: torch.Tensor | None, s: LossSetti
     """`(share, L_base, NLL of the winner)` of pair `name` in the loss, per example, given `W` (`None`: 1)."""
     if name != "main":
         weight = 1.0 if weight is None else weight
-        return steering_loss(pair, weight, s.base, objective=s.objective, steer_coef=s.steer_coef, sft_coef=s.sft_coef)
-    share, base, nll = main_loss(pair, s.base, s.sft_coef)
+        return steering_loss(pair, weight, s, objective=s.objective, steer_coef=s.steer_coef, sft_coef=s.sft_coef)
+    share, base, nll = main_loss(pair, s, s.sft_coef)
     if s.steer_coef == 0 and weight is not None:  # steering off: W scales the main pair itself
         share = weight * share
     return share, base, nll
