@@ -128,7 +128,8 @@ def test_everything_published_loads_from_the_hub_alone(hub, tiny_model_dir, tmp_
     for t in (1, 2):
         published = set(api.list_repo_files("tester/sso-online", revision=f"iteration_{t}-adapter"))
         assert adapter_files <= published and not published & {"model.safetensors", "config.json", "rounds.json"}
-        local = {p.name for p in (run / f"round_{t}" / "train").iterdir() if p.is_file()} - {"training_args.bin"}
+        local = {p.name for p in (run / f"round_{t}" / "train").iterdir() if p.is_file()}
+        local -= {"training_args.bin", "sso_run_settings.json"}  # the local run's arguments: not published
         assert published - {".gitattributes"} == local, t
         assert policy_files <= set(api.list_repo_files("tester/sso-online", revision=f"iteration_{t}"))
 
