@@ -1,8 +1,8 @@
 """SSOTrainer against TRL's DPOTrainer as an oracle, on the same model and data.
 
 - steering off and W off: SSO is DPO on the main pair, loss and gradients, for every base loss DPOTrainer offers
-  (each `loss_type`, the MPO list with `loss_weights`, WPO, LD-DPO, the f-divergences) and for MoE models with their
-  load-balancing loss;
+  (each `loss_type`, the MPO list with `loss_weights`, WPO, LD-DPO, the f-divergences; MoE models with their
+  load-balancing loss in `test_dpo_surface.py`);
 - W off, steer coefficient c: SSO = DPO(main) + c * (DPO on x+ data + DPO on x- data with original > chosen), where
   the oracle datasets carry the principle as a system message (or, for text prompts, prepended to the prompt);
 - through `training_step`, which backpropagates each steering pair on its own (`sso_backward_per_pair`): the same
@@ -231,74 +231,3 @@ def test_compute_loss_outside_a_training_step_leaves_the_gradients_alone(tiny_mo
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(N)]))
     loss = trainer.compute_loss(trainer.model, batch)
     assert loss.requires_grad and all(p.grad is None for p in trainer.model.parameters())
-
-
-MOE = {
-    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, router_aux_loss_coef=0.05),
-    "gpt_oss": dict(
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        intermediate_size=32,
-        head_dim=16,
-        sliding_window=16,
-        layer_types=["sliding_attention", "full_attention"],
-        router_aux_loss_coef=0.05,
-    ),
-}
-
-
-@pytest.fixture(scope="module", params=sorted(MOE))
-def moe_model_dir(request, tokenizer_dir, tmp_path_factory):
-    """A tiny Mixture-of-Experts model (Qwen3-MoE or GPT-OSS) with a sizeable load-balancing coefficient."""
-    from conftest import save_tiny_model
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    return save_tiny_model(tokenizer, tmp_path_factory.mktemp(request.param), request.param, **MOE[request.param])
-
-
-@pytest.mark.slow
-def test_moe_load_balancing_loss_as_dpo(moe_model_dir, tokenizer, tmp_path):
-    """An MoE policy: the load-balancing loss of each pair's forward is added as DPOTrainer adds its forward's one.
-    - steering and W off: SSO is DPO (its aux loss included), loss and gradients, and logs the same `aux_loss`;
-    - steering on (W off): the loss is DPO's on the three pairs' datasets with the steering pairs' DPO losses scaled
-      by c and their aux losses not (`router_aux_loss_coef` times each forward's own, as DPO adds it), and `aux_loss`
-      logs the sum of the three forwards';
-    - the per-pair backward gives the gradient of one backward pass, aux losses included."""
-    k, c = 0.05, 0.3
-    off = sso_args(tmp_path / "off", sso_steer_coef=0.0, sso_use_weight=False)
-    sso = SSOTrainer(**models(moe_model_dir), args=off, train_dataset=sso_dataset(n=N), processing_class=tokenizer)
-    assert sso.aux_loss_enabled and sso.router_aux_loss_coef == k
-    plain = sso_dataset(n=N).select_columns(["prompt", "chosen", "rejected"])
-    dpo = dpo_trainer(moe_model_dir, tokenizer, plain, tmp_path)
-    assert_close(loss_and_grads(sso), loss_and_grads(dpo))
-    assert sso._metrics["train"]["aux_loss"] == pytest.approx(dpo._metrics["train"]["aux_loss"], rel=1e-5)
-    assert sso._metrics["train"]["aux_loss"][0] > 0
-
-    on = sso_args(tmp_path / "on", sso_steer_coef=c, sso_use_weight=False)
-    sso = SSOTrainer(**models(moe_model_dir), args=on, train_dataset=sso_dataset(n=N), processing_class=tokenizer)
-    parts = {
-        "main": sso_dataset(True, N).select_columns(["prompt", "chosen", "rejected"]),
-        "pos": steered_rows(True, "positive_system", "chosen", "rejected"),
-        "neg": steered_rows(True, "negative_system", "original", "chosen"),
-    }
-    losses, aux = {}, {}
-    for name, data in parts.items():
-        trainer = dpo_trainer(moe_model_dir, tokenizer, data, tmp_path / name)
-        losses[name] = loss_and_grads(trainer)[0].item()
-        (aux[name],) = trainer._metrics["train"]["aux_loss"]
-    expected = losses["main"] + c * (losses["pos"] + losses["neg"]) + (1 - c) * k * (aux["pos"] + aux["neg"])
-    assert loss_and_grads(sso)[0].item() == pytest.approx(expected, rel=1e-5)
-    assert sso._metrics["train"]["aux_loss"][0] == pytest.approx(sum(aux.values()), rel=1e-5)
-
-    def step(per_pair):
-        args = sso_args(tmp_path / f"step{per_pair}", sso_steer_coef=c, sso_backward_per_pair=per_pair)
-        trainer = SSOTrainer(
-            **models(moe_model_dir), args=args, train_dataset=sso_dataset(n=N), processing_class=tokenizer
-        )
-        return step_loss_and_grads(trainer)
-
-    loss, grads, passes = step(True)
-    expected_loss, expected_grads, single = step(False)
-    assert (passes, single) == (2, 1)
-    assert_close((loss, grads), (expected_loss, expected_grads))
