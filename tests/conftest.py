@@ -31,11 +31,13 @@ ROWS = [
 ]
 
 
-def pytest_report_header(config):
-    """The releases this run tests (CI runs the locked set and, with `--newest`, the newest the ranges allow)."""
+def pytest_terminal_summary(terminalreporter):
+    """The releases this run tested, in its summary (shown under `-q` too): CI runs the locked set and, with
+    `--newest`, the newest the ranges allow."""
     from trl_sso.scripts.env import PACKAGES, installed_version
 
-    return "packages: " + ", ".join(f"{package} {installed_version(package)}" for package in (*PACKAGES, "kernels"))
+    versions = ", ".join(f"{package} {installed_version(package)}" for package in (*PACKAGES, "kernels"))
+    terminalreporter.write_line(f"packages: {versions}")
 
 
 @pytest.fixture(params=["1-thread", pytest.param("default-threads", marks=pytest.mark.slow)])
