@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import argv, data_folder, free_port  # noqa: F401  (a fixture)
 
@@ -36,6 +37,7 @@ def test_an_unknown_config_name_is_one_line(capsys):
     assert err.startswith("trl-sso iterate: error: Accelerate config zero9 is neither a file") and err.count("\n") == 1
 
 
+@pytest.mark.slow  # end-to-end (several processes, or whole command runs): outside the fast subset
 def test_a_config_file_launches_two_processes_quietly(tiny_model_dir, data_folder, tmp_path):  # noqa: F811
     """Two processes from a config file; their output carries no known third-party noise (`trl_sso.quiet`: the
     missing-kernels message of bitsandbytes, DeepSpeed's CPU detection, the `gradient_checkpointing` rename, here

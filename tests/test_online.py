@@ -97,6 +97,7 @@ class StopAfter(TrainerCallback):
             control.should_training_stop = True
 
 
+@pytest.mark.slow  # end-to-end (several processes, or whole command runs): outside the fast subset
 def test_a_resumed_run_samples_and_trains_as_the_uninterrupted_one(tiny_model_dir, tokenizer, tmp_path):
     def run(folder, resume=False, callbacks=None):
         args = online_args(folder, max_steps=4, save_strategy="steps", save_steps=2)
@@ -123,6 +124,7 @@ def test_bad_arguments_are_named():
         OnlineSSOConfig("out", sso_features=["Brevityy"], report_to="none")
 
 
+@pytest.mark.slow  # end-to-end (several processes, or whole command runs): outside the fast subset
 def test_the_online_command_on_two_processes(tiny_model_dir, tmp_path):
     """`trl-sso online` under DDP on 2 CPU processes (through `--accelerate_config`): each process samples its share
     of the prompts, and the card and metrics are saved."""

@@ -39,6 +39,7 @@ def run_iterate(model_dir, out, *extra):
     return [json.loads((out / f"round_{t}" / "report.json").read_text()) for t in (1, 2)]
 
 
+@pytest.mark.slow  # end-to-end (several processes, or whole command runs): outside the fast subset
 def test_server_mode_samples_scores_and_gets_each_rounds_policy(tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
     from vllm_server import FakeVLLMServer, cpu_weight_transfer
 
@@ -105,6 +106,7 @@ class StandInEngine:
 
 
 @pytest.mark.parametrize("sleep", [True, False], ids=["sleep mode", "delete"])
+@pytest.mark.slow  # end-to-end (several processes, or whole command runs): outside the fast subset
 def test_colocate_lifecycle_hands_memory_back_before_training(tiny_model_dir, tmp_path, monkeypatch, sleep):  # noqa: F811
     from pathlib import Path
 

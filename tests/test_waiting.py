@@ -6,12 +6,14 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import accelerate_launch
 
 
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow  # end-to-end (several processes, or whole command runs): outside the fast subset
 def test_the_others_wait_past_the_process_groups_timeout(tmp_path):
     command = [*accelerate_launch(2), str(HERE / "wait_on_cpu.py"), str(tmp_path)]
     subprocess.run(command, capture_output=True, text=True, timeout=300)  # the control makes the launch fail
