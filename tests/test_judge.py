@@ -7,6 +7,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import message_lines
 
 from trl_sso.data import make_record
 from trl_sso.principles import ALL_FEATURES
@@ -167,11 +168,6 @@ def test_endpoint_judge_over_http(chat_server):
     report = judge_report(EndpointJudge(url), _records(), ALL_FEATURES)
     assert report["unreadable_verdicts"] == 1 and report["verdicts"] == 4 and report["overall"]["tie"] == 0.5
     assert "unreadable verdicts (no 'A' or 'B' in the reply, counted as ties): 1 of 4" in format_judge(report)
-
-
-def message_lines(stderr: str) -> list[str]:
-    """The lines of `stderr` that are messages, not progress bars (which redraw themselves with carriage returns)."""
-    return [line for line in stderr.split("\n") if line and "\r" not in line]
 
 
 @pytest.mark.parametrize(

@@ -9,19 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import argv, data_folder  # noqa: F401  (a fixture)
+from conftest import argv, data_folder, message_lines  # noqa: F401  (a fixture)
 
 from trl_sso.cli.main import main
 from trl_sso.files import LOCK_FILE
 
 
-def error_lines(stderr: str) -> list[str]:
-    """The lines of `stderr` that are messages, not progress bars (which redraw themselves with carriage returns)."""
-    return [line for line in stderr.split("\n") if line and "\r" not in line and "it/s]" not in line]
-
-
 def one_error(capsys, command: str) -> str:
-    lines = [line for line in error_lines(capsys.readouterr().err) if line.startswith("trl-sso")]
+    lines = [line for line in message_lines(capsys.readouterr().err) if line.startswith("trl-sso")]
     assert len(lines) == 1 and lines[0].startswith(f"trl-sso {command}: error: "), lines
     return lines[0]
 
@@ -128,7 +123,7 @@ def test_fewer_prompts_than_asked_and_empty_ones_are_said(tmp_path, caplog):
     path = write_prompts(tmp_path / "prompts.jsonl", ["First?", "  ", "Third?", "Fourth?"])
     with caplog.at_level("WARNING"):
         prompts = load_prompts(path, num_prompts=10)
-    assert len(prompts) == 3 and prompts.empty_rows == (1,) and prompts.describe() == "3 prompts (1 dropped as empty)"
+    assert len(prompts) == 3 and prompts.empty_rows == (1,)
     assert "Dropped 1 empty prompts" in caplog.text and "(rows 1)" in caplog.text
     assert "Asked for 10 prompts (`--num_prompts`), but" in caplog.text and "using those 3" in caplog.text
 

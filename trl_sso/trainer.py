@@ -373,7 +373,7 @@ class SSOTrainer(DPOTrainer):
         DPOTrainer asks for them; the reference forward does not."""
         prefix = PAIRS[pair].prefix
         input_ids, completion_mask = inputs[f"{prefix}input_ids"], inputs[f"{prefix}completion_mask"]
-        router = {"output_router_logits": True} if policy and getattr(self, "aux_loss_enabled", False) else {}
+        router = {"output_router_logits": True} if policy and self.aux_loss_enabled else {}
         if f"{prefix}segment_ids" in inputs:  # shared-prompt rows
             segments, positions = inputs[f"{prefix}segment_ids"], inputs[f"{prefix}position_ids"]
             config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
@@ -415,21 +415,16 @@ class SSOTrainer(DPOTrainer):
             return tuple(sharing.branch_sums(per_token, inputs[f"{prefix}segment_ids"], 2))
         return per_token.sum(dim=1).chunk(2)
 
-    def _branch_masks(self, inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where the per-position outputs of a pair's forward score a winner's token, and where a loser's, on the
-        grid of those outputs (a shared row's positions, or DPO's rows shifted by one)."""
-        scored, winners = self._scored_masks(inputs, pair)
-        return winners, scored & ~winners
-
     def _ld_token_weights(self, inputs: dict, pair: str) -> torch.Tensor:
         """LD-DPO's weight of each position of a pair's forward (arXiv 2409.06411, as DPOTrainer applies it): 1 on a
         completion's tokens up to the length of the pair's shorter completion, `ld_alpha` beyond it, 0 where nothing
         is scored."""
-        winners, losers = self._branch_masks(inputs, pair)
+        scored, winners = self._scored_masks(inputs, pair)
+        losers = scored & ~winners
         if f"{PAIRS[pair].prefix}segment_ids" in inputs:
             shared = torch.minimum(winners.sum(dim=1), losers.sum(dim=1))
         else:  # DPO's rows: the winners, then the losers, an example's two rows half a batch apart
-            shared = torch.minimum(*(winners | losers).sum(dim=1).chunk(2)).repeat(2)
+            shared = torch.minimum(*scored.sum(dim=1).chunk(2)).repeat(2)
         weights = torch.zeros(winners.shape, device=winners.device)
         for mask in (winners, losers):
             in_shared = mask & (mask.cumsum(dim=1) <= shared.unsqueeze(1))
@@ -612,9 +607,9 @@ class SSOTrainer(DPOTrainer):
 
     def _backward_share(self, name: str, pairs: dict[str, PairLogps], outputs: dict) -> None:
         """Backpropagate the share of pair `name` in the loss now (`trl_sso.loss.pair_share`, and the load-balancing
-        loss of its forward for an MoE model), scaled as
-        `training_step` scales the loss, and detach the pair: the gradient through `W` flows with the main pair, from
-        the loss computed with the pairs already backpropagated detached."""
+        loss of its forward for an MoE model), scaled as `training_step` scales the loss, and detach the pair: the
+        gradient through `W` flows with the main pair, from the loss computed with the pairs already backpropagated
+        detached."""
         share = pair_share(name, pairs, **self._loss_settings()).mean()
         if self.aux_loss_enabled:
             share = share + self.router_aux_loss_coef * outputs[name].aux_loss

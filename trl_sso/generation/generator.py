@@ -374,7 +374,7 @@ class SSOGenerator:
         n = len(records)
         summary = {
             "num_prompts": sum(r["prompts"] for r in results),
-            "empty_prompts_dropped": len(getattr(self.prompts, "empty_rows", ())),
+            "empty_prompts_dropped": len(self.prompts.empty_rows),
             "num_records": n,
             "dropped": {reason: dropped.get(reason, 0) for reason in REASONS},
             "principle_fallbacks": sum(r["fallbacks"] for r in results),

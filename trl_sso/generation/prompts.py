@@ -19,17 +19,11 @@ logger = logging.getLogger(__name__)
 
 
 class Prompts(list):
-    """The prompts of a set, as message lists, with what was left out: the rows dropped as empty (`empty_rows`) and
-    how many prompts were asked for (`asked`, `--num_prompts`)."""
+    """The prompts of a set, as message lists, and the rows dropped as empty (`empty_rows`)."""
 
-    def __init__(self, prompts, source: str, empty_rows=(), asked: int | None = None):
+    def __init__(self, prompts, empty_rows=()):
         super().__init__(prompts)
-        self.source, self.empty_rows, self.asked = source, tuple(empty_rows), asked
-
-    def describe(self) -> str:
-        """`N prompts`, with the empty ones dropped, as the commands' summaries say it."""
-        dropped = f" ({len(self.empty_rows)} dropped as empty)" if self.empty_rows else ""
-        return f"{len(self)} prompts{dropped}"
+        self.empty_rows = tuple(empty_rows)
 
 
 def packaged_prompts(name: str = "default_prompts") -> list[dict]:
@@ -108,4 +102,4 @@ def load_prompts(
             f"Asked for {num_prompts} prompts (`--num_prompts`), but {where!r} holds {len(prompts)} non-empty ones: "
             f"using those {len(prompts)}."
         )
-    return Prompts(prompts, where, empty, num_prompts)
+    return Prompts(prompts, empty)

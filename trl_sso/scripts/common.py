@@ -1,6 +1,7 @@
 """What every training command shares: model loading options, PEFT / quantization with clear errors, and the
 build-train-save sequence that resumes from the last checkpoint of the output folder."""
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -8,7 +9,7 @@ import math
 import os
 import re
 
-from ..files import removed_on_failure
+from ..files import removed_on_failure, write_json_atomic
 
 
 logger = logging.getLogger(__name__)
@@ -226,8 +227,6 @@ def run_settings(model_name: str, model_args, training_args, data) -> dict:
     """The settings that change what a training run trains: the model and its options, the data (`data`: the
     sources, as the command names them) and the training arguments but their bookkeeping (`_BOOKKEEPING`). JSON
     values, with no Hub token."""
-    import dataclasses
-
     training = {
         f.name: getattr(training_args, f.name)
         for f in dataclasses.fields(training_args)
@@ -278,15 +277,13 @@ def train_and_save(trainer_class, model_name: str, model_args, training_args, be
     Returns `(trainer, train_output)`."""
     from accelerate import PartialState
 
-    from ..files import write_json_atomic
-
     settings = run_settings(model_name, model_args, training_args, data)
-    if finished_training(training_args) or last_checkpoint(training_args.output_dir):
+    finished = finished_training(training_args)
+    if finished or last_checkpoint(training_args.output_dir):
         check_same_run(training_args.output_dir, settings)
     if PartialState().is_main_process:
         write_json_atomic(os.path.join(training_args.output_dir, RUN_SETTINGS_FILE), settings, indent=2)
     trainer = build_trainer(trainer_class, model_name, model_args, training_args, **kwargs)
-    finished = finished_training(training_args)
     trainer.sso_reused_training = finished is not None
     if finished and finished[0] == "final":
         return trainer, _reuse_finished(trainer, *finished)
