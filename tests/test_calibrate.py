@@ -14,9 +14,11 @@ def test_a_cell_from_known_scores():
     assert cell["follows_good"] == 0.75 and cell["breaks_good"] == 0.75 and cell["base_rate"] == 0.5
     assert (cell["correct"], cell["tie"], cell["wrong"]) == (0.5, 0.5, 0.0)
     assert cell["lift"] == 0.5 and cell["correct_ci95"] == pytest.approx([0.15004, 0.84996], abs=1e-4)
-    assert cell["signal"] is False  # 2 wins of 4 prompts: the bootstrap interval of the lift reaches 0
+    assert cell["signal"] is False  # 2 wins of 4 prompts: exact McNemar p = 0.5
+    assert cell["lift_p_value"] == 0.5
     strong = score_cell(good=[1.0] * 12, bad=[0.0] * 12, plain=[0.0] * 12)
-    assert strong["signal"] is True and strong["lift_ci95"] == [1.0, 1.0]
+    # every prompt a win: the lift is 1, yet 12 prompts leave its interval room below (never a point)
+    assert strong["signal"] is True and strong["lift_ci95"][1] == 1.0 and 0.6 < strong["lift_ci95"][0] < 0.7
     backwards = score_cell(good=[0.0] * 12, bad=[1.0] * 12, plain=[0.0] * 12)
     assert backwards["signal"] is False and backwards["wrong"] == 1.0  # a signal the wrong way round is no signal
 

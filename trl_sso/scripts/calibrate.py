@@ -24,7 +24,7 @@ from ..generation.samplers import TransformersSampler
 from ..names import DEFAULT_MODEL_ID, public_name
 from ..options import check_ranges
 from ..principles import contrastive_system_prompts, expand_feature_names, known_features
-from ..signal.intervals import bootstrap_mean, excludes_zero, wilson, with_interval
+from ..signal.intervals import paired_score_change, wilson, with_interval
 from ..signal.onpolicy import load_policy
 from ..signal.plots import plot_calibration
 from ..signal.responses import outcome, outcome_shares
@@ -83,7 +83,7 @@ def score_cell(good: list[float], bad: list[float], plain: list[float]) -> dict:
     the bad principle and none (one score per prompt, in prompt order)."""
     n = len(good)
     verdicts = Counter(outcome(g, b) for g, b in zip(good, bad, strict=True))
-    lifts = [(g > b) - (g < b) for g, b in zip(good, bad)]  # per prompt: +1 correct, 0 tie, -1 wrong
+    lift = paired_score_change(good, bad)  # per prompt: +1 correct, 0 tie, -1 wrong; the same prompts
     cell = {
         "prompts": n,
         "follows_good": sum(good) / n,
@@ -93,10 +93,11 @@ def score_cell(good: list[float], bad: list[float], plain: list[float]) -> dict:
         "base_rate": sum(plain) / n,
         "base_rate_ci95": wilson(sum(plain), n),
         **outcome_shares(verdicts),
-        "lift": (verdicts["correct"] - verdicts["wrong"]) / n,
-        "lift_ci95": bootstrap_mean(lifts),
+        "lift": lift["change"],
+        "lift_ci95": lift["ci95"],
+        "lift_p_value": lift["p_value"],
     }
-    cell["signal"] = excludes_zero(cell["lift_ci95"]) and cell["lift"] > 0
+    cell["signal"] = lift["significant"] and lift["change"] > 0
     return cell
 
 

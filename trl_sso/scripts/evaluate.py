@@ -15,7 +15,15 @@ from ..generation.samplers import TransformersSampler
 from ..names import DEFAULT_MODEL_ID, public_names
 from ..options import check_ranges
 from ..principles import expand_feature_names, known_features
-from ..signal.intervals import bootstrap_mean, paired_change, wilson, with_interval
+from ..signal.intervals import (
+    all_equal_note,
+    bootstrap_mean,
+    paired_mean_change,
+    paired_score_change,
+    score_mean,
+    wilson,
+    with_interval,
+)
 from ..signal.onpolicy import load_policy
 from ..signal.plots import plot_evaluation
 
@@ -106,8 +114,9 @@ def evaluate_models(args: EvaluateArguments) -> dict:
 
 def score_answers(model, tokenizer, prompts, features, max_new_tokens=128, temperature=0.0, batch_size=8, seed=42):
     """Let `model` answer `prompts` (no principle) and score the answers with the checkers of `features` (name ->
-    `Feature`). Returns the scores (share following each good side with its Wilson interval; their mean per prompt, its
-    mean and bootstrap interval; mean tokens, truncation rate) and the answers."""
+    `Feature`). Returns the scores and the answers: per feature, the share of answers following its good side and the
+    per-prompt 0/1 scores; their mean per prompt, its mean; the mean tokens and the truncated share. Every share and
+    mean carries its 95% interval (`trl_sso.signal.intervals`: Wilson on the summed scores; tokens: bootstrap)."""
     sampler = TransformersSampler(model, tokenizer, batch_size)
     completions = sampler.sample(prompts, temperature, 1.0, max_new_tokens, seed)
     n = len(completions)
@@ -115,26 +124,57 @@ def score_answers(model, tokenizer, prompts, features, max_new_tokens=128, tempe
     per_prompt = [sum(s[i] for s in scores.values()) / len(scores) for i in range(n)]
     tokens = [c.num_tokens for c in completions]
     row = {
-        "follows_good": {name: sum(s) / n for name, s in scores.items()},
-        "follows_good_ci95": {name: wilson(sum(s), n) for name, s in scores.items()},
-        "follows_good_mean": sum(per_prompt) / n,
-        "follows_good_mean_ci95": bootstrap_mean(per_prompt),
+        "follows_good": {name: score_mean(s)[0] for name, s in scores.items()},
+        "follows_good_ci95": {name: score_mean(s)[1] for name, s in scores.items()},
+        "follows_good_per_feature": scores,
         "follows_good_per_prompt": per_prompt,
         "mean_tokens": sum(tokens) / n,
         "mean_tokens_ci95": bootstrap_mean(tokens),
-        "truncated": sum(not c.finished for c in completions) / n,
+        "tokens_per_prompt": tokens,
     }
+    row["follows_good_mean"], row["follows_good_mean_ci95"] = score_mean(per_prompt)
+    row["truncated"], row["truncated_ci95"] = score_mean([float(not c.finished) for c in completions])
+    if all_equal_note(tokens):
+        row["mean_tokens_note"] = all_equal_note(tokens)
     return row, [c.text for c in completions]
 
 
+def held_out_change(after: dict, before: dict) -> dict:
+    """How the held-out follow rate changed between two evaluations of the same prompts (`paired_score_change`,
+    prefixed keys without it: `change`, `change_ci95`, `change_p_value`, ...), with the change of mean tokens beside it
+    (`tokens_change`, paired bootstrap)."""
+    change = paired_score_change(after["follows_good_per_prompt"], before["follows_good_per_prompt"])
+    result = {
+        "change": change["change"],
+        "change_ci95": change["ci95"],
+        "change_p_value": change["p_value"],
+        "change_test": change["test"],
+        "change_significant": change["significant"],
+        "change_gained": change["gained"],
+        "change_lost": change["lost"],
+        "pairs": change["pairs"],
+    }
+    if "tokens_per_prompt" in after and "tokens_per_prompt" in before:
+        tokens = paired_mean_change(after["tokens_per_prompt"], before["tokens_per_prompt"])
+        result["tokens_change"], result["tokens_change_ci95"] = tokens["change"], tokens["ci95"]
+        if "note" in tokens:
+            result["tokens_change_note"] = tokens["note"]
+    return result
+
+
 def compare_with_first(rows: list[dict]) -> None:
-    """Add to each row after the first the change of `follows_good_mean` against the first model, its paired
-    bootstrap interval (the models answered the same prompts) and whether the change is larger than that
-    uncertainty."""
+    """Add to each row after the first its change against the first model, under `vs_first` (`held_out_change`: the
+    models answered the same prompts)."""
     for row in rows[1:]:
-        row["change_vs_first"], row["change_vs_first_ci95"], row["change_vs_first_significant"] = paired_change(
-            row["follows_good_per_prompt"], rows[0]["follows_good_per_prompt"]
-        )
+        row["vs_first"] = held_out_change(row, rows[0])
+
+
+def format_change(change: dict) -> str:
+    """A held-out change for tables: `+0.25 [0.06, 0.46] significant (exact McNemar p 0.016)`."""
+    verdict = "significant" if change["change_significant"] else "within noise"
+    figure = with_interval(change["change"], change["change_ci95"]).replace("-0.00", "0.00")
+    sign = "+" if change["change"] > 0 else ""
+    return f"{sign}{figure} {verdict} ({change['change_test']} p {change['change_p_value']:.3f})"
 
 
 def format_evaluation(report: dict) -> str:
@@ -151,9 +191,8 @@ def format_evaluation(report: dict) -> str:
         line += f" {with_interval(row['follows_good_mean'], row.get('follows_good_mean_ci95')):>19}"
         line += f" {row['mean_tokens']:6.1f} {row['truncated']:4.2f}"
         change = "(baseline)"
-        if "change_vs_first" in row:
-            verdict = "significant" if row["change_vs_first_significant"] else "within noise"
-            change = f"{with_interval(row['change_vs_first'], row['change_vs_first_ci95'], 2)} {verdict}"
+        if "vs_first" in row:
+            change = format_change(row["vs_first"])
         line += f" {change:>30}"
         if has_reward:
             line += f" {row['mean_reward']:7.3f} {row['win_rate_vs_first']:5.2f}"

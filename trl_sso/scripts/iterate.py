@@ -28,8 +28,9 @@ from ..files import write_json_atomic
 from ..hub import point_adapter_at, push_dataset, push_folder
 from ..names import hub_id
 from ..runtime import process_state, wait_for_main
-from ..signal.intervals import excludes_zero, paired_change, share_difference, with_interval
+from ..signal.intervals import excludes_zero, share_difference, with_interval
 from ..signal.plots import plot_rounds
+from .evaluate import format_change, held_out_change
 from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage, vllm_engine
 
 
@@ -38,10 +39,12 @@ logger = logging.getLogger(__name__)
 
 def round_row(report: dict) -> dict:
     """One round of `rounds.json`: the signal of its data, its training metrics and its policy's evaluation, each
-    share and mean with its 95% interval (`trl_sso.signal.intervals`)."""
+    share and mean with its 95% interval (`trl_sso.signal.intervals`), and the lengths (the paper's length drift):
+    mean tokens of y+, y- and y_o in the round's data and of the policy's held-out answers, with intervals."""
     signal = report.get("signal") or {}
     accuracy = signal.get("accuracy") or {}
     onpolicy = signal.get("onpolicy") or {}
+    length = signal.get("length") or {}
     evaluation = report.get("evaluation") or {}
     return {
         "round": report["round"],
@@ -52,26 +55,32 @@ def round_row(report: dict) -> dict:
         "onpolicy_gap": (onpolicy.get("gap_to_original") or {}).get("chosen"),
         "onpolicy_gap_ci95": (onpolicy.get("gap_to_original_ci95") or {}).get("chosen"),
         "mean_tokens": report["mean_tokens"],
+        "mean_tokens_ci95": length.get("mean_ci95"),
         "train": report["train"],
         "eval_follows_good": evaluation.get("follows_good_mean"),
         "eval_follows_good_ci95": evaluation.get("follows_good_mean_ci95"),
+        "eval_mean_tokens": evaluation.get("mean_tokens"),
+        "eval_mean_tokens_ci95": evaluation.get("mean_tokens_ci95"),
+        "eval_truncated": evaluation.get("truncated"),
+        "eval_truncated_ci95": evaluation.get("truncated_ci95"),
     }
 
 
-def _held_out_change(after: dict | None, before: dict | None) -> tuple | None:
-    """The change of the held-out follow rate between two evaluations of the same prompts (`paired_change`), or
+def _held_out_change(after: dict | None, before: dict | None) -> dict | None:
+    """The change of the held-out follow rate between two evaluations of the same prompts (`held_out_change`), or
     `None` where either lacks its per-prompt scores."""
     key = "follows_good_per_prompt"
     if not (after and before and key in after and key in before):
         return None
-    return paired_change(after[key], before[key])
+    return held_out_change(after, before)
 
 
 def rounds_summary(reports: list[dict], final: dict | None) -> dict:
-    """`rounds.json`: a row per round (`round_row`) with the changes against the previous round, and the final
-    policy's evaluation with its change against the starting policy. A change carries its 95% interval and
-    `..._significant`: whether that interval excludes 0 (accuracy: Newcombe's interval for two independent sets of
-    pairs; held-out follow rate: paired bootstrap over the same prompts)."""
+    """`rounds.json`: a row per round (`round_row`) with its changes against the previous round, and the final
+    policy's evaluation with its change against the starting policy (`vs_start`). Accuracy: Newcombe's interval for two
+    independent sets of pairs, `accuracy_change_significant` when it excludes 0; held-out follow rate
+    (`vs_previous`, `vs_start`): Newcombe's paired interval over the same prompts and the exact McNemar test
+    (`trl_sso.scripts.evaluate.held_out_change`)."""
     rows = [round_row(report) for report in reports]
     for previous, row, before, after in zip(rows, rows[1:], reports, reports[1:]):
         if row["accuracy_pairs"] and previous["accuracy_pairs"]:
@@ -84,12 +93,12 @@ def rounds_summary(reports: list[dict], final: dict | None) -> dict:
             row["accuracy_change_significant"] = excludes_zero(row["accuracy_change_ci95"])
         change = _held_out_change(after.get("evaluation"), before.get("evaluation"))
         if change is not None:
-            row["eval_change"], row["eval_change_ci95"], row["eval_change_significant"] = change
+            row["vs_previous"] = change
     if final:
         final = dict(final)
         change = _held_out_change(final, reports[0].get("evaluation") if reports else None)
         if change is not None:
-            final["change_vs_start"], final["change_vs_start_ci95"], final["change_vs_start_significant"] = change
+            final["vs_start"] = change
     return {"rounds": rows, "final_evaluation": final}
 
 
@@ -100,34 +109,35 @@ def format_rounds(rounds: dict) -> str:
     def cell(value, pattern="{:.2f}"):
         return "n/a" if value is None else pattern.format(value)
 
-    def mark(row, key):
-        return "*" if row.get(f"{key}_significant") else " "
-
     lines = [
         f"{'round':>5} {'accuracy [95% interval]':>24} {'ties':>5} {'A gap y+ [95% interval]':>24} "
-        f"{'tokens y+/y-/y_o':>17} {'margin':>7} {'W':>5} {'held-out good [95% interval]':>29}"
+        f"{'tokens y+/y-/y_o':>17} {'margin':>7} {'W':>5} {'held-out good [95% interval]':>29} "
+        f"{'held-out tokens (cut)':>22}"
     ]
     for row in rounds["rounds"]:
         tokens = "/".join(f"{row['mean_tokens'][k]:.0f}" for k in ("chosen", "rejected", "original"))
-        accuracy = with_interval(row["accuracy"], row.get("accuracy_ci95")) + mark(row, "accuracy_change")
+        accuracy = with_interval(row["accuracy"], row.get("accuracy_ci95"))
+        accuracy += "*" if row.get("accuracy_change_significant") else " "
         gap = with_interval(row["onpolicy_gap"], row.get("onpolicy_gap_ci95"))
-        held_out = with_interval(row["eval_follows_good"], row.get("eval_follows_good_ci95")) + mark(
-            row, "eval_change"
-        )
+        held_out = with_interval(row["eval_follows_good"], row.get("eval_follows_good_ci95"))
+        held_out += "*" if (row.get("vs_previous") or {}).get("change_significant") else " "
+        held_tokens = "n/a"
+        if row.get("eval_mean_tokens") is not None:
+            held_tokens = f"{row['eval_mean_tokens']:.0f} ({cell(row.get('eval_truncated'))})"
         lines.append(
             f"{row['round']:>5} {accuracy:>24} {cell(row['accuracy_ties']):>5} {gap:>24} {tokens:>17} "
             f"{cell(row['train'].get('rewards/margins')):>7} {cell(row['train'].get('sso/weight')):>5} "
-            f"{held_out:>29}"
+            f"{held_out:>29} {held_tokens:>22}"
         )
     final = rounds.get("final_evaluation")
     if final:
         line = "final policy: held-out answers follow the good side " + with_interval(
             final["follows_good_mean"], final.get("follows_good_mean_ci95")
         )
-        if "change_vs_start" in final:
-            verdict = "larger than" if final["change_vs_start_significant"] else "within"
-            change = with_interval(final["change_vs_start"], final["change_vs_start_ci95"])
-            line += f"; change against the starting policy {change}, {verdict} its uncertainty"
+        if final.get("truncated") is not None:
+            line += f" ({final['mean_tokens']:.0f} tokens, {final['truncated']:.0%} cut)"
+        if "vs_start" in final:
+            line += f"; change against the starting policy {format_change(final['vs_start'])}"
         lines.append(line)
     if len(rounds["rounds"]) > 1:
         lines.append("* the change against the previous round is larger than its 95% interval")

@@ -14,7 +14,7 @@ from ..data import CHOSEN, ORIGINAL, PROMPT, REJECTED, RESPONSE_COLUMNS
 from ..names import DEFAULT_MODEL_ID
 from ..offline import default_model_path
 from ..runtime import process_state
-from .intervals import bootstrap_mean
+from .intervals import all_equal_note, bootstrap_mean
 
 
 def load_policy(name: str):
@@ -74,15 +74,20 @@ def mean_logps(
 
 def onpolicy_report(values: Mapping[str, list[float]]) -> dict:
     """Means of `A(x, y)` and of `exp(A)` for y+, y-, y_o, and the mean gaps of y+ and y- to y_o with their bootstrap
-    intervals (per-record differences: the three responses share their prompt)."""
+    intervals (per-record differences: the three responses share their prompt; where every difference is equal, no
+    interval and a note)."""
 
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
 
     gaps = {column: [a - o for a, o in zip(values[column], values[ORIGINAL])] for column in (CHOSEN, REJECTED)}
-    return {
+    report = {
         "mean_logp": {column: mean(values[column]) for column in RESPONSE_COLUMNS},
         "mean_prob": {column: mean([math.exp(a) for a in values[column]]) for column in RESPONSE_COLUMNS},
         "gap_to_original": {column: mean(gaps[column]) for column in gaps},
         "gap_to_original_ci95": {column: bootstrap_mean(gaps[column]) for column in gaps},
     }
+    notes = {column: all_equal_note(gaps[column]) for column in gaps if all_equal_note(gaps[column])}
+    if notes:
+        report["gap_to_original_notes"] = notes
+    return report

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..data import CHOSEN, ORIGINAL, REJECTED, RESPONSE_COLUMNS
-from .intervals import bootstrap_mean, wilson, with_interval
+from .intervals import all_equal_note, bootstrap_mean, score_mean, with_interval
 from .judge import format_judge
 from .responses import normalize, outcome, outcome_shares, response_text
 
@@ -73,7 +73,7 @@ def accuracy(records: list[Mapping], features: Mapping[str, Any]) -> dict:
             ("rejected_breaks_good", [1.0 - s for s in rejected]),
             ("original_follows_good", side_scores.get(ORIGINAL, [])),
         ):
-            row[key], row[f"{key}_ci95"] = _mean(scores), wilson(sum(scores), len(scores))
+            row[key], row[f"{key}_ci95"] = score_mean(scores)
         return row
 
     per_feature = {name: shares(outcomes[name], follows[name]) for name in sorted(outcomes)}
@@ -87,24 +87,31 @@ def accuracy(records: list[Mapping], features: Mapping[str, Any]) -> dict:
 
 
 def lengths(records: list[Mapping]) -> dict:
-    """Mean tokens of y+, y-, y_o (with bootstrap intervals), the ratio y+ / y_o, and the truncation rate where it
-    was recorded."""
-    means, intervals, unit = {}, {}, "tokens"
+    """Mean tokens of y+, y-, y_o (with bootstrap intervals; where every response has the same length, no interval
+    and a note), the ratio y+ / y_o, and the truncation rate where it was recorded (with its Wilson interval)."""
+    means, intervals, notes, unit = {}, {}, {}, "tokens"
     for column in RESPONSE_COLUMNS:
         counts = [record.get(f"{column}_tokens") for record in records]
         if any(count is None for count in counts):
             unit = "words"
             counts = [len(response_text(record.get(column)).split()) for record in records]
         means[column], intervals[column] = _mean(counts), bootstrap_mean(counts)
+        if all_equal_note(counts):
+            notes[column] = all_equal_note(counts)
     finished = [record[f"{c}_finished"] for record in records for c in RESPONSE_COLUMNS if f"{c}_finished" in record]
     ratio = means[CHOSEN] / means[ORIGINAL] if means.get(ORIGINAL) else None
-    return {
+    truncated, truncated_ci95 = score_mean([1.0 - float(f) for f in finished])
+    result = {
         "unit": unit,
         "mean": means,
         "mean_ci95": intervals,
         "chosen_to_original": ratio,
-        "truncated": 1.0 - _mean([float(f) for f in finished]) if finished else None,
+        "truncated": truncated,
+        "truncated_ci95": truncated_ci95,
     }
+    if notes:
+        result["mean_notes"] = notes
+    return result
 
 
 def degeneracy(records: list[Mapping]) -> dict:
