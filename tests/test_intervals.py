@@ -1,5 +1,7 @@
 """The 95% intervals of the signal figures, against published values and cases worked by hand."""
 
+import os
+
 import pytest
 
 from trl_sso.scripts.evaluate import compare_with_first
@@ -263,3 +265,25 @@ def test_no_report_claims_certainty_on_all_zero_data(monkeypatch):
         assert zero_width(built) == [], name
     table = format_rounds(rounds)
     assert "[0.00, 0.00]" not in table and "0.00 [-0.19, 0.19]" in table  # 16 prompts: room up to 0.19 either way
+
+
+def test_bench_signal_comparisons_never_claim_certainty(monkeypatch):
+    """The experiment's comparisons (`tests/benchmarks/bench_signal.py`) on data where nothing differs: intervals of
+    positive width, or none; never "equivalent" without an interval inside the margin."""
+    import importlib.util
+    from pathlib import Path
+
+    for key in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TRANSFORMERS_VERBOSITY", "TQDM_DISABLE"):
+        monkeypatch.setenv(key, os.environ.get(key, "0" if key == "TQDM_DISABLE" else "1"))  # restored afterwards
+    path = Path(__file__).parent / "benchmarks" / "bench_signal.py"
+    spec = importlib.util.spec_from_file_location("bench_signal", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    same = bench.paired([0] * 8, [0] * 8)
+    assert zero_width({"r_ci95": same["ci95"], "s_ci95": same["ci90"]}) == [] and not same["significant"]
+    assert same["equivalent"] is False  # 8 prompts: the 90% interval reaches 0.25 either way, past the margin
+    constant = bench.independent([1.0] * 5, [1.0] * 5, 0.25)
+    assert constant["ci95"] is None and not constant["equivalent"] and not constant["significant"]
+    assert "inconclusive" in bench.verdict(constant, 0.25)
+    # 40 prompts, none following under either policy: the 90% interval is ±0.063, inside ±0.10
+    assert bench.verdict(bench.paired([0] * 40, [0] * 40), 0.1).startswith("equivalent")

@@ -1,27 +1,40 @@
-"""Experiment: does SSO keep its self-generated signal accurate and on-policy over online rounds, where training on the
-principle pair alone (PBAA) does not?
+"""Experiment, pre-registered: does SSO move the policy differently from training on the principle pair alone?
 
-From the packaged SmolLM2-135M-Instruct on a CPU, it runs `trl-sso iterate` twice from the same start, seeds and
-prompts:
-- **SSO**: the policy objective with steering and the weight W on (`sso_steer_coef 0.1`, `sso_use_weight true`);
-- **PBAA**: the same loop with steering and W off (`sso_steer_coef 0`, `sso_use_weight false`): IPO on
-  (x; y+ > y-), the paper's principle-based baseline.
-The principles are those `trl-sso calibrate` found the packaged model to follow (`FEATURES`), placed where it follows
-them (`PLACEMENT`), so that round 1's pairs carry a real signal.
+Arms, from the packaged SmolLM2-135M-Instruct on a CPU, at the same generation budget (the same prompts, seeds, rounds
+and training steps), each a `trl-sso iterate` run:
+- **SSO**: v1, 3 online rounds, steering and the weight W on (`sso_steer_coef 0.1`, `sso_use_weight true`);
+- **PBAA**: the same loop on the main pair alone (`sso_steer_coef 0`, `sso_use_weight false`), the paper's
+  principle-based baseline;
+- **unchanged**: the starting policy (round 1's evaluation of either arm: greedy answers of the same model).
+The principle is Brevity (at most 40 words), which `trl-sso calibrate` found the packaged model to follow, placed
+after the question; one checked feature keeps every held-out outcome a 0/1 score.
 
-Per round and method: the accuracy of the round's data on the checked features (y+ beats y-, Wilson interval), the
-on-policyness gap A(x, y+) - A(x, y_o) under the round's policy and the mean tokens of y+ (bootstrap intervals), and
-the held-out evaluation of the round's policy (answers with no principle following the good sides), then of the final
-policies. Then SSO - PBAA for each figure, with its 95% interval and whether it is significant (the interval excludes
-0). Finally the packaged model as a pairwise judge (`trl_sso.signal.judge`, both orders): its agreement with the
-checkers on round 1's pairs, and its verdicts on pairs generated with the qualitative features.
-Prints the tables and writes `bench_signal.json`, `bench_signal.md` and `bench_signal.png`.
+Endpoints, stated before any run (`PLAN`):
+1. held-out follow rate of the final policies (answers with no principle that stay within 40 words), compared on the
+   same prompts: SSO - PBAA, SSO - unchanged, PBAA - unchanged. Newcombe's paired interval, exact McNemar test. The
+   difference to detect: 0.10. "No difference" only as equivalence within 0.10 (two one-sided tests: the 90%
+   interval inside (-0.10, 0.10)).
+2. the on-policyness gap A(x, y+) - A(x, y_o) in round 3 (mean token log-prob under the round's policy), SSO - PBAA:
+   the paper's direction is SSO's y+ staying nearer the policy's own answers (a gap nearer 0). Two-sample bootstrap.
+   The difference to detect: 0.25 nats per token; equivalence margin the same.
+3. length drift, reported per round and arm with intervals: tokens of y+, y- and y_o, and of the held-out answers.
 
-    python tests/benchmarks/bench_signal.py       # 3 rounds, 24 prompts a round (under 60 minutes, 2 cores)
-    python tests/benchmarks/bench_signal.py --rounds 1 --num_prompts 4 --max_steps 2 --judge_prompts 2   # a smoke run
+Sizes: a pilot (both arms, 1 round, `--pilot_prompts` training prompts, `--pilot_eval_prompts` held-out prompts)
+measures the discordant share of endpoint 1 and the spread of endpoint 2; the sizes for 80% power at alpha = 0.05
+follow (`trl_sso.signal.intervals.mcnemar_sample_size`, `two_sample_size`), from the upper end of the pilot's 95%
+interval of the discordant share and of the standard deviation, so that an unlucky pilot does not under-size the run.
+They are printed before the main run and written to `plan.json`, which a rerun reuses as it is: the plan is fixed once
+made.
 
-The prompts are the first packaged generation prompts with "Answer briefly." appended, so that most responses end
-before the token limit. A finished run is skipped when run again (the rounds resume like any `trl-sso iterate`).
+Everything resumes: killed, a rerun skips the finished arms and rounds (each round resumes like `trl-sso iterate`).
+Run it in the background for as long as it needs:
+
+    nohup python tests/benchmarks/bench_signal.py > bench_signal.log 2>&1 &
+    python tests/benchmarks/bench_signal.py --pilot_prompts 4 --pilot_eval_prompts 4 --max_steps 2 \\
+        --max_train_prompts 4 --max_eval_prompts 6 --output_dir /tmp/smoke      # a smoke run
+
+Writes `plan.json`, `raw.jsonl` (every per-prompt and per-record figure, so that every number can be recomputed),
+`bench_signal.json`, `bench_signal.md` and `bench_signal.png` under `--output_dir`.
 """
 
 import argparse
@@ -39,224 +52,366 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-METHODS = {
+ARMS = {
     "SSO": ["--sso_steer_coef", "0.1", "--sso_use_weight", "true"],
     "PBAA": ["--sso_steer_coef", "0.0", "--sso_use_weight", "false"],
 }
-# What `trl-sso calibrate` found the packaged model to follow (README, "Which principles does my model follow?")
-PLACEMENT = "after_question"
-FEATURES = ["Brevity", "Bullets"]
+PLAN = {
+    "alpha": 0.05,
+    "power": 0.8,
+    "held_out_difference": 0.10,  # endpoint 1: the follow-rate difference to detect, and the equivalence margin
+    "gap_difference": 0.25,  # endpoint 2: the A-gap difference (nats per token) to detect, and the equivalence margin
+    "rounds": 3,
+    "feature": "Brevity",
+    "placement": "after_question",
+}
+SIDES = ("chosen", "rejected", "original")
+HELD_OUT = Path(__file__).parent / "data" / "held_out_prompts.jsonl"
 
 
-def write_prompts(path: Path, n: int) -> None:
+def prompt_sets(root: Path, n_train: int, n_eval: int) -> tuple[Path, Path]:
+    """Training prompts: the even-numbered packaged generation prompts. Held-out prompts: the odd-numbered ones (the
+    same categories, none trained on), then 80 short questions of this bench (`data/held_out_prompts.jsonl`), then
+    the 40 packaged evaluation prompts (advice questions, which invite long answers)."""
     from trl_sso.generation.prompts import packaged_prompts
 
-    rows = [{"prompt": f"{r['prompt']} Answer briefly."} for r in packaged_prompts("default_prompts")[:n]]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    generation = [row["prompt"] for row in packaged_prompts("default_prompts")]
+    questions = [json.loads(line)["prompt"] for line in HELD_OUT.read_text().splitlines()]
+    train_pool = generation[0::2]
+    held_out = generation[1::2] + questions + [row["prompt"] for row in packaged_prompts("eval_prompts")]
+    if n_train > len(train_pool) or n_eval > len(held_out):
+        raise SystemExit(
+            f"The plan asks for {n_train} training and {n_eval} held-out prompts; the packaged sets give at most "
+            f"{len(train_pool)} and {len(held_out)}."
+        )
+    train, evaluation = root / f"train_{n_train}.jsonl", root / f"eval_{n_eval}.jsonl"
+    for path, rows in ((train, train_pool[:n_train]), (evaluation, held_out[:n_eval])):
+        path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
+    return train, evaluation
 
 
-def run_method(name: str, cli: argparse.Namespace, root: Path, prompts: Path) -> dict:
+def run_arm(name: str, out: Path, cli, rounds: int, n_train: int, root: Path) -> dict:
+    """One arm: `trl-sso iterate` into `out` (resumed where it stopped); each round's policy also answers the first
+    `--drift_eval_prompts` held-out prompts (for the length drift). Returns its `rounds.json`."""
     from trl_sso.cli.commands import parser
     from trl_sso.scripts.iterate import iterate
 
-    out = root / name.lower()
+    train, drift = prompt_sets(root, n_train, cli.drift_eval_prompts)
     argv = [
-        "--output_dir", str(out), "--rounds", str(cli.rounds), "--prompts", str(prompts), "--features", *FEATURES,
-        "--principle_placement", PLACEMENT, "--num_features", "1", "--concision_prob", "0", "--max_completion_length",
-        str(cli.max_new_tokens), "--batch_size", "8", "--eval_num_prompts", str(cli.eval_prompts),
-        "--eval_max_completion_length", str(cli.eval_max_completion_length), "--seed", "42", "--use_peft",
-        "--lora_r", "8",
-        "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj", "--max_steps", str(cli.max_steps),
+        "--output_dir", str(out), "--rounds", str(rounds), "--prompts", str(train), "--features", PLAN["feature"],
+        "--principle_placement", PLAN["placement"], "--num_features", "1", "--concision_prob", "0",
+        "--max_completion_length", str(cli.max_new_tokens), "--batch_size", "8", "--eval_prompts", str(drift),
+        "--eval_num_prompts", str(cli.drift_eval_prompts), "--eval_max_completion_length",
+        str(cli.eval_max_completion_length), "--seed", "42", "--use_peft", "--lora_r", "8", "--lora_alpha", "16",
+        "--lora_target_modules", "q_proj", "v_proj", "--max_steps", str(cli.max_steps),
         "--per_device_train_batch_size", "2", "--learning_rate", "5e-4", "--loss_type", "ipo", "--beta", "0.2",
-        "--sso_weight_alpha", "0.66", "--max_length", "640", "--gradient_checkpointing", "false",
-        "--logging_steps", "1", "--save_steps", "4", "--report_to", "none", *METHODS[name],
+        "--sso_weight_alpha", "0.66", "--max_length", "640", "--gradient_checkpointing", "false", "--logging_steps",
+        "1", "--save_steps", "4", "--report_to", "none", *ARMS[name],
     ]  # fmt: skip
-    if cli.model_name_or_path:
-        argv += ["--model_name_or_path", cli.model_name_or_path]
-    start = time.perf_counter()
-    iterate(*parser("iterate").parse_args_and_config(args=argv))
-    rounds = json.loads((out / "rounds.json").read_text())
-    rounds["seconds"] = time.perf_counter() - start
-    for row in rounds["rounds"]:  # the per-record figures that the differences between methods need
-        records = json.loads((out / f"round_{row['round']}" / "signal.json").read_text())
-        row["per_prompt_eval"] = records["evaluation"].get("follows_good_per_prompt")
-        row["chosen_tokens"] = _column(out / f"round_{row['round']}" / "data", "chosen_tokens")
-    return rounds
+    done = (out / "rounds.json").exists() and (out / f"round_{rounds}" / "report.json").exists()
+    if not done:
+        start = time.perf_counter()
+        iterate(*parser("iterate").parse_args_and_config(args=argv))
+        (out / "seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+    return json.loads((out / "rounds.json").read_text())
 
 
-def _column(folder: Path, column: str) -> list:
-    from trl_sso.data import load_sso_dataset
+def final_evaluation(folder: Path, policies: dict[str, str], n_eval: int, cli, root: Path) -> dict:
+    """The unchanged policy and each arm's final policy answer the same `n_eval` held-out prompts with no principle
+    (`trl-sso evaluate`, once: reused by a rerun). Returns, per arm, the per-prompt 0/1 outcomes and tokens."""
+    from trl_sso.names import DEFAULT_MODEL_ID
+    from trl_sso.scripts.evaluate import EvaluateArguments, evaluate_models
 
-    return list(load_sso_dataset(str(folder))[column])
-
-
-def _half(interval):
-    return None if interval is None else (interval[1] - interval[0]) / 2
-
-
-def differences(results: dict) -> list[dict]:
-    """SSO - PBAA per round: accuracy (Newcombe), held-out follow rate (paired bootstrap: the same prompts), the
-    on-policyness gap (independent samples: the half-widths of the two intervals combined in quadrature) and the mean
-    tokens of y+ (bootstrap of each method's records, combined alike)."""
-    from trl_sso.signal.intervals import bootstrap_mean, excludes_zero, paired_change, share_difference
-
-    sso, pbaa = results["SSO"], results["PBAA"]
-    rows = []
-    for a, b in zip(sso["rounds"], pbaa["rounds"]):
-        row = {"round": a["round"]}
-        if a["accuracy_pairs"] and b["accuracy_pairs"]:
-            k = [round(r["accuracy"] * r["accuracy_pairs"]) for r in (a, b)]
-            row["accuracy"] = a["accuracy"] - b["accuracy"]
-            row["accuracy_ci95"] = share_difference(k[0], a["accuracy_pairs"], k[1], b["accuracy_pairs"])
-        if a.get("per_prompt_eval") and b.get("per_prompt_eval"):
-            row["held_out"], row["held_out_ci95"], _ = paired_change(a["per_prompt_eval"], b["per_prompt_eval"])
-        if a["onpolicy_gap"] is not None and b["onpolicy_gap"] is not None and a.get("onpolicy_gap_ci95"):
-            d, h = (
-                a["onpolicy_gap"] - b["onpolicy_gap"],
-                math.hypot(_half(a["onpolicy_gap_ci95"]), _half(b["onpolicy_gap_ci95"])),
-            )
-            row["onpolicy_gap"], row["onpolicy_gap_ci95"] = d, [d - h, d + h]
-        ta, tb = a["chosen_tokens"], b["chosen_tokens"]
-        d = sum(ta) / len(ta) - sum(tb) / len(tb)
-        h = math.hypot(_half(bootstrap_mean(ta)), _half(bootstrap_mean(tb)))
-        row["chosen_tokens"], row["chosen_tokens_ci95"] = d, [d - h, d + h]
-        for key in ("accuracy", "held_out", "onpolicy_gap", "chosen_tokens"):
-            if key in row:
-                row[f"{key}_significant"] = excludes_zero(row[f"{key}_ci95"])
-        rows.append(row)
-    final = [results[m]["final_evaluation"] for m in ("SSO", "PBAA")]
-    if all(f and f.get("follows_good_per_prompt") for f in final):
-        change, interval, significant = paired_change(*(f["follows_good_per_prompt"] for f in final))
-        rows.append(
-            {"round": "final", "held_out": change, "held_out_ci95": interval, "held_out_significant": significant}
+    path = folder / "evaluation.json"
+    if not path.exists():
+        _, held_out = prompt_sets(root, 1, n_eval)
+        args = EvaluateArguments(
+            model_name_or_path=[DEFAULT_MODEL_ID, *policies.values()],
+            prompts=str(held_out),
+            features=[PLAN["feature"]],
+            max_completion_length=cli.eval_max_completion_length,
+            output_dir=str(folder),
         )
-    return rows
-
-
-def judge_step(cli: argparse.Namespace, root: Path, prompts: Path) -> dict:
-    """The packaged model as its own judge: agreement with the checkers on round 1's pairs of both methods (the same
-    data: round 1 starts from the same policy), and its verdicts on pairs generated with the qualitative features."""
-    from trl_sso.data import load_sso_dataset
-    from trl_sso.generation import GenerateArguments, generate
-    from trl_sso.principles import known_features
-    from trl_sso.signal.judge import judge_report, make_judge
-
-    features = known_features()
-    judge = make_judge(cli.model_name_or_path or "HuggingFaceTB/SmolLM2-135M-Instruct", batch_size=4)
-    verifiable = load_sso_dataset(str(root / "sso" / "round_1" / "data")).to_list()
-    qualitative_dir = root / "qualitative"
-    args = GenerateArguments(
-        output_dir=str(qualitative_dir),
-        prompts=str(prompts),
-        num_prompts=cli.judge_prompts,
-        features=["qualitative"],
-        num_features=1,
-        concision_prob=0.0,
-        principle_placement=PLACEMENT,
-        max_completion_length=cli.max_new_tokens,
-        batch_size=8,
-        seed=42,
-        model_name_or_path=cli.model_name_or_path,
-    )
-    qualitative, _ = generate(args)
+        evaluate_models(args)
+    rows = json.loads(path.read_text())["models"]
     return {
-        "verifiable_round_1": judge_report(judge, verifiable, features),
-        "qualitative": judge_report(judge, qualitative.to_list(), features),
+        name: {"held_out": row["follows_good_per_prompt"], "held_out_tokens": row["tokens_per_prompt"]}
+        for name, row in zip(["unchanged", *policies], rows)
     }
 
 
-def _ci(value, interval, digits=2):
+def per_round(out: Path, t: int) -> dict:
+    """Round `t`'s raw figures: per record, the A gaps and token counts of y+, y-, y_o; per held-out prompt, the 0/1
+    outcome and the answer's tokens (of the policy that starts the round)."""
+    from trl_sso.data import load_sso_dataset
+
+    signal = json.loads((out / f"round_{t}" / "signal.json").read_text())
+    values = signal["onpolicy"]["per_record"]
+    data = load_sso_dataset(str(out / f"round_{t}" / "data"))
+    return {
+        "gap_chosen": [a - o for a, o in zip(values["chosen"], values["original"])],
+        "gap_rejected": [a - o for a, o in zip(values["rejected"], values["original"])],
+        **{f"{side}_tokens": list(data[f"{side}_tokens"]) for side in SIDES},
+        "held_out": signal["evaluation"]["follows_good_per_prompt"],
+        "held_out_tokens": signal["evaluation"]["tokens_per_prompt"],
+    }
+
+
+def paired(after: list, before: list) -> dict:
+    """Endpoint 1 for two policies on the same prompts: the change, its 95% interval and exact McNemar test, and its
+    90% interval for the equivalence test."""
+    from trl_sso.signal.intervals import Z90, equivalent, paired_difference, paired_score_change, paired_table
+
+    result = paired_score_change(after, before)
+    result["ci90"] = paired_difference(paired_table(after, before), z=Z90)
+    result["equivalent"] = equivalent(result["ci90"], PLAN["held_out_difference"])
+    return result
+
+
+def independent(first: list, second: list, margin: float) -> dict:
+    """A difference of means of two independent samples: bootstrap 95% and 90% intervals, significance and
+    equivalence within `margin`."""
+    from trl_sso.signal.intervals import Z90, bootstrap_difference, equivalent, excludes_zero
+
+    ci95, ci90 = bootstrap_difference(first, second), bootstrap_difference(first, second, z=Z90)
+    return {
+        "change": sum(first) / len(first) - sum(second) / len(second),
+        "ci95": ci95,
+        "ci90": ci90,
+        "significant": excludes_zero(ci95),
+        "equivalent": equivalent(ci90, margin),
+        "sizes": [len(first), len(second)],
+    }
+
+
+def pilot(cli, root: Path) -> dict:
+    """Both arms for 1 round at the pilot's size, their policies on `--pilot_eval_prompts` held-out prompts: the
+    discordant share of endpoint 1 and the spread of endpoint 2."""
+    from trl_sso.signal.intervals import wilson
+
+    policies = {}
+    for name in ARMS:
+        out = root / "pilot" / name.lower()
+        run_arm(name, out, cli, 1, cli.pilot_prompts, root)
+        policies[name] = str(out / "round_1" / "policy")
+    final = final_evaluation(root / "pilot", policies, cli.pilot_eval_prompts, cli, root)
+    n = len(final["unchanged"]["held_out"])
+    comparisons = {
+        "SSO - PBAA": (final["SSO"]["held_out"], final["PBAA"]["held_out"]),
+        "SSO - unchanged": (final["SSO"]["held_out"], final["unchanged"]["held_out"]),
+        "PBAA - unchanged": (final["PBAA"]["held_out"], final["unchanged"]["held_out"]),
+    }
+    discordant = {}
+    for label, (a, b) in comparisons.items():
+        k = sum(x != y for x, y in zip(a, b))
+        discordant[label] = {"share": k / n, "ci95": wilson(k, n), "change": (sum(a) - sum(b)) / n}
+    gaps = per_round(root / "pilot" / "sso", 1)["gap_chosen"]
+    mean = sum(gaps) / len(gaps)
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1))
+    # the upper 95% bound of a standard deviation (chi-square with n-1 degrees of freedom, Wilson-Hilferty)
+    df = len(gaps) - 1
+    chi_low = df * (1 - 2 / (9 * df) - 1.959963984540054 * math.sqrt(2 / (9 * df))) ** 3
+    return {
+        "train_prompts": cli.pilot_prompts,
+        "eval_prompts": n,
+        "discordant": discordant,
+        "gap_sd": sd,
+        "gap_sd_upper": sd * math.sqrt(df / chi_low),
+        "gap_records": len(gaps),
+    }
+
+
+def make_plan(measured: dict, cli) -> dict:
+    """The sizes for 80% power at 5% (see the module docstring). Held-out prompts: for SSO - PBAA, the comparison the
+    difference of 0.10 is stated for, from the pilot's discordant share (at least the difference itself); the
+    comparisons with the unchanged policy are expected to be larger and use the same prompts. Training prompts: from
+    the upper 95% bound of the pilot's standard deviation of the A gap."""
+    from trl_sso.signal.intervals import mcnemar_sample_size, two_sample_size
+
+    delta = PLAN["held_out_difference"]
+    share = max(measured["discordant"]["SSO - PBAA"]["share"], delta)
+    return {
+        **PLAN,
+        "pilot": measured,
+        "discordant_assumed": share,
+        "eval_prompts": mcnemar_sample_size(share, delta),
+        "train_prompts": two_sample_size(measured["gap_sd_upper"], PLAN["gap_difference"]),
+        "max_steps": cli.max_steps,
+        "max_new_tokens": cli.max_new_tokens,
+        "eval_max_completion_length": cli.eval_max_completion_length,
+        "drift_eval_prompts": cli.drift_eval_prompts,
+    }
+
+
+def analyse(root: Path, plan: dict, final: dict) -> tuple[dict, list[dict]]:
+    """Every endpoint from the raw figures (`final`: the held-out evaluation of the final policies), and the raw rows
+    (`raw.jsonl`)."""
+    from trl_sso.signal.intervals import bootstrap_mean, score_mean
+
+    rounds = plan["rounds"]
+    raw, arms = [], {}
+    for name in ARMS:
+        out = root / name.lower()
+        arms[name] = {"rounds": [per_round(out, t) for t in range(1, rounds + 1)], "final": final[name]}
+        for t, row in enumerate(arms[name]["rounds"], 1):
+            for i in range(len(row["gap_chosen"])):
+                figures = {key: row[key][i] for key in ("gap_chosen", "gap_rejected", *(f"{s}_tokens" for s in SIDES))}
+                raw.append({"arm": name, "round": t, "record": i, **figures})
+            for i, (score, tokens) in enumerate(zip(row["held_out"], row["held_out_tokens"])):
+                raw.append(
+                    {"arm": name, "policy": f"start of round {t}", "prompt": i, "follows": score, "tokens": tokens}
+                )
+        for i, (score, tokens) in enumerate(
+            zip(arms[name]["final"]["held_out"], arms[name]["final"]["held_out_tokens"])
+        ):
+            raw.append({"arm": name, "policy": "final", "prompt": i, "follows": score, "tokens": tokens})
+    for i, (score, tokens) in enumerate(zip(final["unchanged"]["held_out"], final["unchanged"]["held_out_tokens"])):
+        raw.append({"arm": "unchanged", "policy": "final", "prompt": i, "follows": score, "tokens": tokens})
+    start = final["unchanged"]["held_out"]
+    sso, pbaa = arms["SSO"], arms["PBAA"]
+    endpoints = {
+        "held_out": {
+            "SSO - PBAA": paired(sso["final"]["held_out"], pbaa["final"]["held_out"]),
+            "SSO - unchanged": paired(sso["final"]["held_out"], start),
+            "PBAA - unchanged": paired(pbaa["final"]["held_out"], start),
+        },
+        "gap": {
+            f"round {t}": independent(
+                sso["rounds"][t - 1]["gap_chosen"], pbaa["rounds"][t - 1]["gap_chosen"], PLAN["gap_difference"]
+            )
+            for t in range(1, rounds + 1)
+        },
+    }
+    levels = {
+        "unchanged": {
+            "held_out": score_mean(start),
+            "held_out_tokens": _mean_ci(final["unchanged"]["held_out_tokens"]),
+        }
+    }
+    drift = {}
+    for name, arm in arms.items():
+        levels[name] = {
+            "held_out": score_mean(arm["final"]["held_out"]),
+            "held_out_tokens": _mean_ci(arm["final"]["held_out_tokens"]),
+        }
+        drift[name] = [
+            {
+                "round": t,
+                **{side: _mean_ci(row[f"{side}_tokens"]) for side in SIDES},
+                "held_out_tokens": _mean_ci(row["held_out_tokens"]),
+                "held_out_follows": score_mean(row["held_out"]),
+                "gap_chosen": (_mean(row["gap_chosen"]), bootstrap_mean(row["gap_chosen"])),
+            }
+            for t, row in enumerate(arm["rounds"], 1)
+        ]
+        last = json.loads((root / name.lower() / "final_signal.json").read_text())["evaluation"]
+        drift[name].append(
+            {
+                "round": "final",
+                "held_out_tokens": _mean_ci(last["tokens_per_prompt"]),
+                "held_out_follows": score_mean(last["follows_good_per_prompt"]),
+            }
+        )
+    return {"endpoints": endpoints, "levels": levels, "drift": drift}, raw
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else None
+
+
+def _mean_ci(values):
+    from trl_sso.signal.intervals import bootstrap_mean
+
+    return _mean(values), bootstrap_mean(values)
+
+
+def _ci(pair_or_value, interval=None, digits=2):
     from trl_sso.signal.intervals import with_interval
 
-    return with_interval(value, interval, digits)
+    if isinstance(pair_or_value, (tuple, list)):
+        pair_or_value, interval = pair_or_value
+    return with_interval(pair_or_value, interval, digits)
 
 
-def markdown(results: dict, diffs: list[dict], judged: dict | None) -> str:
+def verdict(result: dict, margin: float) -> str:
+    if result["significant"]:
+        return "**different**"
+    if result["equivalent"]:
+        return f"equivalent within ±{margin:g}"
+    return "inconclusive (neither different nor equivalent)"
+
+
+def markdown(plan: dict, analysis: dict) -> str:
+    pilot = plan["pilot"]
     lines = [
-        "| method | round | y+ beats y- [95% CI] | ties | A(x, y+) - A(x, y_o) [95% CI] | tokens y+ / y- / y_o | "
-        "held-out answers following the good side [95% CI] |",
-        "|---|---|---|---|---|---|---|",
+        f"Plan (fixed before the main run, from a pilot of {pilot['train_prompts']} training and "
+        f"{pilot['eval_prompts']} held-out prompts): {plan['train_prompts']} training prompts a round, "
+        f"{plan['eval_prompts']} held-out prompts, {plan['rounds']} rounds, {plan['max_steps']} steps a round; 80% "
+        f"power at alpha 0.05 to detect {plan['held_out_difference']} in held-out follow rate and "
+        f"{plan['gap_difference']} in the A gap.",
+        "",
+        "| comparison (final policies, same prompts) | change in held-out follow rate [95% CI] | exact McNemar p | "
+        "90% CI | verdict |",
+        "|---|---|---|---|---|",
     ]
-    for name, rounds in results.items():
-        for row in rounds["rounds"]:
-            tokens = " / ".join(f"{row['mean_tokens'][k]:.0f}" for k in ("chosen", "rejected", "original"))
+    margin = plan["held_out_difference"]
+    for label, r in analysis["endpoints"]["held_out"].items():
+        lines.append(
+            f"| {label} | {_ci(r['change'], r['ci95'])} | {r['p_value']:.3f} | {_ci(r['change'], r['ci90'])} | "
+            f"{verdict(r, margin)} |"
+        )
+    lines += ["", "| A(x, y+) - A(x, y_o), SSO - PBAA | difference [95% CI] | 90% CI | verdict |", "|---|---|---|---|"]
+    for label, r in analysis["endpoints"]["gap"].items():
+        lines.append(
+            f"| {label} | {_ci(r['change'], r['ci95'])} | {_ci(r['change'], r['ci90'])} | "
+            f"{verdict(r, plan['gap_difference'])} |"
+        )
+    lines += [
+        "",
+        "| arm | round | tokens y+ | tokens y- | tokens y_o | A gap y+ | held-out follows | held-out tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    levels = analysis["levels"]["unchanged"]
+    lines.append(
+        f"| unchanged | start | | | | | {_ci(levels['held_out'])} | {_ci(levels['held_out_tokens'], digits=0)} |"
+    )
+    for name, rows in analysis["drift"].items():
+        for row in rows:
+            cells = [_ci(row[side], digits=0) if side in row else "" for side in SIDES]
+            gap = _ci(row["gap_chosen"]) if "gap_chosen" in row else ""
             lines.append(
-                f"| {name} | {row['round']} | {_ci(row['accuracy'], row.get('accuracy_ci95'))} | "
-                f"{row['accuracy_ties']:.2f} | {_ci(row['onpolicy_gap'], row.get('onpolicy_gap_ci95'))} | {tokens} | "
-                f"{_ci(row['eval_follows_good'], row.get('eval_follows_good_ci95'))} |"
+                f"| {name} | {row['round']} | {' | '.join(cells)} | {gap} | {_ci(row['held_out_follows'])} | "
+                f"{_ci(row['held_out_tokens'], digits=0)} |"
             )
-        final = rounds["final_evaluation"]
-        change = _ci(final.get("change_vs_start"), final.get("change_vs_start_ci95"))
-        verdict = "significant" if final.get("change_vs_start_significant") else "not significant"
-        held = _ci(final["follows_good_mean"], final.get("follows_good_mean_ci95"))
-        lines.append(f"| {name} | final policy | | | | | {held} (change against the start {change}, {verdict}) |")
-    lines += ["", "| SSO - PBAA | y+ beats y- | held-out following | A gap | tokens of y+ |"]
-    lines.append("|---|---|---|---|---|")
-    for row in diffs:
-        cells = []
-        for key in ("accuracy", "held_out", "onpolicy_gap", "chosen_tokens"):
-            if key not in row:
-                cells.append("")
-                continue
-            verdict = "**significant**" if row[f"{key}_significant"] else "not significant"
-            cells.append(f"{_ci(row[key], row[f'{key}_ci95'])} {verdict}")
-        lines.append(f"| round {row['round']} | " + " | ".join(cells) + " |")
-    if judged:
-        agreement = judged["verifiable_round_1"]["agreement_with_checkers"]
-        bias = judged["qualitative"]["position_bias"]
-        quality = judged["qualitative"]["overall"]
-        lines += [
-            "",
-            f"Judge (the packaged model, both orders): agreement with the checkers on {agreement['pairs']} decided "
-            f"round-1 pairs {_ci(agreement['agreement'], agreement['agreement_ci95'])}; on {quality['pairs']} "
-            f"qualitative pairs it prefers y+ in {_ci(quality['correct'], quality['correct_ci95'])}, ties "
-            f"{quality['tie']:.2f} (order-dependent verdicts), picks answer A in "
-            f"{_ci(bias['first_answer_chosen'], bias['first_answer_chosen_ci95'])} of its verdicts.",
-        ]
+    lines.append("")
+    lines.append("Rounds show the data of round t and the held-out answers of the policy that generated it.")
     return "\n".join(lines)
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(analysis: dict, path: Path) -> None:
     from trl_sso.signal.plots import _error_bars, _pyplot
 
     plt = _pyplot()
-    held_out = "held-out answers following the good side\n(policy at the start of each round, then the final one)"
-    panels = {  # title -> (value, interval, share axis)
-        "signal accuracy (y+ beats y-)": ("accuracy", True),
-        "A(x, y+) - A(x, y_o)": ("onpolicy_gap", False),
-        held_out: ("eval_follows_good", True),
-    }
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    for ax, (title, (key, is_share)) in zip(axes, panels.items()):
-        for offset, (name, rounds) in zip((-0.06, 0.06), results.items()):
-            xs = [r["round"] + offset for r in rounds["rounds"]]
-            ys = [r[key] for r in rounds["rounds"]]
-            cis = [r.get(f"{key}_ci95") for r in rounds["rounds"]]
-            if key == "eval_follows_good":
-                final = rounds["final_evaluation"]
-                xs, ys, cis = (
-                    xs + [xs[-1] + 1],
-                    ys + [final["follows_good_mean"]],
-                    cis + [final.get("follows_good_mean_ci95")],
-                )
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for offset, (name, rows) in zip((-0.06, 0.06), analysis["drift"].items()):
+        xs = [i + 1 + offset for i in range(len(rows))]
+        for ax, key in zip(axes, ("held_out_follows", "held_out_tokens")):
+            ys = [row[key][0] for row in rows]
+            cis = [row[key][1] for row in rows]
             ax.errorbar(xs, ys, yerr=_error_bars(ys, cis), marker="o", capsize=4, label=name)
-        ax.set_title(title, fontsize=9)
-        if is_share:
-            ax.set_ylim(0, 1)
-    ax = axes[3]
-    for offset, (name, rounds) in zip((-0.06, 0.06), results.items()):
-        ax.plot(
-            [r["round"] + offset for r in rounds["rounds"]],
-            [r["mean_tokens"]["chosen"] for r in rounds["rounds"]],
-            marker="o",
-            label=name,
+        chosen = [row for row in rows if "chosen" in row]
+        ys = [row["chosen"][0] for row in chosen]
+        axes[2].errorbar(
+            xs[: len(chosen)], ys, yerr=_error_bars(ys, [row["chosen"][1] for row in chosen]), marker="o", label=name
         )
-    ax.set_title("mean tokens of y+", fontsize=9)
-    last = len(next(iter(results.values()))["rounds"])
-    for ax in axes:
-        ax.set_xlabel("round")
-        ax.set_xticks(range(1, last + 2), [*map(str, range(1, last + 1)), "final"])
+    titles = ("held-out answers within 40 words", "held-out answer tokens", "tokens of y+ in the round's data")
+    last = len(next(iter(analysis["drift"].values())))
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(1, last + 1), [*map(str, range(1, last)), "final"])
+        ax.set_xlabel("round (policy at its start; then the final one)")
         ax.legend(fontsize=8)
+    axes[0].set_ylim(0, 1)
     fig.suptitle("bars: 95% intervals", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -265,35 +420,54 @@ def plot(results: dict, path: Path) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num_prompts", type=int, default=24)
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--max_steps", type=int, default=12)
-    parser.add_argument("--eval_prompts", type=int, default=24)
-    parser.add_argument("--eval_max_completion_length", type=int, default=64)
-    parser.add_argument("--judge_prompts", type=int, default=16, help="Prompts of the qualitative data judged.")
-    parser.add_argument("--skip_judge", action="store_true")
+    parser.add_argument("--pilot_prompts", type=int, default=16, help="Training prompts of the pilot's round.")
+    parser.add_argument("--pilot_eval_prompts", type=int, default=40, help="Held-out prompts of the pilot.")
+    parser.add_argument("--max_steps", type=int, default=12, help="Training steps a round.")
+    parser.add_argument("--max_new_tokens", type=int, default=128, help="Token limit of the generated responses.")
+    parser.add_argument("--eval_max_completion_length", type=int, default=160, help="Token limit of held-out answers.")
+    parser.add_argument("--drift_eval_prompts", type=int, default=24, help="Held-out prompts of each round's policy.")
+    parser.add_argument("--max_train_prompts", type=int, help="Cap the plan's training prompts (a smoke run).")
+    parser.add_argument("--max_eval_prompts", type=int, help="Cap the plan's held-out prompts (a smoke run).")
     parser.add_argument("--output_dir", default="outputs/bench_signal")
-    parser.add_argument("--model_name_or_path", help="Starting policy (default: the packaged SmolLM2-135M-Instruct).")
     cli = parser.parse_args()
     root = Path(cli.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    prompts = root / "prompts.jsonl"
-    write_prompts(prompts, cli.num_prompts)
     start = time.perf_counter()
-    results = {name: run_method(name, cli, root, prompts) for name in METHODS}
-    judged = None if cli.skip_judge else judge_step(cli, root, prompts)
-    minutes = (time.perf_counter() - start) / 60
-    diffs = differences(results)
-    table = markdown(results, diffs, judged)
+    plan_path = root / "plan.json"
+    if plan_path.exists():
+        plan = json.loads(plan_path.read_text())
+        print(f"Reusing the fixed plan {plan_path}.")
+    else:
+        plan = make_plan(pilot(cli, root), cli)
+        if cli.max_train_prompts or cli.max_eval_prompts:
+            plan["capped"] = True  # a smoke run: not the size the power computation asked for
+            plan["train_prompts"] = min(plan["train_prompts"], cli.max_train_prompts or plan["train_prompts"])
+            plan["eval_prompts"] = min(plan["eval_prompts"], cli.max_eval_prompts or plan["eval_prompts"])
+        plan_path.write_text(json.dumps(plan, indent=2))
+    print(
+        f"Plan: {plan['train_prompts']} training prompts a round and {plan['eval_prompts']} held-out prompts "
+        f"(80% power at alpha 0.05 for a held-out difference of {plan['held_out_difference']} and an A-gap "
+        f"difference of {plan['gap_difference']}; pilot: {json.dumps(plan['pilot']['discordant'])}, gap sd "
+        f"{plan['pilot']['gap_sd']:.3f}, upper {plan['pilot']['gap_sd_upper']:.3f})."
+        + (" Capped: a smoke run." if plan.get("capped") else ""),
+        flush=True,
+    )
+    for key in ("max_steps", "max_new_tokens", "eval_max_completion_length", "drift_eval_prompts"):
+        setattr(cli, key, plan[key])  # the plan's settings, whatever this invocation was given
+    for name in ARMS:
+        run_arm(name, root / name.lower(), cli, plan["rounds"], plan["train_prompts"], root)
+    policies = {name: str(root / name.lower() / f"round_{plan['rounds']}" / "policy") for name in ARMS}
+    final = final_evaluation(root / "final", policies, plan["eval_prompts"], cli, root)
+    analysis, raw = analyse(root, plan, final)
+    table = markdown(plan, analysis)
     print(table)
-    parts = ", ".join(f"{name} {rounds['seconds'] / 60:.1f}" for name, rounds in results.items())
-    print(f"Took {minutes:.1f} minutes ({parts}).")
-    report = {**results, "differences": diffs, "judge": judged, "minutes": minutes}
-    (root / "bench_signal.json").write_text(json.dumps(report, indent=2))
+    seconds = {name: (root / name.lower() / "seconds.txt").read_text().strip() for name in ARMS}
+    print(f"This invocation took {(time.perf_counter() - start) / 60:.1f} minutes; arms (seconds): {seconds}.")
+    (root / "raw.jsonl").write_text("".join(json.dumps(row) + "\n" for row in raw))
+    (root / "bench_signal.json").write_text(json.dumps({"plan": plan, **analysis}, indent=2))
     (root / "bench_signal.md").write_text(table + "\n")
-    plot(results, root / "bench_signal.png")
-    print(f"Wrote {root / 'bench_signal.json'}, bench_signal.md and bench_signal.png.")
+    plot(analysis, root / "bench_signal.png")
+    print(f"Wrote {root}/plan.json, raw.jsonl, bench_signal.json, bench_signal.md and bench_signal.png.")
 
 
 if __name__ == "__main__":

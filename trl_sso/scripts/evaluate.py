@@ -174,7 +174,8 @@ def format_change(change: dict) -> str:
     verdict = "significant" if change["change_significant"] else "within noise"
     figure = with_interval(change["change"], change["change_ci95"]).replace("-0.00", "0.00")
     sign = "+" if change["change"] > 0 else ""
-    return f"{sign}{figure} {verdict} ({change['change_test']} p {change['change_p_value']:.3f})"
+    p = change["change_p_value"]
+    return f"{sign}{figure} {verdict} ({change['change_test']} p {'< 0.001' if p < 0.001 else f'{p:.3f}'})"
 
 
 def format_evaluation(report: dict) -> str:

@@ -36,8 +36,15 @@ class IterateArguments:
             "held-out prompts, into report.json, rounds.json and rounds.png."
         },
     )
-    eval_num_prompts: int = dataclasses.field(
-        default=40, metadata={"help": "Held-out prompts each round's policy answers (at most the 40 packaged)."}
+    eval_prompts: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Held-out prompts each round's policy answers with no principle (file, saved dataset or dataset "
+            "name; column `prompt`). Default: the 40 packaged held-out prompts, disjoint from the generation prompts."
+        },
+    )
+    eval_num_prompts: int | None = dataclasses.field(
+        default=40, metadata={"help": "Use only the first N held-out prompts (all of them: leave it unset)."}
     )
     eval_max_completion_length: int = dataclasses.field(
         default=128, metadata={"help": "Maximum new tokens of the held-out answers."}
@@ -196,11 +203,13 @@ def signal_stage(
     if records:
         score_rows = engine.scorer(policy, tokenizer) if engine is not None else None
         values, rate = mean_logps(model, tokenizer, records, score_rows=score_rows)
-        result["onpolicy"] = {**onpolicy_report(values), "records_per_second": rate}
-    prompts = load_prompts(num_prompts=pipe_args.eval_num_prompts, packaged="eval_prompts")
-    result["evaluation"], _ = score_answers(
+        # the per-record A(x, y) stay beside the report, so that any figure can be recomputed (or compared across runs)
+        result["onpolicy"] = {**onpolicy_report(values), "records_per_second": rate, "per_record": values}
+    prompts = load_prompts(pipe_args.eval_prompts, num_prompts=pipe_args.eval_num_prompts, packaged="eval_prompts")
+    result["evaluation"], answers = score_answers(
         model, tokenizer, prompts, evaluation_features(options), pipe_args.eval_max_completion_length
     )
+    result["evaluation"]["answers"] = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)]  # to read them
     del model
     gc.collect()
     write_json_atomic(path, result, indent=2)
