@@ -118,7 +118,8 @@ def main() -> None:
     parser.add_argument("--output_dir", default="outputs/bench_online")
     cli = parser.parse_args()
 
-    from trl_sso.signal.intervals import paired_change, with_interval
+    from trl_sso.scripts.evaluate import format_change, held_out_change
+    from trl_sso.signal.intervals import with_interval
 
     root = Path(cli.output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -131,13 +132,10 @@ def main() -> None:
     start_eval = evaluate(cli, DEFAULT_MODEL_ID, root / "start_signal.json")
     final_iterate = evaluate(cli, iterate_result["policy"], root / "iterate_signal.json")
     final_online = evaluate(cli, online_result["policy"], root / "online_signal.json")
-    start = start_eval["follows_good_per_prompt"]
     comparison = {
-        "iterate_vs_start": paired_change(final_iterate["follows_good_per_prompt"], start),
-        "online_vs_start": paired_change(final_online["follows_good_per_prompt"], start),
-        "online_vs_iterate": paired_change(
-            final_online["follows_good_per_prompt"], final_iterate["follows_good_per_prompt"]
-        ),
+        "iterate_vs_start": held_out_change(final_iterate, start_eval),
+        "online_vs_start": held_out_change(final_online, start_eval),
+        "online_vs_iterate": held_out_change(final_online, final_iterate),
     }
     evaluations = {"start": start_eval, "iterate": final_iterate, "online": final_online}
     report = {
@@ -164,9 +162,8 @@ def main() -> None:
         for name, final in (("iterate", final_iterate), ("online", final_online))
     }
     print(f"held-out follow rate: start {start_mean:.2f}, iterate {finals['iterate']}, online {finals['online']}")
-    for name, (change, interval, significant) in comparison.items():
-        verdict = "larger than" if significant else "within"
-        print(f"  {name}: {with_interval(change, interval)}, {verdict} its uncertainty")
+    for name, change in comparison.items():
+        print(f"  {name}: {format_change(change)}")
 
 
 if __name__ == "__main__":
