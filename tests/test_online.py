@@ -26,11 +26,11 @@ def online_args(tmp_path, **overrides):
         output_dir=str(tmp_path),
         max_completion_length=8,
         temperature=1.0,
-        sso_features=["verifiable"],
-        sso_num_features=1,
-        sso_concision_prob=0.0,
-        sso_drop_revealing=False,
-        sso_min_response_chars=0,
+        features=["verifiable"],
+        num_features=1,
+        concision_prob=0.0,
+        drop_revealing=False,
+        min_response_chars=0,
     )
     kwargs.update(overrides)
     return OnlineSSOConfig(**kwargs)
@@ -76,7 +76,7 @@ def test_the_signal_of_each_generation_is_logged_and_buffered_over_micro_steps(t
 
 
 def test_a_micro_step_with_every_triple_filtered_out_trains_on(tiny_model_dir, tokenizer, tmp_path):
-    args = online_args(tmp_path, max_steps=2, sso_min_response_chars=10_000)  # every response is too short
+    args = online_args(tmp_path, max_steps=2, min_response_chars=10_000)  # every response is too short
     trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -121,7 +121,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(TypeError, match="OnlineSSOConfig"):
         OnlineSSOTrainer(model="any", args=SSOConfig("out", report_to="none"), train_dataset=PROMPTS)
     with pytest.raises(ValueError, match="Unknown feature"):
-        OnlineSSOConfig("out", sso_features=["Brevityy"], report_to="none")
+        OnlineSSOConfig("out", features=["Brevityy"], report_to="none")
 
 
 @pytest.mark.slow  # end-to-end (several processes, or whole command runs): outside the fast subset
@@ -144,8 +144,8 @@ def test_the_online_command_on_two_processes(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     flags = (
         f"--model_name_or_path {tiny_model_dir} --dataset_name {prompts} --output_dir {out} --max_steps 2 "
-        "--per_device_train_batch_size 2 --max_completion_length 8 --sso_features verifiable --sso_num_features 1 "
-        "--sso_drop_revealing false --sso_min_response_chars 0 --report_to none --save_strategy no --logging_steps 1 "
+        "--per_device_train_batch_size 2 --max_completion_length 8 --features verifiable --num_features 1 "
+        "--drop_revealing false --min_response_chars 0 --report_to none --save_strategy no --logging_steps 1 "
         f"--gradient_checkpointing false --dataloader_pin_memory false --accelerate_config {tmp_path / 'two.yaml'}"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -188,7 +188,7 @@ def test_use_vllm_samples_through_trls_vllm_generation(tiny_model_dir, tokenizer
     monkeypatch.setattr(trl_sso.generation.vllm, "require_vllm", lambda: None)
     args = online_args(
         tmp_path, use_vllm=True, vllm_mode="server", vllm_server_base_url="http://127.0.0.1:1", max_steps=2,
-        sso_original_temperature=0.5, generation_kwargs={"repetition_penalty": 1.1},
+        original_temperature=0.5, generation_kwargs={"repetition_penalty": 1.1},
     )  # fmt: skip
     trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
     trainer.train()
@@ -202,7 +202,7 @@ def test_use_vllm_samples_through_trls_vllm_generation(tiny_model_dir, tokenizer
 
 
 def test_the_policy_picks_the_features_as_it_is_at_each_generation(tiny_model_dir, tokenizer, tmp_path):
-    args = online_args(tmp_path, max_steps=1, sso_principle_source="policy")
+    args = online_args(tmp_path, max_steps=1, principle_source="policy")
     trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
     trainer.train()
     assert trainer.last_records and all(r["principle_source"] == "policy" for r in trainer.last_records)

@@ -27,8 +27,8 @@ def write_prompts(path: Path, prompts: list) -> str:
 
 
 ONLINE = (
-    "--max_completion_length 4 --sso_features verifiable --sso_num_features 1 --sso_drop_revealing false "
-    "--sso_min_response_chars 0 --report_to none --save_strategy no --logging_steps 1 --gradient_checkpointing false "
+    "--max_completion_length 4 --features verifiable --num_features 1 --drop_revealing false "
+    "--min_response_chars 0 --report_to none --save_strategy no --logging_steps 1 --gradient_checkpointing false "
     "--dataloader_pin_memory false --max_steps 1"
 )
 
@@ -96,9 +96,9 @@ def test_a_finished_run_again_with_other_settings_is_refused(tiny_model_dir, dat
     first = online(tiny_model_dir, prompts, tmp_path / "online", "--per_device_train_batch_size 2")
     assert main(first) == 0
     capsys.readouterr()
-    assert main([*first, "--temperature", "0.9", "--sso_features", "Lowercase"]) == 2
+    assert main([*first, "--temperature", "0.9", "--features", "Lowercase"]) == 2
     message = one_error(capsys, "online")
-    assert "temperature 0.7 -> 0.9" in message and "sso_features ['verifiable'] -> ['Lowercase']" in message
+    assert "temperature 0.7 -> 0.9" in message and "features ['verifiable'] -> ['Lowercase']" in message
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from trl.trainer.grpo_trainer import RepeatSampler
 
 from .data import CHOSEN, ORIGINAL, REJECTED, RESPONSE_COLUMNS
 from .generation.filters import REASONS
-from .generation.generator import load_model, sample_triples
+from .generation.generator import principle_model_sampler, sample_triples
 from .generation.samplers import TransformersSampler, require_chat_template
 from .generation.sources import PrincipleSource
 from .online_config import OnlineSSOConfig
@@ -68,7 +68,7 @@ class OnlineSSOTrainer(SSOTrainer):
     from trl_sso import OnlineSSOConfig, OnlineSSOTrainer
 
     prompts = Dataset.from_dict({"prompt": ["Why is the sky blue?", "Name three prime numbers."]})
-    args = OnlineSSOConfig("out", sso_features=["verifiable"], per_device_train_batch_size=2, max_steps=10)
+    args = OnlineSSOConfig("out", features=["verifiable"], per_device_train_batch_size=2, max_steps=10)
     OnlineSSOTrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct", args=args, train_dataset=prompts).train()
     ```
     """
@@ -110,11 +110,16 @@ class OnlineSSOTrainer(SSOTrainer):
         require_chat_template(self.processing_class, "the policy")
         self.sso_collator, self.data_collator = self.data_collator, list  # the raw prompt rows reach `_prepare_inputs`
         self.generation_options = args.generation_options()
-        self.features = known_features(args.sso_features_file)
+        self.features = known_features(args.features_file)
         self.principle_sampler = None
-        if args.sso_principle_source == "model":  # a separate model writes the guideline pairs
-            model, tokenizer = load_model(args.sso_principle_model, "auto", self.accelerator.device)
-            self.principle_sampler = TransformersSampler(model, tokenizer, args.per_device_train_batch_size)
+        if args.principle_source == "model":  # a separate model writes the guideline pairs
+            trust_remote_code = bool((args.model_init_kwargs or {}).get("trust_remote_code", False))
+            self.principle_sampler = principle_model_sampler(
+                self.generation_options,
+                self.accelerator.device,
+                args.per_device_train_batch_size,
+                trust_remote_code=trust_remote_code,
+            )
         self.vllm_generation, self._synced_step = self._vllm_generation(), None
         self.add_callback(_AlignGenerationStep(self))
 
@@ -149,7 +154,7 @@ class OnlineSSOTrainer(SSOTrainer):
     def _sampler(self, policy, batch_size: int):
         """What samples this generation: TRL's vLLM engine (the policy's weights synced to it once per optimizer
         step), or transformers' `generate` on the policy."""
-        kwargs = self.generation_options.generation_kwargs
+        kwargs = self.generation_options.sampling_kwargs()
         if self.vllm_generation is None:
             return TransformersSampler(policy, self.processing_class, batch_size, kwargs)
         from .generation.vllm import TrainerEngineSampler
@@ -251,7 +256,7 @@ class OnlineSSOTrainer(SSOTrainer):
         self.last_records = batch.records
         self._log_generation(batch, len(rows))
         examples = [
-            self._tokenize_record(record, tokenizer, self.sso_pairs, args.sso_principle_placement)
+            self._tokenize_record(record, tokenizer, self.sso_pairs, args.principle_placement)
             for record in batch.records
         ]
         size = args.per_device_train_batch_size

@@ -39,28 +39,16 @@ AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(low=1), Range(low=0), Range(low=0, low_
 TERM_COEF = Range(low=0, why="Use 0 to turn the term off.")
 PROBABILITY, FRACTION = Range(0, 1), Range(0, 1, low_open=True, high_open=True)
 
-# Option name (or `Class.name` where one class reads a name differently) -> its range. Sampling: the generator samples
-# (temperature 0 would silently decode greedily), and above 2 the samples are noise; `evaluate` decodes greedily at 0.
+# Option name -> its range, for the options that are not declared with a "range" in their metadata (the sampling,
+# principle and vLLM options are: `trl_sso.generation.arguments`), mostly training fields and TRL's own.
 RANGES: dict[str, Range] = {
-    "temperature": Range(0, 2, low_open=True),
-    "original_temperature": Range(0, 2, low_open=True),
-    "EvaluateArguments.temperature": Range(0, 2),
-    "top_p": Range(0, 1, low_open=True),
-    "concision_prob": PROBABILITY,
     "num_prompts": AT_LEAST_1,
     "policy_num_prompts": AT_LEAST_1,
     "eval_num_prompts": AT_LEAST_1,
     "num_records": AT_LEAST_1,
-    "max_completion_length": AT_LEAST_1,
-    "max_new_tokens": AT_LEAST_1,
-    "vllm_gpu_memory_utilization": Range(0, 1, low_open=True),
-    "vllm_tensor_parallel_size": AT_LEAST_1,
-    "vllm_server_timeout": AT_LEAST_0,
     "judge_timeout": Range(0, None, low_open=True),
     "eval_max_completion_length": AT_LEAST_1,
     "batch_size": AT_LEAST_1,
-    "num_features": AT_LEAST_1,
-    "min_response_chars": AT_LEAST_0,
     "rounds": AT_LEAST_1,
     "iteration": AT_LEAST_1,
     # training (SSOConfig and TRL's own fields that users mistype most)
@@ -87,14 +75,14 @@ RANGES: dict[str, Range] = {
 
 def check_ranges(instance) -> None:
     """Raise a `ValueError` for the first field of the dataclass `instance` that breaks its rule: a number that is not
-    finite, or a value outside its range in `RANGES`."""
+    finite, or a value outside its range (the field's metadata "range", else `RANGES`)."""
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name, None)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if not math.isfinite(value):
             raise ValueError(f"`{f.name}` must be a finite number, got {value}.")
-        rule = RANGES.get(f"{type(instance).__name__}.{f.name}") or RANGES.get(f.name)
+        rule = f.metadata.get("range") or RANGES.get(f.name)
         if rule is not None and not rule.holds(value):
             raise ValueError(
                 f"`{f.name}` must be {rule.describe()}, got {value:g}.{' ' + rule.why if rule.why else ''}"

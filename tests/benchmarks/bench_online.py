@@ -81,8 +81,8 @@ def run_online(cli, root: Path, prompts: Path) -> dict:
 
     out = root / "online"
     argv = (
-        f"--output_dir {out / 'train'} --dataset_name {prompts} --sso_features {' '.join(FEATURES)} "
-        f"--sso_principle_placement {PLACEMENT} --sso_num_features 1 --sso_concision_prob 0 "
+        f"--output_dir {out / 'train'} --dataset_name {prompts} --features {' '.join(FEATURES)} "
+        f"--principle_placement {PLACEMENT} --num_features 1 --concision_prob 0 "
         f"--max_completion_length {cli.max_tokens} --max_steps {cli.num_prompts // cli.batch} "
         f"--per_device_train_batch_size {cli.batch} {COMMON}"
     ).split()

@@ -92,6 +92,20 @@ def check_model_references(parsed: tuple) -> None:
                     )
 
 
+def check_placements(parsed: tuple) -> None:
+    """`--principle_placement` (where generation puts the principle, recorded in each record, which training follows)
+    and `--sso_principle_placement` (what training assumes for data without that record) in one command must agree:
+    found now, not after the generation stage has run."""
+    sampled = next((p.principle_placement for p in parsed if hasattr(p, "principle_placement")), None)
+    trained = next((p.sso_principle_placement for p in parsed if hasattr(p, "sso_principle_placement")), None)
+    if sampled is not None and trained is not None and sampled != trained:
+        raise ValueError(
+            f"`--principle_placement {sampled}` (where the generated records put the principle) and "
+            f"`--sso_principle_placement {trained}` (what training assumes for records without one) disagree; the "
+            "generated records carry theirs, so leave `--sso_principle_placement` out."
+        )
+
+
 def check_output_dir(path: str) -> None:
     """The output folder can be written: it is a folder (or can be made one) in a writable place. Checked before any
     model loads, so that a run does not fail at its first save."""
@@ -114,7 +128,8 @@ def check_output_dir(path: str) -> None:
 def parse(command: str, argv: list[str]) -> tuple:
     """The parsed options of `trl-sso COMMAND argv`, with trl-sso's logging configured from them (`--log_level`),
     every value checked against its rule (`trl_sso.options.check_ranges`), the model options checked
-    (`check_model_references`) and the output folder checked (`check_output_dir`): all before any model loads."""
+    (`check_model_references`), the two placements checked against each other (`check_placements`) and the output
+    folder checked (`check_output_dir`): all before any model loads."""
     parsed = parser(command).parse_args_and_config(args=argv)
     levels = [(p.log_level, getattr(p, "log_level_replica", None)) for p in parsed if hasattr(p, "log_level")]
     configure_logging(*(levels[0] if levels else (None, None)))
@@ -122,6 +137,7 @@ def parse(command: str, argv: list[str]) -> tuple:
         check_ranges(arguments)
         check_requirements(arguments)
     check_model_references(parsed)
+    check_placements(parsed)
     for arguments in parsed:
         if getattr(arguments, "output_dir", None):
             check_output_dir(arguments.output_dir)

@@ -14,6 +14,7 @@ same rules for fields of plain types without importing transformers, so that the
 """
 
 import argparse
+import copy
 import dataclasses
 import os
 import re
@@ -191,11 +192,25 @@ class DataclassParser(_Conventions, argparse.ArgumentParser):
         )
 
 
+# What trl-sso's options say in their metadata besides argparse's keys (`trl_sso.generation.arguments`)
+OWN_METADATA = ("range", "affects_data", "sampling_kwarg", "deprecated_for")
+
+
 def trl_parser(dataclass_types, renamed: dict[str, str] | None = None, **kwargs):
     """TRL's `TrlParser` over `dataclass_types`, with trl-sso's one-line errors and renamed flags."""
     from trl import TrlParser
 
     class Parser(_Conventions, TrlParser):
+        @staticmethod
+        def _parse_dataclass_field(parser, field):
+            """transformers hands a field's metadata to argparse: keep to the keys argparse knows, leaving out
+            trl-sso's own (`trl_sso.generation.arguments`: range, affects_data, ...)."""
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType(
+                {key: value for key, value in field.metadata.items() if key not in OWN_METADATA}
+            )
+            return TrlParser._parse_dataclass_field(parser, field)
+
         def parse_args_and_config(self, args=None, **options):
             argv = self.rename_deprecated(list(sys.argv[1:] if args is None else args))
             index = argv.index("--config") if "--config" in argv else None

@@ -51,27 +51,11 @@ class NoRecordsError(RuntimeError):
     """Every generated triple was filtered out."""
 
 
-# Options that shape what is reported about the data, or where and how fast it is sampled, not the data; and the
-# deprecated names (always None once read)
-_REPORT_ONLY = (
-    "output_dir",
-    "judge",
-    "judge_model",
-    "judge_timeout",
-    "vllm_server_base_url",
-    "vllm_server_timeout",
-    "vllm_gpu_memory_utilization",
-    "vllm_max_model_length",
-    "vllm_enable_sleep_mode",
-    "backend",
-    "max_new_tokens",
-)
-
-
 def _settings(args: GenerateArguments) -> dict:
-    """The settings that make the data: every option but the output folder and the judge. A rerun with other values
-    must not reuse earlier batches."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name not in _REPORT_ONLY}
+    """The settings that make the data: every option whose metadata does not say `affects_data: False` (the output
+    folder, the judge, where and how fast vLLM samples, the deprecated names). A rerun with other values must not
+    reuse earlier batches."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.metadata.get("affects_data", True)}
 
 
 def _public_settings(args: GenerateArguments) -> dict:
@@ -85,6 +69,16 @@ def _public_settings(args: GenerateArguments) -> dict:
 
 def _settings_key(args: GenerateArguments) -> str:
     return hashlib.sha256(json.dumps(_settings(args), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def principle_model_sampler(options, device, batch_size: int, dtype: str = "auto", trust_remote_code: bool = False):
+    """The sampler of the model that writes a guideline pair per query (`principle_source="model"`), for the generator
+    and online training alike: `principle_model` at `principle_model_revision`, loaded as the policy is (its dtype,
+    `trust_remote_code`), sampling under the run's sampling options."""
+    model, tokenizer = load_model(
+        options.principle_model, dtype, device, options.principle_model_revision, trust_remote_code
+    )
+    return TransformersSampler(model, tokenizer, batch_size, options.sampling_kwargs())
 
 
 def load_model(name: str, dtype: str, device, revision: str = "main", trust_remote_code: bool = False):
@@ -221,12 +215,11 @@ class SSOGenerator:
                 model, tokenizer = load_model(
                     model_name, args.dtype, self.state.device, args.model_revision, args.trust_remote_code
                 )
-                sampler = TransformersSampler(model, tokenizer, args.batch_size, args.generation_kwargs)
+                sampler = TransformersSampler(model, tokenizer, args.batch_size, args.sampling_kwargs())
         self.sampler, self.tokenizer = sampler, tokenizer
         if args.principle_source == "model" and principle_sampler is None:
-            principle_model, principle_tokenizer = load_model(args.principle_model, args.dtype, self.state.device)
-            principle_sampler = TransformersSampler(
-                principle_model, principle_tokenizer, args.batch_size, args.generation_kwargs
+            principle_sampler = principle_model_sampler(
+                args, self.state.device, args.batch_size, args.dtype, args.trust_remote_code
             )
         self.source = PrincipleSource.from_options(args, self.features, args.seed, sampler, principle_sampler)
         self.output_dir = Path(args.output_dir)

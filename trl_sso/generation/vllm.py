@@ -214,7 +214,7 @@ class VLLMEngine:
 
     def sampler(self, model_path: str, tokenizer, revision: str = "main", trust_remote_code: bool = False):
         """A sampler with `model_path`'s weights loaded."""
-        kwargs = self.options.generation_kwargs
+        kwargs = self.options.sampling_kwargs()
         if self.colocate:
             self._load_colocated(model_path, revision, trust_remote_code)
             return ColocateSampler(self.llm, tokenizer, kwargs)

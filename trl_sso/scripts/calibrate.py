@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..data import PLACEMENTS, build_steered_prompt
 from ..files import write_json_atomic
+from ..generation.arguments import SamplingOptions, redefault
 from ..generation.prompts import load_prompts
 from ..generation.samplers import TransformersSampler
 from ..names import DEFAULT_MODEL_ID, public_name
@@ -31,8 +32,12 @@ from ..signal.responses import outcome, outcome_shares
 
 
 @dataclass
-class CalibrateArguments:
-    """Options of `trl-sso calibrate`."""
+class CalibrateArguments(SamplingOptions):
+    """Options of `trl-sso calibrate`: the sampling options are the generator's (`SamplingOptions`), so that the check
+    samples as generation will."""
+
+    # the check answers many times (features x placements x sides): short answers keep it a quick look
+    max_completion_length: int = redefault(SamplingOptions, "max_completion_length", 64)
 
     model_name_or_path: str | None = field(
         default=None,
@@ -61,17 +66,12 @@ class CalibrateArguments:
         default_factory=lambda: list(PLACEMENTS),
         metadata={"help": f"Placements to compare, among {list(PLACEMENTS)}."},
     )
-    max_completion_length: int = field(
-        default=64,
-        metadata={"help": "Maximum new tokens per answer (features judged at the end, like Closing, need room)."},
-    )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (as the generator's default)."})
-    top_p: float = field(default=0.8, metadata={"help": "Nucleus sampling threshold."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     seed: int = field(default=42, metadata={"help": "Seed of sampling."})
     output_dir: str = field(default="calibration", metadata={"help": "Where calibration.json and the plot go."})
 
     def __post_init__(self):
+        self._check_sampling()
         check_ranges(self)
         unknown = [placement for placement in self.placements if placement not in PLACEMENTS]
         if unknown or not self.placements:
@@ -139,7 +139,7 @@ def calibrate(args: CalibrateArguments) -> dict:
         principle = positive if side == "good" else negative
         inputs += [build_steered_prompt(p, principle, tokenizer, where) for p in prompts]
     start = time.perf_counter()
-    completions = TransformersSampler(model, tokenizer, args.batch_size).sample(
+    completions = TransformersSampler(model, tokenizer, args.batch_size, args.sampling_kwargs()).sample(
         inputs, args.temperature, args.top_p, args.max_completion_length, args.seed, desc="Answering"
     )
     seconds = time.perf_counter() - start

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import write_json_atomic
+from ..generation.arguments import SamplingOptions, redefault
 from ..generation.prompts import load_prompts
 from ..generation.samplers import TransformersSampler
 from ..names import DEFAULT_MODEL_ID, public_names
-from ..options import check_ranges
+from ..options import Range, check_ranges
 from ..principles import expand_feature_names, known_features
 from ..signal.intervals import (
     all_equal_note,
@@ -29,8 +30,12 @@ from ..signal.plots import plot_evaluation
 
 
 @dataclass
-class EvaluateArguments:
-    """Options of `trl-sso evaluate`."""
+class EvaluateArguments(SamplingOptions):
+    """Options of `trl-sso evaluate`; the sampling options are the generator's (`SamplingOptions`)."""
+
+    # the policy as it is, not a sample of it: greedy by default (0 is allowed here, unlike when generating triples)
+    temperature: float = redefault(SamplingOptions, "temperature", 0.0, range=Range(0, 2))
+    max_completion_length: int = redefault(SamplingOptions, "max_completion_length", 128)
 
     model_name_or_path: list[str] | None = field(
         default=None,
@@ -56,14 +61,13 @@ class EvaluateArguments:
     )
     features_file: str | None = field(default=None, metadata={"help": "A features file with more checkers."})
     reward_model: str | None = field(default=None, metadata={"help": "A reward model that also scores the answers."})
-    max_completion_length: int = field(default=128, metadata={"help": "Maximum new tokens per answer."})
-    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 answers greedily."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch."})
     seed: int = field(default=42, metadata={"help": "Seed of sampling (with a temperature above 0)."})
     output_dir: str = field(default="evaluation", metadata={"help": "Where evaluation.json and the plot go."})
 
     def __post_init__(self):
-        check_ranges(self)  # greedy at temperature 0, sampling above (`trl_sso.options.RANGES`)
+        self._check_sampling()
+        check_ranges(self)  # greedy at temperature 0, sampling above
 
 
 def evaluate_models(args: EvaluateArguments) -> dict:
@@ -91,6 +95,8 @@ def evaluate_models(args: EvaluateArguments) -> dict:
             args.temperature,
             args.batch_size,
             args.seed,
+            args.top_p,
+            args.sampling_kwargs(),
         )
         rows.append({"model": name, **row})
         del model
@@ -112,13 +118,24 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     return report
 
 
-def score_answers(model, tokenizer, prompts, features, max_new_tokens=128, temperature=0.0, batch_size=8, seed=42):
+def score_answers(
+    model,
+    tokenizer,
+    prompts,
+    features,
+    max_new_tokens=128,
+    temperature=0.0,
+    batch_size=8,
+    seed=42,
+    top_p=1.0,
+    sampling_kwargs=None,
+):
     """Let `model` answer `prompts` (no principle) and score the answers with the checkers of `features` (name ->
     `Feature`). Returns the scores and the answers: per feature, the share of answers following its good side and the
     per-prompt 0/1 scores; their mean per prompt, its mean; the mean tokens and the truncated share. Every share and
     mean carries its 95% interval (`trl_sso.signal.intervals`: Wilson on the summed scores; tokens: bootstrap)."""
-    sampler = TransformersSampler(model, tokenizer, batch_size)
-    completions = sampler.sample(prompts, temperature, 1.0, max_new_tokens, seed)
+    sampler = TransformersSampler(model, tokenizer, batch_size, sampling_kwargs)
+    completions = sampler.sample(prompts, temperature, top_p, max_new_tokens, seed)
     n = len(completions)
     scores = {name: [f.checker(c.text) for c in completions] for name, f in features.items()}
     per_prompt = [sum(s[i] for s in scores.values()) / len(scores) for i in range(n)]
