@@ -1,5 +1,7 @@
-"""The shape of the house (`shared/design/architecture.md`): every module of trl_sso imports only from its own layer
-or below, counting imports inside functions too, and no modules import each other in a circle."""
+"""The shape of the house (`shared/design/architecture.md`): every top-level module or folder of trl_sso stands on a
+floor of its own and imports only from the floors below it, counting imports inside functions too, so that no two of
+them depend on each other, even through different modules of a folder; and no modules import each other in a
+circle."""
 
 import ast
 import sys
@@ -7,15 +9,34 @@ from pathlib import Path
 
 
 PACKAGE = Path(__file__).resolve().parents[1] / "trl_sso"
-# Bottom to top; a module imports from its own layer or below. `trl_sso/__init__.py` (the lazy public API) stands
-# above them all.
-LAYERS = [
-    ("loss", "sharing", "files", "retries", "runtime", "logs", "names", "options", "hub_token", "quiet"),
-    ("data", "config", "offline", "tokens"),
-    ("cards", "trainer", "hub", "signal", "principles"),
-    ("generation", "online_config", "online_trainer"),
-    ("scripts",),
-    ("cli",),
+# Bottom to top, one module or folder a floor; it imports from the floors below it (and from itself).
+# `trl_sso/__init__.py` (the lazy public API) stands above them all.
+FLOORS = [
+    "names",
+    "retries",
+    "logs",
+    "files",
+    "runtime",
+    "quiet",
+    "hub_token",
+    "options",
+    "loss",
+    "sharing",
+    "data",
+    "tokens",
+    "offline",
+    "config",
+    "checkers",
+    "principles",
+    "signal",
+    "cards",
+    "trainer",
+    "hub",
+    "generation",
+    "online_config",
+    "online_trainer",
+    "scripts",
+    "cli",
 ]
 
 
@@ -24,11 +45,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def layer(module: str) -> int:
-    if module == "trl_sso":
-        return len(LAYERS)
-    first = module.split(".")[1]
-    return next(i for i, names in enumerate(LAYERS) if first in names)
+def unit(module: str) -> str:
+    """The top-level module or folder `module` belongs to (`trl_sso.signal.report` -> `signal`)."""
+    return module.split(".")[1] if "." in module else module
+
+
+def floor(module: str) -> int:
+    return len(FLOORS) if module == "trl_sso" else FLOORS.index(unit(module))
 
 
 def imports(path: Path) -> set[str]:
@@ -57,13 +80,20 @@ def graph() -> dict[str, set[str]]:
     return {module_name(path): imports(path) for path in PACKAGE.rglob("*.py")}
 
 
-def test_no_module_imports_from_a_layer_above_its_own():
+def test_every_module_has_a_floor():
+    missing = sorted({unit(m) for m in graph() if m != "trl_sso"} - set(FLOORS))
+    assert not missing, f"add {missing} to FLOORS"
+
+
+def test_no_module_imports_from_its_floor_or_above_but_its_own_folder():
+    """An import goes down, or stays inside its own module or folder: `principles` importing from `signal/` while
+    `signal/` imports `principles` fails here, whichever floor each stands on."""
     upward = [
-        f"{source} (layer {layer(source) + 1}) imports {target} (layer {layer(target) + 1})"
+        f"{source} (floor {floor(source) + 1}, {unit(source)}) imports {target} (floor {floor(target) + 1})"
         for source, targets in graph().items()
         if source != "trl_sso"
         for target in targets
-        if layer(target) > layer(source)
+        if unit(target) != unit(source) and floor(target) >= floor(source)
     ]
     assert not upward, "\n".join(upward)
 

@@ -14,7 +14,7 @@ from trl_sso.principles import (
     expand_feature_names,
     load_features,
 )
-from trl_sso.signal.checkers import CHECKERS, CheckRule, CheckRuleError
+from trl_sso.checkers import CHECKERS, CheckRule, CheckRuleError
 
 
 # For each verifiable feature: responses that follow its good side, its bad side, and edge cases (text, score)

@@ -5,7 +5,7 @@ For each query the generator picks a few features and writes two system prompts 
 adjectives and principles) and the negative one (bad adjectives and principles). The texts below are trl-sso's own.
 
 Two sets of features ship: the qualitative `LIBRARY` (the paper's kind, drawn by default) and the `VERIFIABLE` ones,
-whose good side a program can check (`Feature.checker`, see `trl_sso.signal.checkers`), so that the accuracy of the
+whose good side a program can check (`Feature.checker`, see `trl_sso.checkers`), so that the accuracy of the
 generated pairs can be measured without a judge. `--features verifiable` (or `qualitative`) names a whole set. Users
 add or replace features with a YAML or JSON file (`load_features`), naming a checker to make a feature verifiable.
 """
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .signal.checkers import CheckRule, CheckRuleError
+from .checkers import CheckRule, CheckRuleError
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ def load_features(path: str | Path, base: Mapping[str, Feature] = LIBRARY) -> di
     The file holds a list of feature mappings, or a mapping from feature name to the other fields:
     `good_adjective`, `bad_adjective`, `meaning`, `good_principle`, `bad_principle` (all non-empty strings), and
     optionally `checker`, which makes the feature verifiable: a checker name, or a mapping of `name` and the
-    checker's arguments (e.g. `{name: max_words, limit: 60}`; see `trl_sso.signal.checkers.CHECKERS`).
+    checker's arguments (e.g. `{name: max_words, limit: 60}`; see `trl_sso.checkers.CHECKERS`).
     """
     path = Path(path)
     if not path.is_file():

@@ -5,7 +5,7 @@ Every share carries its 95% Wilson interval (`<name>_ci95`) and every mean its b
 (`trl_sso.signal.intervals`).
 
 - **Accuracy**: for each record and each of its features that has a checker, y+ and y- are scored on the good side
-  (`trl_sso.signal.checkers`): y+ scoring higher is *correct*, equal a *tie*, lower *wrong*. Shares per feature and
+  (`trl_sso.checkers`): y+ scoring higher is *correct*, equal a *tie*, lower *wrong*. Shares per feature and
   overall, and how often each response keeps to its own side: y+ follows the good side, y- does not (the bad side is
   scored as "does not follow the good side"), y_o (no principle) follows it, the policy's base rate.
 - **Length drift**: mean tokens of y+, y-, y_o (the generator's counts; words where there are none), the ratio
