@@ -11,7 +11,8 @@ from trl_sso.data import validate_dataset
 from trl_sso.generation import GenerateArguments
 from trl_sso.generation.filters import drop_reason, logprob_keep
 from trl_sso.generation.prompts import default_prompts, load_prompts
-from trl_sso.generation.samplers import Completion, require_chat_template
+from trl_sso.generation.samplers import Completion
+from trl_sso.models import require_chat_template
 from trl_sso.signal.responses import normalize
 
 

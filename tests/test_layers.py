@@ -25,6 +25,7 @@ FLOORS = [
     "data",
     "tokens",
     "offline",
+    "models",
     "config",
     "checkers",
     "principles",

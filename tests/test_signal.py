@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from trl_sso.checkers import CHECKERS, CheckRule, CheckRuleError
 from trl_sso.principles import (
     FEATURE_SETS,
     LIBRARY,
@@ -14,7 +15,6 @@ from trl_sso.principles import (
     expand_feature_names,
     load_features,
 )
-from trl_sso.checkers import CHECKERS, CheckRule, CheckRuleError
 
 
 # For each verifiable feature: responses that follow its good side, its bad side, and edge cases (text, score)

@@ -29,14 +29,13 @@ from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 from trl.trainer.grpo_trainer import RepeatSampler
 
-from .data import CHOSEN, ORIGINAL, REJECTED, RESPONSE_COLUMNS
-from .generation.filters import REASONS
-from .generation.generator import principle_model_sampler, sample_triples
-from .generation.samplers import TransformersSampler, require_chat_template
+from .generation.generator import generation_metrics, principle_model_sampler, sample_triples
+from .generation.samplers import TransformersSampler
 from .generation.sources import PrincipleSource
+from .models import require_chat_template
 from .online_config import OnlineSSOConfig
 from .principles import known_features
-from .signal.onpolicy import mean_logps
+from .signal.onpolicy import gaps_to_original, mean_logps
 from .signal.report import accuracy
 from .trainer import SSOTrainer
 
@@ -266,21 +265,13 @@ class OnlineSSOTrainer(SSOTrainer):
     def _log_generation(self, batch, num_prompts: int) -> None:
         """The signal of one generation, as training metrics under `online/` (averaged over the logging steps)."""
         metrics = self._metrics["train"]
-        dropped = Counter(reason for reason in batch.reasons if reason is not None)
-        metrics["online/kept"].append(len(batch.records) / num_prompts)
-        metrics["online/dropped"].append(sum(dropped.values()) / num_prompts)
-        for reason in REASONS:  # every reason on every generation, so that the averages over steps stay shares
-            metrics[f"online/dropped_{reason}"].append(dropped.get(reason, 0) / num_prompts)
         records = batch.records
+        overall = accuracy(records, self.features).get("overall") if records else None
+        dropped = Counter(reason for reason in batch.reasons if reason is not None)
+        for key, value in generation_metrics(num_prompts, records, dropped, overall).items():
+            metrics[f"online/{key}"].append(value)
         if not records:
             return
-        overall = accuracy(records, self.features).get("overall")
-        if overall and overall["pairs"]:
-            metrics["online/accuracy"].append(overall["correct"])
-        for side in RESPONSE_COLUMNS:
-            metrics[f"online/tokens_{side}"].append(sum(r[f"{side}_tokens"] for r in records) / len(records))
-        cut = [not r[f"{side}_finished"] for r in records for side in RESPONSE_COLUMNS]
-        metrics["online/truncated"].append(sum(cut) / len(cut))
         for side, gap in self._onpolicy_gaps(records).items():
             metrics[f"online/a_gap_{side}"].append(gap)
 
@@ -290,10 +281,7 @@ class OnlineSSOTrainer(SSOTrainer):
         policy says without a principle."""
         with unwrap_model_for_generation(self.model, self.accelerator) as policy, torch.no_grad():
             values, _ = mean_logps(policy, self.processing_class, records, batch_size=len(records))
-        return {
-            side: sum(a - o for a, o in zip(values[side], values[ORIGINAL])) / len(records)
-            for side in (CHOSEN, REJECTED)
-        }
+        return {side: sum(gaps) / len(gaps) for side, gaps in gaps_to_original(values).items()}
 
     # -----------------------------------------------------------------------------------------------------------------
     # Training

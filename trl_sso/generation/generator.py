@@ -30,6 +30,7 @@ from ..data import (
     make_record,
 )
 from ..files import clear_leftovers, save_folder_atomic, write_json_atomic
+from ..models import load_chat_model, require_chat_template
 from ..names import DEFAULT_MODEL_ID, public_name
 from ..principles import expand_feature_names, known_features
 from ..runtime import process_state, wait_for_main
@@ -38,7 +39,7 @@ from ..signal.report import signal_report
 from .arguments import GenerateArguments
 from .filters import REASONS, drop_reason, logprob_keep
 from .prompts import load_prompts
-from .samplers import TransformersSampler, require_chat_template
+from .samplers import TransformersSampler
 from .sources import PrincipleSource
 
 
@@ -75,25 +76,32 @@ def principle_model_sampler(options, device, batch_size: int, dtype: str = "auto
     """The sampler of the model that writes a guideline pair per query (`principle_source="model"`), for the generator
     and online training alike: `principle_model` at `principle_model_revision`, loaded as the policy is (its dtype,
     `trust_remote_code`), sampling under the run's sampling options."""
-    model, tokenizer = load_model(
+    model, tokenizer = load_chat_model(
         options.principle_model, dtype, device, options.principle_model_revision, trust_remote_code
     )
     return TransformersSampler(model, tokenizer, batch_size, options.sampling_kwargs())
 
 
-def load_model(name: str, dtype: str, device, revision: str = "main", trust_remote_code: bool = False):
-    """`(model, tokenizer)` of a chat model for sampling, in evaluation mode on `device` (fp32 on a CPU for `auto`)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    if torch_dtype == "auto" and device.type == "cpu":
-        torch_dtype = torch.float32  # checkpoints stored in bf16 run many times slower on a CPU
-    options = dict(revision=revision, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(name, **options)
-    require_chat_template(tokenizer, name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **options)
-    return model.to(device).eval(), tokenizer
+def generation_metrics(num_prompts: int, records: list[dict], dropped: dict[str, int], overall: dict | None) -> dict:
+    """The signal of one generation as training metrics, for `iterate`'s trackers (`generation/`) and online training
+    (`online/`) alike: the shares of prompts kept and dropped (per reason too, every reason every time, so that
+    averages over generations stay shares), the accuracy of the checked pairs and its ties (`overall`: the report's
+    `accuracy(...)["overall"]`), the mean tokens of y+, y- and y_o and the share cut at the token limit."""
+    metrics = {
+        "kept": len(records) / num_prompts,
+        "dropped": sum(dropped.values()) / num_prompts,
+        **{f"dropped_{reason}": dropped.get(reason, 0) / num_prompts for reason in REASONS},
+    }
+    if overall and overall["pairs"]:
+        metrics.update({"accuracy": overall["correct"], "accuracy_ties": overall["tie"]})
+    if records:
+        metrics.update(
+            {f"tokens_{side}": sum(r[f"{side}_tokens"] for r in records) / len(records) for side in RESPONSE_COLUMNS}
+        )
+        cut = [not r[f"{side}_finished"] for r in records for side in RESPONSE_COLUMNS if f"{side}_finished" in r]
+        if cut:
+            metrics["truncated"] = sum(cut) / len(cut)
+    return metrics
 
 
 @dataclasses.dataclass
@@ -212,7 +220,7 @@ class SSOGenerator:
                     self.engine, self.owns_engine = VLLMEngine(args), True
                 sampler = self.engine.sampler(model_name, tokenizer, args.model_revision, args.trust_remote_code)
             else:
-                model, tokenizer = load_model(
+                model, tokenizer = load_chat_model(
                     model_name, args.dtype, self.state.device, args.model_revision, args.trust_remote_code
                 )
                 sampler = TransformersSampler(model, tokenizer, args.batch_size, args.sampling_kwargs())

@@ -20,14 +20,6 @@ class Completion:
     finished: bool  # ended with an end-of-sequence token rather than at `max_new_tokens`
 
 
-def require_chat_template(tokenizer, model_name: str) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"The tokenizer of {model_name!r} has no chat template, so the principle cannot be given as a system "
-            "message. Use an instruction-tuned (chat) model, or set `tokenizer.chat_template` before generating."
-        )
-
-
 class TransformersSampler:
     """Batched sampling with transformers `generate`."""
 

@@ -11,6 +11,7 @@ from ..cards import final_metrics, model_license
 from ..files import save_folder_atomic, write_json_atomic
 from ..generation import generate
 from ..generation.arguments import GenerateArguments, GenerationOptions
+from ..generation.generator import generation_metrics
 from ..generation.prompts import load_prompts
 from ..names import DEFAULT_MODEL_ID, hub_id, public_name
 from ..offline import default_model_path
@@ -108,19 +109,17 @@ def generate_stage(options: GenerationOptions, model_args, training_args, *, mod
     return dataset, summary
 
 
-def generation_metrics(summary: dict) -> dict[str, float]:
-    """The generation summary of the data a stage trains on, as metrics for the `--report_to` trackers."""
-    metrics = {
-        "generation/prompts": summary["num_prompts"],
-        "generation/records": summary["num_records"],
-        "generation/dropped": sum(summary["dropped"].values()),
-        "generation/principle_fallbacks": summary["principle_fallbacks"],
-        **{f"generation/mean_tokens_{side}": value for side, value in summary["mean_tokens"].items()},
-    }
+def stage_metrics(summary: dict, records: list[dict]) -> dict[str, float]:
+    """The generation a stage trains on, as metrics for the `--report_to` trackers (`generation/`): its counts, and
+    the signal of one generation as online training logs it (`trl_sso.generation.generator.generation_metrics`)."""
     overall = ((summary.get("signal") or {}).get("accuracy") or {}).get("overall")
-    if overall:
-        metrics.update({"generation/accuracy": overall["correct"], "generation/accuracy_ties": overall["tie"]})
-    return metrics
+    shared = generation_metrics(summary["num_prompts"], records, summary["dropped"], overall)
+    counts = {
+        "prompts": summary["num_prompts"],
+        "records": summary["num_records"],
+        "principle_fallbacks": summary["principle_fallbacks"],
+    }
+    return {f"generation/{key}": value for key, value in {**counts, **shared}.items()}
 
 
 def train_stage(
@@ -140,7 +139,7 @@ def train_stage(
         model_path,
         model_args,
         args,
-        before_train=generation and (lambda trainer: trainer.log(generation_metrics(generation))),
+        before_train=generation and (lambda trainer: trainer.log(stage_metrics(generation, dataset.to_list()))),
         train_dataset=dataset,
         callbacks=callbacks,
     )

@@ -11,30 +11,13 @@ import time
 from collections.abc import Mapping
 
 from ..data import CHOSEN, ORIGINAL, PROMPT, REJECTED, RESPONSE_COLUMNS
-from ..names import DEFAULT_MODEL_ID
-from ..offline import default_model_path
-from ..runtime import process_state
+from ..models import load_chat_model
 from .intervals import all_equal_note, bootstrap_mean
 
 
 def load_policy(name: str):
-    """`(model, tokenizer)` of `name` (a path or Hub id; the packaged SmolLM2's Hub id loads the packaged copy), in
-    evaluation mode, in fp32 on a CPU. A model that does not load is a `ValueError` naming the fix."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = default_model_path() if name == DEFAULT_MODEL_ID else name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        device = process_state().device
-        dtype = torch.float32 if device.type == "cpu" else "auto"
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(
-            f"The model {name!r} could not be loaded ({first}). Pass a model path or Hub id with `--model`."
-        ) from error
-    return model, tokenizer
+    """`(model, tokenizer)` of the policy `name` for scoring and evaluation (`trl_sso.models.load_chat_model`)."""
+    return load_chat_model(name, chat=False)
 
 
 def mean_logps(
@@ -72,6 +55,12 @@ def mean_logps(
     return values, len(records) / max(time.perf_counter() - start, 1e-9)
 
 
+def gaps_to_original(values: Mapping[str, list[float]]) -> dict[str, list[float]]:
+    """Per record, the on-policyness gaps `A(x, y+) - A(x, y_o)` and `A(x, y-) - A(x, y_o)` (from `mean_logps`): how
+    far each response of the pair drifted from what the policy says without a principle."""
+    return {column: [a - o for a, o in zip(values[column], values[ORIGINAL])] for column in (CHOSEN, REJECTED)}
+
+
 def onpolicy_report(values: Mapping[str, list[float]]) -> dict:
     """Means of `A(x, y)` and of `exp(A)` for y+, y-, y_o, and the mean gaps of y+ and y- to y_o with their bootstrap
     intervals (per-record differences: the three responses share their prompt; where every difference is equal, no
@@ -80,7 +69,7 @@ def onpolicy_report(values: Mapping[str, list[float]]) -> dict:
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
 
-    gaps = {column: [a - o for a, o in zip(values[column], values[ORIGINAL])] for column in (CHOSEN, REJECTED)}
+    gaps = gaps_to_original(values)
     report = {
         "mean_logp": {column: mean(values[column]) for column in RESPONSE_COLUMNS},
         "mean_prob": {column: mean([math.exp(a) for a in values[column]]) for column in RESPONSE_COLUMNS},
