@@ -81,16 +81,25 @@ class TransformersSampler:
         return results
 
     def mean_logps(self, prompts: list[list[dict]], responses: list[list[str]]) -> list[list[float]]:
-        """Token-mean log-probability of each response of `responses[i]` after `prompts[i]` (teacher forcing), for
-        the log-prob filter: tokenized as the trainer tokenizes a pair (`trl_sso.tokens`, the response as an
-        assistant turn with its end-of-turn token), each prompt forwarded once for all its responses
+        """The log-prob filter's scores (`response_mean_logps`), each prompt forwarded once for all its responses
         (`trl_sso.sharing`)."""
         from ..sharing import completion_logps
-        from ..tokens import tokenize_completions
 
-        rows = [
-            tokenize_completions(self.tokenizer, prompt, [[{"role": "assistant", "content": r}] for r in rs])
-            for prompt, rs in zip(prompts, responses, strict=True)
-        ]
-        scores = completion_logps(self.model, rows, self.tokenizer.pad_token_id, self.batch_size)
-        return [[total / max(count, 1) for total, count in row] for row in scores]
+        pad = self.tokenizer.pad_token_id
+        return response_mean_logps(
+            self.tokenizer, prompts, responses, lambda rows: completion_logps(self.model, rows, pad, self.batch_size)
+        )
+
+
+def response_mean_logps(tokenizer, prompts, responses, score) -> list[list[float]]:
+    """Token-mean log-probability of each response of `responses[i]` after `prompts[i]` (teacher forcing), for the
+    log-prob filter of every sampler: tokenized as the trainer tokenizes a pair (`trl_sso.tokens`, the response as an
+    assistant turn with its end-of-turn token), then scored by `score` (rows of `(prompt_ids, [completion_ids])` to
+    `(summed log-prob, tokens)` per completion: `trl_sso.sharing.completion_logps` or vLLM's)."""
+    from ..tokens import tokenize_completions
+
+    rows = [
+        tokenize_completions(tokenizer, prompt, [[{"role": "assistant", "content": r}] for r in rs])
+        for prompt, rs in zip(prompts, responses, strict=True)
+    ]
+    return [[total / max(count, 1) for total, count in row] for row in score(rows)]

@@ -21,8 +21,7 @@ import os
 
 from ..data import render
 from ..runtime import process_state
-from ..tokens import tokenize_completions
-from .samplers import Completion
+from .samplers import Completion, response_mean_logps
 
 
 logger = logging.getLogger(__name__)
@@ -76,13 +75,8 @@ class VLLMSampler:
         return [[(sum(row), len(row)) for row in (next(values) for _ in completions)] for _, completions in rows]
 
     def mean_logps(self, prompts: list[list[dict]], responses: list[list[str]]) -> list[list[float]]:
-        """Token-mean log-probability of each response after its prompt, tokenized as the trainer tokenizes a pair
-        (`trl_sso.tokens`): the log-probability filter's scores."""
-        rows = [
-            tokenize_completions(self.tokenizer, prompt, [[{"role": "assistant", "content": text}] for text in texts])
-            for prompt, texts in zip(prompts, responses, strict=True)
-        ]
-        return [[total / max(count, 1) for total, count in row] for row in self.completion_logps(rows)]
+        """The log-probability filter's scores (`trl_sso.generation.samplers.response_mean_logps`), by vLLM."""
+        return response_mean_logps(self.tokenizer, prompts, responses, self.completion_logps)
 
 
 class ColocateSampler(VLLMSampler):
