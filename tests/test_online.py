@@ -62,26 +62,72 @@ def test_one_online_step_equals_sso_on_the_records_it_sampled(tiny_model_dir, to
 
 
 def test_the_signal_of_each_generation_is_logged_and_buffered_over_micro_steps(tiny_model_dir, tokenizer, tmp_path):
+    """One generation per optimizer step serves its micro-steps their own slices in order, and each logged step
+    carries the values of its generation's signal (computed here by hand from its records) and its A gaps.
+
+    Mutations seen failing: `_prepare_inputs` serving `self._buffer[0]` to every micro-step (the slice check), and
+    `generation_metrics` dividing by twice the prompts (the value check)."""
+    from trl_sso.data import RESPONSE_COLUMNS as COLUMNS
+    from trl_sso.signal.report import accuracy
+
     args = online_args(tmp_path, gradient_accumulation_steps=2, max_steps=2)
     trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
-    calls = []
-    generate = trainer._generate
-    trainer._generate = lambda rows, generation: calls.append((len(rows), generation)) or generate(rows, generation)
+    calls, generated, served, batches = [], [], [], []
+    generate, prepare, log = trainer._generate, trainer._prepare_inputs, trainer._log_generation
+
+    def spy_generate(rows, generation):
+        calls.append((len(rows), generation))
+        generated.append(generate(rows, generation))
+        return generated[-1]
+
+    def spy_prepare(inputs):
+        out = prepare(inputs)
+        if isinstance(inputs, list):  # a micro-step's prompt rows: what it is served
+            served.append(out)
+        return out
+
+    trainer._generate, trainer._prepare_inputs = spy_generate, spy_prepare
+    trainer._log_generation = lambda batch, n: batches.append((batch, n)) or log(batch, n)
     trainer.train()
     assert calls == [(4, 0), (4, 1)]  # one generation per optimizer step, for its 2 micro-steps of 2 prompts
+    assert len(served) == 4 and all(s is generated[i // 2][i % 2] for i, s in enumerate(served))
+    assert generated[0][0] is not generated[0][1]
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    keys = ("online/kept", "online/dropped", "online/dropped_chosen_equals_rejected", "online/accuracy")
-    for key in (*keys, "online/tokens_chosen", "online/truncated", "online/a_gap_chosen", "online/a_gap_rejected"):
-        assert all(key in entry for entry in logged), key
+    assert len(logged) == 2
+    for entry, (batch, n) in zip(logged, batches):
+        records, reasons = batch.records, batch.reasons
+        expected = {  # by hand, from the generation's own records and drop reasons
+            "kept": len(records) / n,
+            "dropped": sum(r is not None for r in reasons) / n,
+            "tokens_chosen": sum(r["chosen_tokens"] for r in records) / len(records),
+            "tokens_original": sum(r["original_tokens"] for r in records) / len(records),
+            "truncated": sum(not r[f"{c}_finished"] for r in records for c in COLUMNS) / (3 * len(records)),
+        }
+        overall = accuracy(records, trainer.features)["overall"]
+        if overall and overall["pairs"]:
+            expected["accuracy"] = overall["correct"]
+        for key, value in expected.items():
+            assert entry[f"online/{key}"] == pytest.approx(value, abs=1e-6), key
+        assert {"online/a_gap_chosen", "online/a_gap_rejected"} <= set(entry)
 
 
 def test_a_micro_step_with_every_triple_filtered_out_trains_on(tiny_model_dir, tokenizer, tmp_path):
+    """The zero loss of an empty micro-step reaches every trainable parameter (a zero gradient, not none), so that
+    DDP's all-reduce and the optimizer see every parameter as on any step.
+
+    Mutation seen failing: the zero built from the first trainable parameter only (`next(iter(...))`)."""
+    grads = FirstGradients()
     args = online_args(tmp_path, max_steps=2, min_response_chars=10_000)  # every response is too short
-    trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
+    trainer = OnlineSSOTrainer(
+        model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer, callbacks=[grads]
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     assert [e["loss"] for e in trainer.state.log_history if "loss" in e] == [0.0, 0.0]
     assert all(e["online/kept"] == 0.0 for e in trainer.state.log_history if "loss" in e)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert set(grads.grads) == trainable  # every trainable parameter got a gradient ...
+    assert all(not g.any() for g in grads.grads.values())  # ... and it is zero
     for name, value in trainer.model.named_parameters():  # a zero gradient: no parameter moves (no weight decay)
         torch.testing.assert_close(value.detach(), before[name])
 
@@ -202,10 +248,33 @@ def test_use_vllm_samples_through_trls_vllm_generation(tiny_model_dir, tokenizer
 
 
 def test_the_policy_picks_the_features_as_it_is_at_each_generation(tiny_model_dir, tokenizer, tmp_path):
-    args = online_args(tmp_path, max_steps=1, principle_source="policy")
+    """With `principle_source="policy"`, the principles of each generation are written by the policy with the weights
+    it has at that generation: those the trainer is training, which moved between the two generations.
+
+    Mutation seen failing: the principle source sampling from a copy of the policy made when the trainer is built."""
+    from trl_sso.generation.sources import PrincipleSource
+
+    args = online_args(tmp_path, max_steps=2, principle_source="policy")
     trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
-    trainer.train()
+    seen, assign = [], PrincipleSource.assign
+
+    def spy_assign(source, indices, queries, batch_seed):
+        def weights(model):
+            return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+        seen.append((weights(source.policy_sampler.model), weights(trainer.model)))
+        return assign(source, indices, queries, batch_seed)
+
+    PrincipleSource.assign = spy_assign
+    try:
+        trainer.train()
+    finally:
+        PrincipleSource.assign = assign
     assert trainer.last_records and all(r["principle_source"] == "policy" for r in trainer.last_records)
+    assert len(seen) == 2
+    for writer, trained in seen:
+        torch.testing.assert_close(writer, trained)  # the policy as it is now
+    assert not torch.equal(seen[0][0], seen[1][0])  # and it moved between the generations
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
