@@ -70,15 +70,16 @@ HELD_OUT = Path(__file__).parent / "data" / "held_out_prompts.jsonl"
 
 
 def prompt_sets(root: Path, n_train: int, n_eval: int) -> tuple[Path, Path]:
-    """Training prompts: the even-numbered packaged generation prompts. Held-out prompts: the odd-numbered ones (the
-    same categories, none trained on), then 80 short questions of this bench (`data/held_out_prompts.jsonl`), then
-    the 40 packaged evaluation prompts (advice questions, which invite long answers)."""
+    """Training prompts: the even-numbered packaged generation prompts. Held-out prompts, none trained on: first 80
+    short questions of this bench (`data/held_out_prompts.jsonl`), which admit a brief answer that the untrained
+    model's answers mostly reach before the token limit; then the odd-numbered generation prompts (the training
+    prompts' categories: coding and maths invite long answers); then the 40 packaged evaluation prompts (advice)."""
     from trl_sso.generation.prompts import packaged_prompts
 
     generation = [row["prompt"] for row in packaged_prompts("default_prompts")]
     questions = [json.loads(line)["prompt"] for line in HELD_OUT.read_text().splitlines()]
     train_pool = generation[0::2]
-    held_out = generation[1::2] + questions + [row["prompt"] for row in packaged_prompts("eval_prompts")]
+    held_out = questions + generation[1::2] + [row["prompt"] for row in packaged_prompts("eval_prompts")]
     if n_train > len(train_pool) or n_eval > len(held_out):
         raise SystemExit(
             f"The plan asks for {n_train} training and {n_eval} held-out prompts; the packaged sets give at most "
