@@ -119,3 +119,30 @@ def test_no_import_circle():
         if module not in state:
             visit(module, [module])
     assert not circles, "\n".join(circles)
+
+
+# The helpers the commands of `trl_sso/scripts/` share; every other module there is one command
+SCRIPT_HELPERS = ("trl_sso.scripts.common", "trl_sso.scripts.stages")
+
+
+def test_no_command_script_imports_another():
+    """A command's module in `trl_sso/scripts/` imports only the shared helpers, never another command: a new command
+    is its row in the table plus its own file."""
+    tangled = [
+        f"{source} imports {target}"
+        for source, targets in graph().items()
+        if source.startswith("trl_sso.scripts.")
+        for target in targets
+        if target.startswith("trl_sso.scripts.") and target not in SCRIPT_HELPERS
+    ]
+    assert not tangled, "\n".join(tangled)
+    helpers_reach_commands = [t for h in SCRIPT_HELPERS for t in graph()[h] if t.startswith("trl_sso.scripts.")]
+    assert all(t in SCRIPT_HELPERS for t in helpers_reach_commands), helpers_reach_commands
+
+
+def test_the_command_table_points_at_each_commands_function():
+    from trl_sso.cli.table import COMMANDS
+
+    for name, entry in COMMANDS.items():
+        module = entry.runner.partition(":")[0]
+        assert module.startswith("trl_sso.scripts."), (name, entry.runner)

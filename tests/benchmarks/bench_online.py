@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--output_dir", default="outputs/bench_online")
     cli = parser.parse_args()
 
-    from trl_sso.scripts.evaluate import format_change, held_out_change
+    from trl_sso.scripts.stages import format_change, held_out_change
     from trl_sso.signal.intervals import with_interval
 
     root = Path(cli.output_dir)

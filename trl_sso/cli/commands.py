@@ -1,9 +1,9 @@
 """Running a `trl-sso` command of the table (`trl_sso.cli.table.COMMANDS`): its parser, the checks every command's
-options pass before any model loads, and the runners of the light commands (the training commands run their script in
-`trl_sso.scripts` directly).
+options pass before any model loads, the output folder's lock, and one-line errors. Each command's function lives in
+its own module of `trl_sso.scripts` (`main` for the light commands), which the table names.
 
-Heavy libraries load inside the functions, and only `train`, `reward`, `iterate` and `pipeline` build TRL's parser,
-so `trl-sso generate --help` and `trl-sso push --help` answer at once.
+Heavy libraries load inside the functions, and only `train`, `reward`, `online`, `iterate` and `pipeline` build
+TRL's parser, so `trl-sso generate --help` and `trl-sso push --help` answer at once.
 """
 
 import contextlib
@@ -12,47 +12,18 @@ import errno
 import os
 import sys
 
-from ..data import RESPONSE_COLUMNS, SSODataError
+from ..data import SSODataError
 from ..files import output_lock
 from ..generation.generator import NoRecordsError
-from ..hub import push as publish
-from ..hub_token import HUB_TOKEN_HELP
 from ..logs import LoggingArguments, configure_logging
 from ..names import hub_id
 from ..options import check_ranges, check_requirements
 from ..quiet import quiet_known_noise
 from ..retries import HubError
-from ..runtime import process_state
-from ..scripts.calibrate import calibrate as check_principles
-from ..scripts.calibrate import format_calibration
-from ..scripts.env import environment
-from ..scripts.evaluate import evaluate_models, format_evaluation
-from ..scripts.generate import generate_dataset
-from ..scripts.inspect import inspect_dataset
-from ..signal.report import format_report
 from .launch import HELP as ACCELERATE_HELP
 from .launch import launch, take_accelerate_config
 from .parser import DataclassParser, trl_parser
 from .table import COMMANDS, load
-
-
-@dataclasses.dataclass
-class PushArguments:
-    """Options of `trl-sso push`."""
-
-    path: str = dataclasses.field(
-        metadata={"help": "Folder to publish (what it holds is detected).", "positional": True}
-    )
-    repo_id: str = dataclasses.field(metadata={"help": "Target repo, namespace/name."})
-    config_name: str | None = dataclasses.field(
-        default=None, metadata={"help": "Dataset config name (default: iteration_<t> from the dataset's summary)."}
-    )
-    private: bool = dataclasses.field(default=False, metadata={"help": "Create the repo as private."})
-    revision: str | None = dataclasses.field(
-        default=None, metadata={"help": "Branch to push to (created when missing), e.g. iteration_2."}
-    )
-    commit_message: str | None = dataclasses.field(default=None, metadata={"help": "Commit message."})
-    hub_token: str | None = dataclasses.field(default=None, metadata={"help": HUB_TOKEN_HELP})
 
 
 def parser(command: str):
@@ -142,68 +113,6 @@ def parse(command: str, argv: list[str]) -> tuple:
         if getattr(arguments, "output_dir", None):
             check_output_dir(arguments.output_dir)
     return tuple(p for p in parsed if not isinstance(p, LoggingArguments))
-
-
-def generate(gen_args, publish_args) -> int:
-    _, summary, url = generate_dataset(gen_args, publish_args)
-
-    if process_state().is_main_process:
-        dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items() if v) or "none"
-        lengths = "/".join(f"{summary['mean_tokens'][s]:.1f}" for s in RESPONSE_COLUMNS)
-        empty = summary.get("empty_prompts_dropped")
-        empty = f" ({empty} dropped as empty)" if empty else ""
-        print(
-            f"Wrote {summary['num_records']} SSO records from {summary['num_prompts']} prompts{empty} to "
-            f"{gen_args.output_dir} (dropped: {dropped}; principle fallbacks: "
-            f"{summary['principle_fallbacks']}). Mean tokens chosen/rejected/original: {lengths}. Load it with "
-            f"`datasets.load_dataset({gen_args.output_dir!r})`; summary: {gen_args.output_dir}/summary.json"
-        )
-        if summary["signal"].get("judge"):
-            from ..signal.judge import format_judge
-
-            print(format_judge(summary["signal"]["judge"]))
-        if url:
-            print(f"Published the dataset to {url} (config iteration_{gen_args.iteration}).")
-    return 0
-
-
-def push(args) -> int:
-    url = publish(
-        args.path,
-        args.repo_id,
-        config_name=args.config_name,
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        token=args.hub_token,
-    )
-    print(f"Published {args.path} to {url}")
-    return 0
-
-
-def inspect(args) -> int:
-    report = inspect_dataset(args)
-    print(format_report(report, f"Signal report of {report['dataset']}"))
-    print(f"Wrote {args.output_dir}/signal.json and the plots.")
-    return 0
-
-
-def evaluate(args) -> int:
-    print(format_evaluation(evaluate_models(args)))
-    print(f"Wrote {args.output_dir}/evaluation.json and evaluation.png.")
-    return 0
-
-
-def calibrate(args) -> int:
-    print(format_calibration(check_principles(args)))
-    print(f"Wrote {args.output_dir}/calibration.json and calibration.png.")
-    return 0
-
-
-def env() -> int:
-    print("Copy-paste the following information when reporting an issue:\n")
-    print("\n".join(f"- {key}: {value}" for key, value in environment().items()))
-    return 0
 
 
 DISK_FULL = (

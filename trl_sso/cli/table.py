@@ -1,5 +1,5 @@
 """The `trl-sso` commands, one entry each: its summary, its description, the dataclasses of its options and the
-function that runs it. Adding a command is one entry here (and its runner).
+function that runs it. Adding a command is one entry here plus its module in `trl_sso.scripts`.
 
 Light: the argument types and runners are named as `"module:attribute"` strings and imported only when the command
 runs, so that `trl-sso --help` imports nothing heavy.
@@ -41,7 +41,7 @@ COMMANDS: dict[str, Command] = {
         "Sample an on-policy SSO preference dataset (y+, y-, y_o) from a policy and a prompt set. Resumable: rerun "
         "the same command to continue an interrupted run.",
         ("trl_sso.generation.arguments:GenerateArguments", "trl_sso.scripts.generate:PublishArguments"),
-        "trl_sso.cli.commands:generate",
+        "trl_sso.scripts.generate:main",
         # flags renamed in 0.1.1 to TRL's names: accepted with a deprecation warning until 0.2
         renamed=(("model", "model_name_or_path"), ("hub_private", "hub_private_repo")),
     ),
@@ -96,8 +96,8 @@ COMMANDS: dict[str, Command] = {
         "Publish a generated dataset, an SSO model or adapter, or a reward model, with its card.",
         "Publish a generated dataset (as config iteration_<t>), an SSO model, a LoRA/QLoRA adapter or a reward model "
         "to the Hub, with its card. The token comes from `--hub_token`, `hf auth login` or HF_TOKEN.",
-        ("trl_sso.cli.commands:PushArguments",),
-        "trl_sso.cli.commands:push",
+        ("trl_sso.scripts.push:PushArguments",),
+        "trl_sso.scripts.push:main",
     ),
     "inspect": Command(
         "Signal report of an SSO dataset: accuracy, on-policyness, length drift, degeneracy.",
@@ -105,14 +105,14 @@ COMMANDS: dict[str, Command] = {
         "length drift, degeneracy and, with a reward model or a judge, their verdicts. Writes signal.json and PNG "
         "plots.",
         ("trl_sso.scripts.inspect:InspectArguments",),
-        "trl_sso.cli.commands:inspect",
+        "trl_sso.scripts.inspect:main",
     ),
     "evaluate": Command(
         "Score how policies answer held-out prompts without a principle, to compare rounds.",
         "Let policies answer held-out prompts with no principle and score the answers on the verifiable features "
         "(and a reward model): the table says whether a round of SSO moved the policy.",
         ("trl_sso.scripts.evaluate:EvaluateArguments",),
-        "trl_sso.cli.commands:evaluate",
+        "trl_sso.scripts.evaluate:main",
         renamed=(("max_new_tokens", "max_completion_length"),),  # TRL's name, since 0.1.1
     ),
     "calibrate": Command(
@@ -122,7 +122,7 @@ COMMANDS: dict[str, Command] = {
         "y-, with 95% intervals. Writes calibration.json and calibration.png and names the placement to generate "
         "with.",
         ("trl_sso.scripts.calibrate:CalibrateArguments",),
-        "trl_sso.cli.commands:calibrate",
+        "trl_sso.scripts.calibrate:main",
         renamed=(("max_new_tokens", "max_completion_length"),),  # TRL's name, since 0.1.1
     ),
     "env": Command(
@@ -130,7 +130,7 @@ COMMANDS: dict[str, Command] = {
         "Print the versions of trl-sso and the libraries it runs on, and the accelerator: paste them into a bug "
         "report.",
         (),
-        "trl_sso.cli.commands:env",
+        "trl_sso.scripts.env:main",
     ),
 }
 

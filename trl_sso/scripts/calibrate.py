@@ -208,3 +208,9 @@ def format_calibration(report: dict) -> str:
             f"(the features with a signal there; mean y+ beats y- {best['mean_correct']:.2f} over all features)."
         )
     return "\n".join(lines)
+
+
+def main(args) -> int:
+    print(format_calibration(calibrate(args)))
+    print(f"Wrote {args.output_dir}/calibration.json and calibration.png.")
+    return 0

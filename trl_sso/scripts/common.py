@@ -1,6 +1,7 @@
 """What every training command shares: model loading options, PEFT / quantization with clear errors, and the
 build-train-save sequence that resumes from the last checkpoint of the output folder."""
 
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -10,6 +11,8 @@ import os
 import re
 
 from ..files import removed_on_failure, write_json_atomic
+from ..hub import push_folder
+from ..names import hub_id, public_name
 
 
 logger = logging.getLogger(__name__)
@@ -97,11 +100,22 @@ def whole_run_train_loss(log_history: list[dict], resumed_at: int, resumed_loss:
     return (total + resumed_loss * resumed_steps) / max(covered + resumed_steps, 1)
 
 
+def derive(arguments, **changes):
+    """A copy of validated `arguments` with `changes`, leaving the original as it was checked: an `SSOConfig` is
+    checked again (`SSOConfig.for_stage`); other arguments take values that need no check."""
+    if hasattr(arguments, "for_stage"):
+        return arguments.for_stage(**changes)
+    derived = copy.deepcopy(arguments)
+    for name, value in changes.items():
+        setattr(derived, name, value)
+    return derived
+
+
 def build_trainer(trainer_class, model_name: str, model_args, training_args, **kwargs):
-    """`trainer_class(model_name, args=training_args, ...)` with the model options of `model_args` (PEFT,
-    quantization, `from_pretrained` options); PEFT's error about unmatched target modules becomes one naming the
-    fix."""
-    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+    """`trainer_class(model_name, args=...)`: `training_args` with the model options of `model_args` (PEFT,
+    quantization, `from_pretrained` options) derived into a copy; PEFT's error about unmatched target modules becomes
+    one naming the fix."""
+    training_args = derive(training_args, model_init_kwargs=model_init_kwargs(model_args, training_args))
     peft_config, quantization_config = peft_and_quantization(model_args)
     try:
         return trainer_class(
@@ -316,3 +330,36 @@ def train_and_save(trainer_class, model_name: str, model_args, training_args, be
         trainer.save_state()  # last: its presence says the final model is saved (`finished_training`)
     trainer.accelerator.wait_for_everyone()
     return trainer, output
+
+
+def finish_training(trainer, output, training_args, model_args, sources) -> None:
+    """After a training command: the metrics saved, the card naming the Hub datasets among `sources`, publishing with
+    `--push_to_hub`, and the trainer ended (trackers, process group) as TRL's scripts end."""
+    from accelerate.utils import is_peft_model
+
+    trainer.log_metrics("train", output.metrics)
+    trainer.save_metrics("train", output.metrics)
+    dataset_name = [name for source in sources if source and (name := hub_id(source))] or None  # the card's list
+    if dataset_name:
+        trainer.create_model_card(dataset_name=dataset_name)
+    if training_args.push_to_hub and trainer.accelerator.is_main_process:
+        if is_peft_model(trainer.model) and hub_id(model_args.model_name_or_path) is None:
+            logger.warning(
+                f"The adapter's base model is a local folder ({public_name(model_args.model_name_or_path)}): the "
+                "published adapter loads only where that folder exists. Publish the base model and train from its "
+                "Hub id to make it loadable from the Hub alone."
+            )
+        # the saved folder as it is (what a rerun of a finished training reuses), without its checkpoints
+        url = push_folder(
+            training_args.output_dir,
+            trainer.hub_model_id,
+            private=bool(training_args.hub_private_repo),
+            revision=training_args.hub_revision,
+            commit_message="End of training",
+            token=training_args.hub_token,
+        )
+        trainer.accelerator.print(
+            f"Published the trained {'adapter' if is_peft_model(trainer.model) else 'model'} to {url}"
+        )
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()

@@ -39,3 +39,9 @@ def environment() -> dict[str, str]:
     torch_installed = installed_version("torch") != "not installed"
     info["Accelerator"] = accelerator() if torch_installed else "unknown (torch not installed)"
     return info
+
+
+def main() -> int:
+    print("Copy-paste the following information when reporting an issue:\n")
+    print("\n".join(f"- {key}: {value}" for key, value in environment().items()))
+    return 0

@@ -12,21 +12,16 @@ from pathlib import Path
 from ..files import write_json_atomic
 from ..generation.arguments import SamplingOptions, redefault
 from ..generation.prompts import load_prompts
-from ..generation.samplers import TransformersSampler
 from ..names import DEFAULT_MODEL_ID, public_names
 from ..options import Range, check_ranges
 from ..principles import expand_feature_names, known_features
 from ..signal.intervals import (
-    all_equal_note,
-    bootstrap_mean,
-    paired_mean_change,
-    paired_score_change,
-    score_mean,
     wilson,
     with_interval,
 )
 from ..signal.onpolicy import load_policy
 from ..signal.plots import plot_evaluation
+from .stages import format_change, held_out_change, score_answers
 
 
 @dataclass
@@ -118,81 +113,11 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     return report
 
 
-def score_answers(
-    model,
-    tokenizer,
-    prompts,
-    features,
-    max_new_tokens=128,
-    temperature=0.0,
-    batch_size=8,
-    seed=42,
-    top_p=1.0,
-    sampling_kwargs=None,
-):
-    """Let `model` answer `prompts` (no principle) and score the answers with the checkers of `features` (name ->
-    `Feature`). Returns the scores and the answers: per feature, the share of answers following its good side and the
-    per-prompt 0/1 scores; their mean per prompt, its mean; the mean tokens and the truncated share. Every share and
-    mean carries its 95% interval (`trl_sso.signal.intervals`: Wilson on the summed scores; tokens: bootstrap)."""
-    sampler = TransformersSampler(model, tokenizer, batch_size, sampling_kwargs)
-    completions = sampler.sample(prompts, temperature, top_p, max_new_tokens, seed)
-    n = len(completions)
-    scores = {name: [f.checker(c.text) for c in completions] for name, f in features.items()}
-    per_prompt = [sum(s[i] for s in scores.values()) / len(scores) for i in range(n)]
-    tokens = [c.num_tokens for c in completions]
-    row = {
-        "follows_good": {name: score_mean(s)[0] for name, s in scores.items()},
-        "follows_good_ci95": {name: score_mean(s)[1] for name, s in scores.items()},
-        "follows_good_per_feature": scores,
-        "follows_good_per_prompt": per_prompt,
-        "mean_tokens": sum(tokens) / n,
-        "mean_tokens_ci95": bootstrap_mean(tokens),
-        "tokens_per_prompt": tokens,
-    }
-    row["follows_good_mean"], row["follows_good_mean_ci95"] = score_mean(per_prompt)
-    row["truncated"], row["truncated_ci95"] = score_mean([float(not c.finished) for c in completions])
-    if all_equal_note(tokens):
-        row["mean_tokens_note"] = all_equal_note(tokens)
-    return row, [c.text for c in completions]
-
-
-def held_out_change(after: dict, before: dict) -> dict:
-    """How the held-out follow rate changed between two evaluations of the same prompts (`paired_score_change`,
-    prefixed keys without it: `change`, `change_ci95`, `change_p_value`, ...), with the change of mean tokens beside it
-    (`tokens_change`, paired bootstrap)."""
-    change = paired_score_change(after["follows_good_per_prompt"], before["follows_good_per_prompt"])
-    result = {
-        "change": change["change"],
-        "change_ci95": change["ci95"],
-        "change_p_value": change["p_value"],
-        "change_test": change["test"],
-        "change_significant": change["significant"],
-        "change_gained": change["gained"],
-        "change_lost": change["lost"],
-        "pairs": change["pairs"],
-    }
-    if "tokens_per_prompt" in after and "tokens_per_prompt" in before:
-        tokens = paired_mean_change(after["tokens_per_prompt"], before["tokens_per_prompt"])
-        result["tokens_change"], result["tokens_change_ci95"] = tokens["change"], tokens["ci95"]
-        if "note" in tokens:
-            result["tokens_change_note"] = tokens["note"]
-    return result
-
-
 def compare_with_first(rows: list[dict]) -> None:
     """Add to each row after the first its change against the first model, under `vs_first` (`held_out_change`: the
     models answered the same prompts)."""
     for row in rows[1:]:
         row["vs_first"] = held_out_change(row, rows[0])
-
-
-def format_change(change: dict) -> str:
-    """A held-out change for tables: `+0.25 [0.06, 0.46] significant (exact McNemar p 0.016)`."""
-    verdict = "significant" if change["change_significant"] else "within noise"
-    figure = with_interval(change["change"], change["change_ci95"]).replace("-0.00", "0.00")
-    sign = "+" if change["change"] > 0 else ""
-    p = change["change_p_value"]
-    return f"{sign}{figure} {verdict} ({change['change_test']} p {'< 0.001' if p < 0.001 else f'{p:.3f}'})"
 
 
 def format_evaluation(report: dict) -> str:
@@ -217,3 +142,9 @@ def format_evaluation(report: dict) -> str:
         lines.append(line)
     lines.append("Per-feature intervals: evaluation.json (`follows_good_ci95`) and evaluation.png.")
     return "\n".join(lines)
+
+
+def main(args) -> int:
+    print(format_evaluation(evaluate_models(args)))
+    print(f"Wrote {args.output_dir}/evaluation.json and evaluation.png.")
+    return 0

@@ -5,6 +5,7 @@ This module stays light (no torch, no transformers at import) so that `trl-sso g
 
 from dataclasses import dataclass, field
 
+from ..data import RESPONSE_COLUMNS
 from ..generation import generate
 from ..hub import push_dataset
 from ..hub_token import HUB_TOKEN_HELP
@@ -44,3 +45,26 @@ def generate_dataset(gen_args, publish_args: PublishArguments | None = None):
         )
     state.wait_for_everyone()
     return dataset, summary, url
+
+
+def main(gen_args, publish_args) -> int:
+    _, summary, url = generate_dataset(gen_args, publish_args)
+
+    if process_state().is_main_process:
+        dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items() if v) or "none"
+        lengths = "/".join(f"{summary['mean_tokens'][s]:.1f}" for s in RESPONSE_COLUMNS)
+        empty = summary.get("empty_prompts_dropped")
+        empty = f" ({empty} dropped as empty)" if empty else ""
+        print(
+            f"Wrote {summary['num_records']} SSO records from {summary['num_prompts']} prompts{empty} to "
+            f"{gen_args.output_dir} (dropped: {dropped}; principle fallbacks: "
+            f"{summary['principle_fallbacks']}). Mean tokens chosen/rejected/original: {lengths}. Load it with "
+            f"`datasets.load_dataset({gen_args.output_dir!r})`; summary: {gen_args.output_dir}/summary.json"
+        )
+        if summary["signal"].get("judge"):
+            from ..signal.judge import format_judge
+
+            print(format_judge(summary["signal"]["judge"]))
+        if url:
+            print(f"Published the dataset to {url} (config iteration_{gen_args.iteration}).")
+    return 0

@@ -14,7 +14,7 @@ from ..options import check_ranges
 from ..principles import known_features
 from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
 from ..signal.plots import plot_accuracy, plot_onpolicy
-from ..signal.report import signal_report
+from ..signal.report import format_report, signal_report
 
 
 logger = logging.getLogger(__name__)
@@ -132,3 +132,10 @@ def inspect_dataset(args: InspectArguments) -> dict:
     plot_accuracy(report, output / "accuracy.png")
     write_json_atomic(output / "signal.json", report, indent=2)
     return report
+
+
+def main(args) -> int:
+    report = inspect_dataset(args)
+    print(format_report(report, f"Signal report of {report['dataset']}"))
+    print(f"Wrote {args.output_dir}/signal.json and the plots.")
+    return 0

@@ -30,8 +30,16 @@ from ..names import hub_id
 from ..runtime import process_state, wait_for_main
 from ..signal.intervals import excludes_zero, share_difference, with_interval
 from ..signal.plots import plot_rounds
-from .evaluate import format_change, held_out_change
-from .stages import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage, vllm_engine
+from .stages import (
+    format_change,
+    generate_stage,
+    held_out_change,
+    save_next_policy,
+    signal_stage,
+    starting_policy,
+    train_stage,
+    vllm_engine,
+)
 
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,8 @@ import logging
 import os
 
 from ..data import render
-from .common import ignore_bias_buffers, train_and_save
+from .common import finish_training, ignore_bias_buffers, train_and_save
 from .stages import starting_policy
-from .train import finish_training
 
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from ..hub import push_folder
 from ..hub_token import TokenFreePickle
 from ..names import hub_id
 from ..options import check_ranges
-from .common import ignore_bias_buffers, require_model, train_and_save
+from .common import derive, ignore_bias_buffers, require_model, train_and_save
 
 
 @dataclass
@@ -80,7 +80,7 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
             "accuracy: drop it (the pairs of an SSO dataset fit in memory)."
         )
     if model_args.use_peft and model_args.lora_task_type == "CAUSAL_LM":
-        model_args.lora_task_type = "SEQ_CLS"  # a reward model is a sequence classifier
+        model_args = derive(model_args, lora_task_type="SEQ_CLS")  # a reward model is a sequence classifier
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     dataset = load_sso_dataset(
         script_args.dataset_name, script_args.dataset_config, split=script_args.dataset_train_split
@@ -93,7 +93,8 @@ def train_reward(script_args, reward_args: RewardScriptArguments, training_args,
     else:
         split = pairs.train_test_split(test_size=reward_args.eval_split_ratio, seed=training_args.seed)
         train, evaluation = split["train"], split["test"]
-    push, training_args.push_to_hub = training_args.push_to_hub, False  # published once, with the reward card
+    push = training_args.push_to_hub
+    training_args = derive(training_args, push_to_hub=False)  # published once, after training, with the reward card
     trainer, _ = train_and_save(
         RewardTrainer,
         model_args.model_name_or_path,

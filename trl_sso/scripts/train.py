@@ -5,9 +5,7 @@ saving and publishing."""
 import logging
 
 from ..data import load_sso_dataset, required_columns, to_canonical, validate_source
-from ..hub import push_folder
-from ..names import hub_id, public_name
-from .common import ignore_bias_buffers, require_model, train_and_save
+from .common import finish_training, ignore_bias_buffers, require_model, train_and_save
 
 
 logger = logging.getLogger(__name__)
@@ -80,36 +78,3 @@ def train_sso(script_args, training_args, model_args, dataset_args=None):
     )
     finish_training(trainer, output, training_args, model_args, sources)
     return trainer
-
-
-def finish_training(trainer, output, training_args, model_args, sources) -> None:
-    """After a training command: the metrics saved, the card naming the Hub datasets among `sources`, publishing with
-    `--push_to_hub`, and the trainer ended (trackers, process group) as TRL's scripts end."""
-    from accelerate.utils import is_peft_model
-
-    trainer.log_metrics("train", output.metrics)
-    trainer.save_metrics("train", output.metrics)
-    dataset_name = [name for source in sources if source and (name := hub_id(source))] or None  # the card's list
-    if dataset_name:
-        trainer.create_model_card(dataset_name=dataset_name)
-    if training_args.push_to_hub and trainer.accelerator.is_main_process:
-        if is_peft_model(trainer.model) and hub_id(model_args.model_name_or_path) is None:
-            logger.warning(
-                f"The adapter's base model is a local folder ({public_name(model_args.model_name_or_path)}): the "
-                "published adapter loads only where that folder exists. Publish the base model and train from its "
-                "Hub id to make it loadable from the Hub alone."
-            )
-        # the saved folder as it is (what a rerun of a finished training reuses), without its checkpoints
-        url = push_folder(
-            training_args.output_dir,
-            trainer.hub_model_id,
-            private=bool(training_args.hub_private_repo),
-            revision=training_args.hub_revision,
-            commit_message="End of training",
-            token=training_args.hub_token,
-        )
-        trainer.accelerator.print(
-            f"Published the trained {'adapter' if is_peft_model(trainer.model) else 'model'} to {url}"
-        )
-    trainer.accelerator.wait_for_everyone()
-    trainer.end()
