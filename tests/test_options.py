@@ -126,3 +126,45 @@ def test_conflicting_placements_are_refused_at_parse_time(tmp_path):
         parse("iterate", ["--output_dir", str(tmp_path), "--principle_placement", "system",
                           "--sso_principle_placement", "after_question"])  # fmt: skip
     parse("iterate", ["--output_dir", str(tmp_path), "--principle_placement", "system"])
+
+
+def options_table() -> str:
+    """The README's table of the shared options, from their one declaration (`trl_sso.generation.arguments`)."""
+    from trl_sso.generation.arguments import VLLMOptions
+
+    takers = {
+        SamplingOptions: "all six",
+        TripleOptions: "generate, iterate, pipeline, online",
+        VLLMOptions: "generate, iterate, pipeline, online",
+    }
+    overrides = {}
+    for (cls, name), value in OVERRIDDEN.items():
+        command = {OnlineSSOConfig: "online", CalibrateArguments: "calibrate", EvaluateArguments: "evaluate"}[cls]
+        overrides.setdefault(name, []).append(f"{command}: {value!r}")
+    lines = ["| option | default | taken by | what it does |", "|---|---|---|---|"]
+    for mixin, commands in takers.items():
+        for f in dataclasses.fields(mixin):
+            default = repr(f.default) if f.default is not dataclasses.MISSING else "—"
+            if f.name in overrides:
+                default += f" ({'; '.join(overrides[f.name])})"
+            lines.append(f"| `{f.name}` | `{default}` | {commands} | {f.metadata['help'].replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def test_the_readme_option_table_is_the_declaration():
+    """The README lists the shared options as they are declared: regenerate it with `python tests/test_options.py`."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start, end = "<!-- options table: start -->\n", "\n<!-- options table: end -->"
+    assert start in readme and end in readme
+    assert readme[readme.index(start) + len(start) : readme.index(end)] == options_table()
+
+
+if __name__ == "__main__":  # rewrite the README's table from the declarations
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "README.md"
+    text = path.read_text()
+    start, end = "<!-- options table: start -->\n", "\n<!-- options table: end -->"
+    path.write_text(text[: text.index(start) + len(start)] + options_table() + text[text.index(end) :])
