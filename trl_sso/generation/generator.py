@@ -20,6 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..cards import data_provenance, sso_dataset_card
 from ..data import (
     GENERATED_DATA_DIR,
@@ -32,6 +34,7 @@ from ..data import (
 from ..files import clear_leftovers, save_folder_atomic, write_json_atomic
 from ..models import load_chat_model, require_chat_template
 from ..names import DEFAULT_MODEL_ID, public_name
+from ..offline import default_model_path
 from ..principles import expand_feature_names, known_features
 from ..runtime import process_state, wait_for_main
 from ..signal.plots import plot_accuracy
@@ -204,8 +207,6 @@ class SSOGenerator:
         if sampler is None:
             model_name = args.model_name_or_path
             if model_name is None:
-                from ..offline import default_model_path
-
                 model_name = default_model_path()
             if args.use_vllm:
                 from transformers import AutoTokenizer
@@ -290,8 +291,6 @@ class SSOGenerator:
 
     def run(self):
         """Generate every missing batch of this process, then (main process) merge them into the dataset."""
-        from tqdm.auto import tqdm
-
         batch_dir = self.output_dir / BATCH_DIR
         if self.state.is_main_process:
             batch_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import os
 import re
 
 from ..files import removed_on_failure, write_json_atomic
-from ..hub import push_folder
+from ..hub import point_adapter_at, push_folder
 from ..names import hub_id, public_name
 
 
@@ -323,9 +323,6 @@ def train_and_save(trainer_class, model_name: str, model_args, training_args, be
     with removed_on_failure(training_args.output_dir):  # a failed save (a full disk) leaves no partial model
         trainer.save_model()
         if trainer.accelerator.is_main_process:  # an adapter names its base by Hub id, never by a local folder
-            from ..hub import point_adapter_at
-            from ..names import hub_id
-
             point_adapter_at(training_args.output_dir, hub_id(model_name), model_args.model_revision)
         trainer.save_state()  # last: its presence says the final model is saved (`finished_training`)
     trainer.accelerator.wait_for_everyone()

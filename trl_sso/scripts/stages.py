@@ -14,6 +14,7 @@ from ..generation.arguments import GenerateArguments, GenerationOptions
 from ..generation.generator import generation_metrics
 from ..generation.prompts import load_prompts
 from ..generation.samplers import TransformersSampler
+from ..generation.vllm import VLLMEngine
 from ..names import DEFAULT_MODEL_ID, hub_id, public_name
 from ..offline import default_model_path
 from ..options import check_ranges
@@ -92,8 +93,6 @@ def vllm_engine(options: GenerationOptions):
     """The vLLM engine (or server client) a run keeps across its generation stages; None without `use_vllm`."""
     if not options.use_vllm:
         return None
-    from ..generation.vllm import VLLMEngine
-
     return VLLMEngine(options)
 
 
