@@ -65,7 +65,7 @@ def test_the_signal_of_each_generation_is_logged_and_buffered_over_micro_steps(t
     """One generation per optimizer step serves its micro-steps their own slices in order, and each logged step
     carries the values of its generation's signal (computed here by hand from its records) and its A gaps.
 
-    Mutations seen failing: `_prepare_inputs` serving `self._buffer[0]` to every micro-step (the slice check), and
+    Mutations seen failing: `_serve` handing out `self._buffer[0]` to every micro-step (the slice check), and
     `generation_metrics` dividing by twice the prompts (the value check)."""
     from trl_sso.data import RESPONSE_COLUMNS as COLUMNS
     from trl_sso.signal.report import accuracy
@@ -80,11 +80,9 @@ def test_the_signal_of_each_generation_is_logged_and_buffered_over_micro_steps(t
         generated.append(generate(rows, generation))
         return generated[-1]
 
-    def spy_prepare(inputs):
-        out = prepare(inputs)
-        if isinstance(inputs, list):  # a micro-step's prompt rows: what it is served
-            served.append(out)
-        return out
+    def spy_prepare(inputs):  # each micro-step's batch, as `SSOTrainer.training_step` prepares it
+        served.append(inputs)
+        return prepare(inputs)
 
     trainer._generate, trainer._prepare_inputs = spy_generate, spy_prepare
     trainer._log_generation = lambda batch, n: batches.append((batch, n)) or log(batch, n)

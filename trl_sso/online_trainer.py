@@ -4,9 +4,10 @@ the signal stays on-policy between optimizer steps rather than between the round
 It is an `SSOTrainer` whose data are prompts; the rest follows TRL's `GRPOTrainer`:
 - the training dataloader yields, per process, the prompts of `steps_per_generation` micro-steps at once, each such
   batch repeated `steps_per_generation` times (TRL's `RepeatSampler`);
-- `_prepare_inputs` samples the triples once per generation (`trl_sso.generation.generator.sample_triples`: the
-  generator's principles, steering prompts and filters) with the policy as it is then, tokenizes and collates them as
-  `SSOTrainer` does, and hands out one slice per micro-step;
+- `training_step` counts the micro-steps, as GRPO's does; once per generation it samples the triples
+  (`trl_sso.generation.generator.sample_triples`: the generator's principles, steering prompts and filters) with the
+  policy as it is then, tokenizes and collates them as `SSOTrainer` does, and serves one slice per micro-step to
+  `SSOTrainer.training_step`;
 - the loss is `SSOTrainer`'s (shared-prompt layout included), the reference the frozen starting policy (a separate
   model, or the adapter switched off with PEFT), or TRL's `sync_ref_model`.
 
@@ -25,7 +26,6 @@ from collections import Counter
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 from trl.trainer.grpo_trainer import RepeatSampler
 
@@ -41,17 +41,6 @@ from .trainer import SSOTrainer
 
 
 PROMPT_INDEX = "prompt_index"
-
-
-class _AlignGenerationStep(TrainerCallback):
-    """At the start of training (also when resuming), the micro-step count that seeds the generations."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._step = state.global_step * args.gradient_accumulation_steps
-        self.trainer._buffer = None
 
 
 class OnlineSSOTrainer(SSOTrainer):
@@ -94,7 +83,7 @@ class OnlineSSOTrainer(SSOTrainer):
             )
         if train_dataset is None or isinstance(train_dataset, IterableDataset):
             raise ValueError("OnlineSSOTrainer needs a `train_dataset` of prompts (a map-style `Dataset`).")
-        self._step, self._buffer = 0, None
+        self._buffer, self._counted = None, (None, 0)  # the generation's slices; (global step, micro-steps in it)
         super().__init__(
             model=model,
             ref_model=ref_model,
@@ -107,7 +96,7 @@ class OnlineSSOTrainer(SSOTrainer):
             peft_config=peft_config,
         )
         require_chat_template(self.processing_class, "the policy")
-        self.sso_collator, self.data_collator = self.data_collator, list  # the raw prompt rows reach `_prepare_inputs`
+        self.sso_collator, self.data_collator = self.data_collator, list  # the raw prompt rows reach `training_step`
         self.generation_options = args.generation_options()
         self.features = known_features(args.features_file)
         self.principle_sampler = None
@@ -120,7 +109,6 @@ class OnlineSSOTrainer(SSOTrainer):
                 trust_remote_code=trust_remote_code,
             )
         self.vllm_generation, self._synced_step = self._vllm_generation(), None
-        self.add_callback(_AlignGenerationStep(self))
 
     def _vllm_generation(self):
         """TRL's `VLLMGeneration` with `use_vllm` (colocate: an engine per process built as GRPO builds it; server:
@@ -198,7 +186,7 @@ class OnlineSSOTrainer(SSOTrainer):
 
     def _get_train_sampler(self, dataset=None):
         """Each generation batch (the prompts of `steps_per_generation` micro-steps on every process) repeated
-        `steps_per_generation` times: `_prepare_inputs` samples for the first and serves the stored triples after."""
+        `steps_per_generation` times: `training_step` samples for the first and serves the stored triples after."""
         spg = self.args.steps_per_generation
         return RepeatSampler(
             data_source=dataset if dataset is not None else self.train_dataset,
@@ -212,15 +200,21 @@ class OnlineSSOTrainer(SSOTrainer):
     # -----------------------------------------------------------------------------------------------------------------
     # Generation
 
-    def _prepare_inputs(self, inputs):
-        if not isinstance(inputs, list):  # a collated batch (from `training_step` below)
-            return super()._prepare_inputs(inputs)
+    def _micro_step(self) -> int:
+        """This micro-step's index in the whole run, counted in `training_step` from the trainer's own state (so that
+        a resumed run continues the count, and with it the generations' seeds)."""
+        global_step, seen = self._counted
+        seen = seen + 1 if global_step == self.state.global_step else 0
+        self._counted = (self.state.global_step, seen)
+        return self.state.global_step * self.args.gradient_accumulation_steps + seen
+
+    def _serve(self, rows: list[dict], step: int):
+        """The collated slice of micro-step `step`: a generation every `steps_per_generation` micro-steps (and after a
+        resume), its slices served in order; None where the filters left nothing."""
         spg = self.args.steps_per_generation
-        if self._step % spg == 0 or self._buffer is None:
-            self._buffer = self._generate(inputs, generation=self._step // spg)
-        inputs = self._buffer[self._step % spg]
-        self._step += 1
-        return inputs
+        if step % spg == 0 or self._buffer is None:
+            self._buffer = self._generate(rows, generation=step // spg)
+        return self._buffer[step % spg]
 
     def _generate(self, rows: list[dict], generation: int) -> list[dict | None]:
         """Sample the triples of `rows` with the current policy, log their signal, and return one collated slice per
@@ -260,7 +254,7 @@ class OnlineSSOTrainer(SSOTrainer):
         ]
         size = args.per_device_train_batch_size
         slices = [examples[k * size : (k + 1) * size] for k in range(args.steps_per_generation)]
-        return [self._prepare_inputs(self.sso_collator(part)) if part else None for part in slices]
+        return [self.sso_collator(part) if part else None for part in slices]
 
     def _log_generation(self, batch, num_prompts: int) -> None:
         """The signal of one generation, as training metrics under `online/` (averaged over the logging steps)."""
@@ -287,8 +281,11 @@ class OnlineSSOTrainer(SSOTrainer):
     # Training
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        inputs = self._prepare_inputs(inputs)
-        if inputs is None:  # every triple of this micro-step was filtered out: a zero that reaches every parameter
+        """In the shape of TRL's GRPO trainer: the micro-step counted here, its triples sampled or served from the
+        generation's buffer (`_serve`), then `SSOTrainer.training_step` on them. A micro-step whose triples were all
+        filtered out trains on with a zero that reaches every trainable parameter."""
+        inputs = self._serve(inputs, self._micro_step())
+        if inputs is None:
             model.train()
             loss = sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
             self.accelerator.backward(loss)
