@@ -288,3 +288,35 @@ def test_the_backward_plan_is_written_out_not_read_from_the_pair_table(
     trainer = SSOTrainer(model=tiny_model_dir, args=args, train_dataset=sso_dataset(n=2), processing_class=tokenizer)
     assert trainer._backward_plan() == plan
     assert trainer.sso_pairs[0] == ("pos" if overrides.get("sso_objective") == "generator" else "main")
+
+
+def test_the_per_pair_training_step_keeps_transformers_lines():
+    """`SSOTrainer.training_step` copies, around its per-pair forward and backward passes, what transformers'
+    `Trainer.training_step` does (context parallelism, `torch_empty_cache_steps`, the loss scaled under gradient
+    accumulation): each copied line must still be in transformers' source, and in ours. A failure here after a
+    transformers upgrade says which line to bring over."""
+    import inspect
+
+    from transformers import Trainer
+
+    from trl_sso.trainer import TRANSFORMERS_LINES
+
+    theirs = {line.strip() for line in inspect.getsource(Trainer.training_step).splitlines()}
+    ours = {line.strip() for line in inspect.getsource(SSOTrainer.training_step).splitlines()}
+    assert [line for line in TRANSFORMERS_LINES if line not in theirs] == []
+    assert [line for line in TRANSFORMERS_LINES if line not in ours] == []
+
+
+def test_the_per_pair_training_step_empties_the_cache_as_transformers_does(
+    tiny_model_dir, tokenizer, tmp_path, monkeypatch
+):
+    """`torch_empty_cache_steps` reaches the per-pair step: the device cache is cleared on the steps it names."""
+    import trl_sso.trainer as trainer_module
+
+    cleared = []
+    monkeypatch.setattr(trainer_module, "clear_device_cache", lambda: cleared.append(True))
+    args = sso_args(tmp_path, max_steps=2, torch_empty_cache_steps=1)
+    trainer = SSOTrainer(model=tiny_model_dir, args=args, train_dataset=sso_dataset(n=4), processing_class=tokenizer)
+    assert trainer._backward_per_pair(trainer.model.train())
+    trainer.train()
+    assert len(cleared) == 2  # one micro-step a step, each on a step that `torch_empty_cache_steps=1` names

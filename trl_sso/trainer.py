@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import DistributedType, broadcast_object_list, is_peft_model, tqdm
+from accelerate.utils.memory import clear_device_cache
 from datasets import Dataset, IterableDataset, concatenate_datasets
 from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader
@@ -44,6 +45,24 @@ from .tokens import template_kwargs, tokenize_pair
 
 
 logger = logging.get_logger(__name__)
+
+# The lines of `transformers.Trainer.training_step` that `SSOTrainer.training_step` copies around its per-pair
+# forward and backward passes: a test checks that transformers' source still has each of them, and ours too
+TRANSFORMERS_LINES = (
+    "cp_context, inputs = self._prepare_context_parallel_inputs(model, inputs)",
+    "with cp_context():",
+    "model.train()",
+    'if hasattr(self.optimizer, "train") and callable(self.optimizer.train):',
+    "self.optimizer.train()",
+    "inputs = self._prepare_inputs(inputs)",
+    "with self.compute_loss_context_manager():",
+    "del inputs",
+    "self.args.torch_empty_cache_steps is not None",
+    "and self.state.global_step % self.args.torch_empty_cache_steps == 0",
+    "clear_device_cache()",
+    "loss = loss / self.current_gradient_accumulation_steps",
+    "return loss.detach()",
+)
 
 
 @dataclass
@@ -565,25 +584,39 @@ class SSOTrainer(DPOTrainer):
         pairs of `_backward_plan` right after their forward pass (their share of the loss, `pair_share`, with `W`
         detached), then the loss with those pairs detached, which carries the rest of the gradient. The gradient is
         that of one backward pass of the loss (the objective is a sum of per-pair shares that meet only through `W`).
+
+        Otherwise the parent's step runs as it is. The per-pair step keeps what the parent does around the forward
+        and backward passes (context parallelism, `torch_empty_cache_steps`, the optimizer's train mode, the loss
+        scaled under gradient accumulation); those lines are copied, and `TRANSFORMERS_LINES` pins them against
+        transformers' own source (tests/test_trainer.py).
         """
-        model.train()
+        model.train()  # before the choice: it depends on the model's training mode
         if not self._backward_per_pair(model):
             return super().training_step(model, inputs, num_items_in_batch)
-        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
-            self.optimizer.train()
-        inputs = self._prepare_inputs(inputs)
-        at_once = self._backward_plan()
-        with self.maybe_activation_offload_context:  # as DPOTrainer's `training_step` (`activation_offloading`)
-            with self.compute_loss_context_manager():
-                pairs, outputs = {}, {}
-                for pair in self.sso_pairs:
-                    pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
-                    if pair in at_once:
-                        self._backward_share(pair, pairs, outputs)
-                loss = self._loss_and_metrics(inputs, pairs, outputs)
-            if not self.loss_is_scaled_for_ga:
-                loss = loss / self.current_gradient_accumulation_steps
-            self.accelerator.backward(loss)
+        cp_context, inputs = self._prepare_context_parallel_inputs(model, inputs)
+        with cp_context():
+            model.train()
+            if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+                self.optimizer.train()
+            inputs = self._prepare_inputs(inputs)
+            at_once = self._backward_plan()
+            with self.maybe_activation_offload_context:  # as DPOTrainer's `training_step` (`activation_offloading`)
+                with self.compute_loss_context_manager():
+                    pairs, outputs = {}, {}
+                    for pair in self.sso_pairs:
+                        pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
+                        if pair in at_once:
+                            self._backward_share(pair, pairs, outputs)
+                    loss = self._loss_and_metrics(inputs, pairs, outputs)
+                del inputs
+                if (
+                    self.args.torch_empty_cache_steps is not None
+                    and self.state.global_step % self.args.torch_empty_cache_steps == 0
+                ):
+                    clear_device_cache()
+                if not self.loss_is_scaled_for_ga:
+                    loss = loss / self.current_gradient_accumulation_steps
+                self.accelerator.backward(loss)
         return loss.detach()
 
     def _loss_settings(self) -> dict:
