@@ -20,8 +20,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..cards import data_provenance, sso_dataset_card
 from ..data import (
     GENERATED_DATA_DIR,
@@ -291,6 +289,8 @@ class SSOGenerator:
 
     def run(self):
         """Generate every missing batch of this process, then (main process) merge them into the dataset."""
+        from tqdm.auto import tqdm  # lazy: `trl-sso generate --help` imports this module
+
         batch_dir = self.output_dir / BATCH_DIR
         if self.state.is_main_process:
             batch_dir.mkdir(parents=True, exist_ok=True)
