@@ -21,10 +21,12 @@ Endpoints, stated before any run (`PLAN`):
 
 Sizes: a pilot (both arms, 1 round, `--pilot_prompts` training prompts, `--pilot_eval_prompts` held-out prompts)
 measures the discordant share of endpoint 1 and the spread of endpoint 2; the sizes for 80% power at alpha = 0.05
-follow (`trl_sso.signal.intervals.mcnemar_sample_size`, `two_sample_size`), from the upper end of the pilot's 95%
-interval of the discordant share and of the standard deviation, so that an unlucky pilot does not under-size the run.
-They are printed before the main run and written to `plan.json`, which a rerun reuses as it is: the plan is fixed once
-made.
+follow (`trl_sso.signal.intervals.mcnemar_sample_size`, `two_sample_size`) from the pilot's estimates (the discordant
+share no lower than the difference itself). The upper 95% bound of the pilot's standard deviation is recorded beside
+them: sized from it, the run of 2026-12-07 would have needed 164 training prompts a round, more than the 100 the
+packaged prompts hold, so the point estimate sizes it (a change made after that first plan, which is kept as
+`plan_first.json`). The sizes are printed before the main run and written to `plan.json`, which a rerun reuses as it
+is: the plan is fixed once made.
 
 Everything resumes: killed, a rerun skips the finished arms and rounds (each round resumes like `trl-sso iterate`).
 Run it in the background for as long as it needs:
@@ -226,7 +228,7 @@ def make_plan(measured: dict, cli) -> dict:
     """The sizes for 80% power at 5% (see the module docstring). Held-out prompts: for SSO - PBAA, the comparison the
     difference of 0.10 is stated for, from the pilot's discordant share (at least the difference itself); the
     comparisons with the unchanged policy are expected to be larger and use the same prompts. Training prompts: from
-    the upper 95% bound of the pilot's standard deviation of the A gap."""
+    the pilot's standard deviation of the A gap (its upper 95% bound is recorded beside it, with the size it asks)."""
     from trl_sso.signal.intervals import mcnemar_sample_size, two_sample_size
 
     delta = PLAN["held_out_difference"]
@@ -236,7 +238,8 @@ def make_plan(measured: dict, cli) -> dict:
         "pilot": measured,
         "discordant_assumed": share,
         "eval_prompts": mcnemar_sample_size(share, delta),
-        "train_prompts": two_sample_size(measured["gap_sd_upper"], PLAN["gap_difference"]),
+        "train_prompts": two_sample_size(measured["gap_sd"], PLAN["gap_difference"]),
+        "train_prompts_at_sd_upper": two_sample_size(measured["gap_sd_upper"], PLAN["gap_difference"]),
         "max_steps": cli.max_steps,
         "max_new_tokens": cli.max_new_tokens,
         "eval_max_completion_length": cli.eval_max_completion_length,
