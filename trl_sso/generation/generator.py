@@ -95,10 +95,11 @@ def generation_metrics(num_prompts: int, records: list[dict], dropped: dict[str,
     }
     if overall and overall["pairs"]:
         metrics.update({"accuracy": overall["correct"], "accuracy_ties": overall["tie"]})
+    for side in RESPONSE_COLUMNS:  # data without token counts (written by a trained generator): none
+        counts = [r[f"{side}_tokens"] for r in records if r.get(f"{side}_tokens") is not None]
+        if counts:
+            metrics[f"tokens_{side}"] = sum(counts) / len(counts)
     if records:
-        metrics.update(
-            {f"tokens_{side}": sum(r[f"{side}_tokens"] for r in records) / len(records) for side in RESPONSE_COLUMNS}
-        )
         cut = [not r[f"{side}_finished"] for r in records for side in RESPONSE_COLUMNS if f"{side}_finished" in r]
         if cut:
             metrics["truncated"] = sum(cut) / len(cut)
