@@ -287,3 +287,27 @@ def test_bench_signal_comparisons_never_claim_certainty(monkeypatch):
     assert "inconclusive" in bench.verdict(constant, 0.25)
     # 40 prompts, none following under either policy: the 90% interval is ±0.063, inside ±0.10
     assert bench.verdict(bench.paired([0] * 40, [0] * 40), 0.1).startswith("equivalent")
+
+
+def test_the_experiments_readme_table_is_recomputed_from_its_raw_results():
+    """The experiment's committed results (`tests/benchmarks/results/bench_signal/`): the held-out comparisons of its
+    report follow from the raw per-prompt outcomes, and the README shows its table as the run printed it."""
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "benchmarks" / "results" / "bench_signal"
+    rows = [json.loads(line) for line in (folder / "raw.jsonl").read_text().splitlines()]
+    final = {}
+    for row in rows:
+        if row.get("policy") == "final":
+            final.setdefault(row["arm"], {})[row["prompt"]] = row["follows"]
+    outcomes = {arm: [by_prompt[i] for i in sorted(by_prompt)] for arm, by_prompt in final.items()}
+    report = json.loads((folder / "bench_signal.json").read_text())["endpoints"]["held_out"]
+    for label, (a, b) in {"SSO - PBAA": ("SSO", "PBAA"), "SSO - unchanged": ("SSO", "unchanged"),
+                          "PBAA - unchanged": ("PBAA", "unchanged")}.items():  # fmt: skip
+        recomputed = paired_score_change(outcomes[a], outcomes[b])
+        assert recomputed["change"] == pytest.approx(report[label]["change"])
+        assert recomputed["ci95"] == pytest.approx(report[label]["ci95"])
+        assert recomputed["p_value"] == pytest.approx(report[label]["p_value"])
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert (folder / "bench_signal.md").read_text().strip() in readme

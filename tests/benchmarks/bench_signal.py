@@ -360,9 +360,9 @@ def markdown(plan: dict, analysis: dict) -> str:
     ]
     margin = plan["held_out_difference"]
     for label, r in analysis["endpoints"]["held_out"].items():
+        p = "< 0.001" if r["p_value"] < 0.001 else f"{r['p_value']:.3f}"
         lines.append(
-            f"| {label} | {_ci(r['change'], r['ci95'])} | {r['p_value']:.3f} | {_ci(r['change'], r['ci90'])} | "
-            f"{verdict(r, margin)} |"
+            f"| {label} | {_ci(r['change'], r['ci95'])} | {p} | {_ci(r['change'], r['ci90'])} | {verdict(r, margin)} |"
         )
     lines += ["", "| A(x, y+) - A(x, y_o), SSO - PBAA | difference [95% CI] | 90% CI | verdict |", "|---|---|---|---|"]
     for label, r in analysis["endpoints"]["gap"].items():
