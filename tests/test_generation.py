@@ -121,39 +121,6 @@ def test_logprob_filter_runs_through_the_sampler(tmp_path, tokenizer):
         make(tmp_path, tokenizer, sampler=Scored(), logprob_filter=True).run()
 
 
-class FakeVLLM:
-    """Mimics `vllm.LLM.generate` on token ids: a RequestOutput per prompt with `.outputs[0].token_ids`."""
-
-    def __init__(self, eos):
-        self.seen, self.eos = [], eos
-
-    def generate(self, prompts, params, use_tqdm=False):
-        from types import SimpleNamespace
-
-        self.seen.append((prompts, params))
-        return [
-            SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1, 2, 3] + ([self.eos] if i else []))])
-            for i, _ in enumerate(prompts)
-        ]
-
-
-def test_colocated_vllm_sampler(tokenizer, monkeypatch):
-    import sys
-    import types
-
-    from trl_sso.generation.vllm import ColocateSampler
-
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=dict))
-    llm = FakeVLLM(tokenizer.eos_token_id)
-    sampler = ColocateSampler(llm, tokenizer, {"repetition_penalty": 1.2})
-    out = sampler.sample([[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Yo"}]], 0.7, 0.8, 3, 5)
-    assert [c.num_tokens for c in out] == [3, 3] and [c.finished for c in out] == [False, True]
-    prompts, params = llm.seen[0]
-    text = tokenizer.decode(prompts[0]["prompt_token_ids"])
-    assert text.endswith("<|im_start|>assistant\n") and "Hi" in text
-    assert params == {"temperature": 0.7, "top_p": 0.8, "max_tokens": 3, "seed": 5, "repetition_penalty": 1.2}
-
-
 def test_vllm_missing_is_a_clear_error():
     from trl_sso.generation.arguments import GenerationOptions
     from trl_sso.generation.vllm import VLLMEngine

@@ -194,15 +194,11 @@ def test_no_report_claims_certainty_on_all_zero_data(monkeypatch):
     answer = SimpleNamespace(text="word " * 80, num_tokens=96, finished=False)  # long, cut: follows no good side
 
     class Sampler:
-        def __init__(self, *args):
-            pass
-
         def sample(self, prompts, *args):
             return [answer for _ in prompts]
 
-    monkeypatch.setattr(stages, "TransformersSampler", Sampler)
     brevity = {"Brevity": features["Brevity"]}
-    rows = [{"model": str(i), **stages.score_answers(None, None, ["Q?"] * 16, brevity)[0]} for i in range(2)]
+    rows = [{"model": str(i), **stages.score_answers(Sampler(), ["Q?"] * 16, brevity)[0]} for i in range(2)]
     evaluate.compare_with_first(rows)
     evaluation = {"prompts": 16, "features": ["Brevity"], "models": rows}
     assert rows[1]["vs_first"]["change"] == 0 and "tokens_change_note" in rows[1]["vs_first"]

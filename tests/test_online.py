@@ -202,46 +202,29 @@ def test_the_online_command_on_two_processes(tiny_model_dir, tmp_path):
     assert "online-sso" in (out / "README.md").read_text()
 
 
-class StandInVLLMGeneration:
-    """Records how `OnlineSSOTrainer` uses TRL's `VLLMGeneration`: its settings, weight syncs and generate calls."""
-
-    def __init__(self, model, accelerator, processing_class, **settings):
-        self.settings, self.tokenizer, self.events, self.calls = settings, processing_class, [], []
-        self.temperature, self.top_p = settings["temperature"], settings["top_p"]
-        self.max_completion_length, self.generation_kwargs = settings["max_completion_length"], {}
-        StandInVLLMGeneration.last = self
-
-    def sync_weights(self):
-        self.events.append("sync")
-
-    def generate(self, prompts, images, num_generations):
-        self.events.append("generate")
-        self.calls.append((self.temperature, self.top_p, self.max_completion_length, dict(self.generation_kwargs)))
-        eos = self.tokenizer.eos_token_id
-        answer = [self.tokenizer(f"Answer {len(self.events)}.{i}.", add_special_tokens=False)["input_ids"] + [eos]
-                  for i, _ in enumerate(prompts)]  # fmt: skip
-        return prompts, answer, None, None
-
-
 def test_use_vllm_samples_through_trls_vllm_generation(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
-    import trl.generation.vllm_generation
+    """TRL's `VLLMGeneration` (colocate, over a stand-in engine), as GRPO drives it: built from the trainer's model,
+    the policy's weights synced before each generation that follows an optimizer step (round 2: the trained
+    weights, by their fingerprint), each call with its own sampling settings."""
+    from vllm_engine import StandInLLM, fingerprint, use_stand_in_llm
 
-    import trl_sso.generation.vllm
-
-    monkeypatch.setattr(trl.generation.vllm_generation, "VLLMGeneration", StandInVLLMGeneration)
-    monkeypatch.setattr(trl_sso.generation.vllm, "require_vllm", lambda: None)
+    events = use_stand_in_llm(monkeypatch, tokenizer)
     args = online_args(
-        tmp_path, use_vllm=True, vllm_mode="server", vllm_server_base_url="http://127.0.0.1:1", max_steps=2,
-        original_temperature=0.5, generation_kwargs={"repetition_penalty": 1.1},
+        tmp_path, use_vllm=True, vllm_gpu_memory_utilization=0.4, max_steps=2, original_temperature=0.5,
+        generation_kwargs={"repetition_penalty": 1.1},
     )  # fmt: skip
     trainer = OnlineSSOTrainer(model=tiny_model_dir, args=args, train_dataset=PROMPTS, processing_class=tokenizer)
+    start = fingerprint(trainer.model)
+    synced = []
+    sync = trainer.vllm.sync
+    monkeypatch.setattr(trainer.vllm, "sync", lambda: (sync(), synced.append(fingerprint(trainer.model))))
     trainer.train()
-    engine = StandInVLLMGeneration.last
-    assert engine.settings["mode"] == "server" and engine.settings["server_base_url"] == "http://127.0.0.1:1"
-    # the policy's weights go to the engine before each generation that follows an optimizer step
-    assert engine.events == ["sync", "generate", "generate"] * 2
-    assert [call[0] for call in engine.calls] == [1.0, 0.5, 1.0, 0.5]  # y+ / y-, then y_o at its own temperature
-    assert all(call[2] == 8 and call[3]["repetition_penalty"] == 1.1 and "seed" in call[3] for call in engine.calls)
+    assert StandInLLM.built[0]["model"] == tiny_model_dir and StandInLLM.built[0]["gpu_memory_utilization"] == 0.4
+    assert [event.split()[0] for event in events] == ["build"] + ["load", "generate", "generate"] * 2
+    loads = [event for event in events if event.startswith("load")]
+    assert loads == [start, synced[1]] and synced[0] == start and synced[1] != start  # the trained weights, step 2
+    assert [params["temperature"] for params in StandInLLM.params] == [1.0, 0.5, 1.0, 0.5]  # y+ / y-, then y_o
+    assert all(p["max_tokens"] == 8 and p["repetition_penalty"] == 1.1 and "seed" in p for p in StandInLLM.params)
     assert len(trainer.last_records) == 2 and trainer.last_records[0]["chosen"][-1]["content"].startswith("Answer")
 
 

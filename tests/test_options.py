@@ -132,11 +132,20 @@ def options_table() -> str:
     """The README's table of the shared options, from their one declaration (`trl_sso.generation.arguments`)."""
     from trl_sso.generation.arguments import VLLMOptions
 
-    takers = {
-        SamplingOptions: "all six",
-        TripleOptions: "generate, iterate, pipeline, online",
-        VLLMOptions: "generate, iterate, pipeline, online",
+    from trl_sso.generation.arguments import GenerationOptions
+
+    commands = {  # each command's class of sampling options
+        "generate": GenerateArguments,
+        "iterate": GenerationOptions,
+        "pipeline": GenerationOptions,
+        "online": OnlineSSOConfig,
+        "calibrate": CalibrateArguments,
+        "evaluate": EvaluateArguments,
     }
+    takers = {}
+    for mixin in (SamplingOptions, TripleOptions, VLLMOptions):
+        names = [name for name, cls in commands.items() if issubclass(cls, mixin)]
+        takers[mixin] = "all six" if len(names) == len(commands) else ", ".join(names)
     overrides = {}
     for (cls, name), value in OVERRIDDEN.items():
         command = {OnlineSSOConfig: "online", CalibrateArguments: "calibrate", EvaluateArguments: "evaluate"}[cls]

@@ -12,9 +12,6 @@
 """
 
 import json
-import sys
-import types
-import weakref
 
 import pytest
 import torch
@@ -68,55 +65,20 @@ def test_server_mode_samples_scores_and_gets_each_rounds_policy(tiny_model_dir, 
         torch.testing.assert_close(server.model.state_dict()[name], value)
 
 
-class StandInEngine:
-    """Records what is done to a colocated engine; answers with a few fixed tokens."""
-
-    events: list[str] = []
-
-    def __init__(self, model_path, tokenizer):
-        self.tokenizer = tokenizer
-        self.events.append(f"build {model_path.name}")
-        weakref.finalize(self, self.events.append, "delete")
-        self.llm_engine = types.SimpleNamespace(
-            model_executor=types.SimpleNamespace(
-                driver_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=self))
-            )
-        )
-
-    def generate(self, requests, params, use_tqdm=False):
-        self.events.append("generate")
-        outputs, call = [], len(self.events)
-        for index, _ in enumerate(requests):  # a different answer per request and call: y+, y- and y_o differ
-            answer = self.tokenizer(f"Answer {call}.{index}.", add_special_tokens=False)["input_ids"]
-            completion = types.SimpleNamespace(token_ids=answer + [self.tokenizer.eos_token_id])
-            outputs.append(types.SimpleNamespace(outputs=[completion]))
-        return outputs
-
-    def sleep(self, level):
-        self.events.append(f"sleep {level}")
-
-    def wake_up(self):
-        self.events.append("wake")
-
-    def load_weights(self, weights):
-        self.events.append(f"load {len(list(weights))} tensors")
-
-    def reset_prefix_cache(self):
-        pass
-
-
 @pytest.mark.parametrize("sleep", [True, False], ids=["sleep mode", "delete"])
 @pytest.mark.slow  # end-to-end (several processes, or whole command runs): outside the fast subset
 def test_colocate_lifecycle_hands_memory_back_before_training(tiny_model_dir, tmp_path, monkeypatch, sleep):  # noqa: F811
+    """TRL's `VLLMGeneration` over a stand-in engine, through 2 rounds of `iterate`: the engine is built once from
+    the starting policy; with sleep mode it sleeps after each call and takes the weights of the round's policy when it
+    wakes (round 2: round 1's trained policy, by the fingerprint of the weights loaded); without, it is deleted before
+    each training and built anew from the next policy."""
     from pathlib import Path
+
+    from vllm_engine import fingerprint, use_stand_in_llm
 
     import trl_sso.scripts.iterate as iterate_module
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    events = StandInEngine.events = []
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=dict))
-    monkeypatch.setattr(vllm_module, "require_vllm", lambda: None)
-    monkeypatch.setattr(vllm_module, "_build_llm", lambda options, path, *rest: StandInEngine(Path(path), tokenizer))
+    events = use_stand_in_llm(monkeypatch, AutoTokenizer.from_pretrained(tiny_model_dir))
     train_stage = iterate_module.train_stage
 
     def recorded_train_stage(*args, **kwargs):
@@ -124,31 +86,68 @@ def test_colocate_lifecycle_hands_memory_back_before_training(tiny_model_dir, tm
         return train_stage(*args, **kwargs)
 
     monkeypatch.setattr(iterate_module, "train_stage", recorded_train_stage)
-    extra = ["--use_vllm", "--vllm_enable_sleep_mode", str(sleep).lower()]
-    run_iterate(tiny_model_dir, tmp_path / "run", *extra)
+    out = tmp_path / "run"
+    run_iterate(tiny_model_dir, out, "--use_vllm", "--vllm_enable_sleep_mode", str(sleep).lower())
     start = Path(tiny_model_dir).name
-    round_one = ["generate"] * 2  # one batch: y+ and y- together, then y_o
     if sleep:
-        tensors = len(list(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters()))
-        second = ["wake", f"load {tensors} tensors"]
-        expected = [f"build {start}", *round_one, "sleep 1", "train", *second, *round_one, "sleep 1", "train"]
+        first = fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+        second = fingerprint(AutoModelForCausalLM.from_pretrained(out / "round_1" / "policy"))
+        assert first != second
+
+        def call(weights):  # a generate call of a sleeping engine: the weights and the cache wake, then it sleeps
+            return ["wake weights", weights, "wake kv_cache", "generate", "sleep 2"]
+
+        expected = [f"build {start}", "sleep 2", *call(first), *call(first), "train", *call(second), *call(second)]
+        expected.append("train")
     else:
-        expected = [f"build {start}", *round_one, "delete", "train", "build policy", *round_one, "delete", "train"]
+        expected = [f"build {start}", "generate", "generate", "delete", "train"]  # y+/y- together, then y_o
+        expected += ["build policy", "generate", "generate", "delete", "train"]
     assert events == expected
 
 
-def test_vllm_samplers_read_truncation_end_of_sequence_and_prompt_logprobs(tiny_model_dir):  # noqa: F811
+def test_vllm_sampler_passes_the_settings_of_each_call(tiny_model_dir, monkeypatch):  # noqa: F811
+    """Through TRL's `VLLMGeneration` (a stand-in engine): each call's temperature, top_p, token limit and seed, and
+    the options' `repetition_penalty`, reach vLLM's `SamplingParams`; the engine's own settings are restored after."""
+    from vllm_engine import StandInLLM, use_stand_in_llm
+
+    from trl_sso.generation.arguments import GenerationOptions
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    use_stand_in_llm(monkeypatch, tokenizer)
+    engine = vllm_module.VLLMEngine(GenerationOptions(use_vllm=True, repetition_penalty=1.2))
+    sampler = engine.sampler(tiny_model_dir, tokenizer)
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Yo"}]]
+    out = sampler.sample(prompts, 0.7, 0.8, 3, 5)
+    assert [c.finished for c in out] == [False, False] and [c.num_tokens for c in out] == [3, 3]  # cut at 3 tokens
+    params = StandInLLM.params[-1]
+    assert {k: params[k] for k in ("temperature", "top_p", "max_tokens", "seed", "repetition_penalty", "n")} == {
+        "temperature": 0.7, "top_p": 0.8, "max_tokens": 3, "seed": 5, "repetition_penalty": 1.2, "n": 1
+    }  # fmt: skip
+    assert (engine.generation.temperature, engine.generation.generation_kwargs) == (1.0, {})  # restored
+    assert StandInLLM.built[-1]["gpu_memory_utilization"] == 0.3  # `vllm_gpu_memory_utilization`'s default
+
+
+def test_vllm_samplers_read_truncation_end_of_sequence_and_prompt_logprobs(tiny_model_dir, monkeypatch):  # noqa: F811
     from vllm_server import FakeVLLMServer
+
+    from trl_sso.generation.arguments import GenerationOptions
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     eos = tokenizer.eos_token_id
+    engine = vllm_module.VLLMEngine.__new__(vllm_module.VLLMEngine)
+    engine.options, engine.shared = GenerationOptions(use_vllm=True, vllm_mode="server"), False
 
-    class Client:
-        def generate(self, prompts, n, logprobs, generation_kwargs, temperature, top_p, max_tokens):
-            assert generation_kwargs == {"seed": 5, "repetition_penalty": 1.1}
-            return {"completion_ids": [[5, 6, eos], [5, 6, 7], [5]]}
+    class Generation:  # the part of TRL's `VLLMGeneration` the sampler reads
+        temperature = top_p = 1.0
+        max_completion_length, generation_kwargs, repetition_penalty, top_k, min_p = 16, {}, 1.0, 0, 0.0
 
-    sampler = vllm_module.ServerSampler(Client(), tokenizer, {"repetition_penalty": 1.1})
+        def generate(self, prompts, images, num_generations):
+            settings = (self.repetition_penalty, self.generation_kwargs, self.max_completion_length)
+            assert settings == (1.1, {"seed": 5}, 3)
+            return prompts, [[5, 6, eos], [5, 6, 7], [5]], None, None
+
+    engine.generation = Generation()
+    sampler = vllm_module.VLLMSampler(engine, tokenizer, {"repetition_penalty": 1.1})
     prompt = [{"role": "user", "content": "Hi"}]
     finished, cut, short = sampler.sample([prompt] * 3, 0.7, 0.9, 3, 5)
     assert (finished.num_tokens, finished.finished) == (2, True)
@@ -156,22 +155,16 @@ def test_vllm_samplers_read_truncation_end_of_sequence_and_prompt_logprobs(tiny_
     assert (short.num_tokens, short.finished) == (1, True)
 
     # prompt log-probabilities: the token-mean log-prob of each response, as the transformers sampler scores it
+    from trl.generation import vllm_client
+
+    monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)  # the client's own check
+
     from trl_sso.generation.samplers import TransformersSampler
 
     server = FakeVLLMServer(tiny_model_dir)
     try:
-
-        class LogpClient:
-            def get_sequence_logprobs(self, sequences, starts, top_logprobs):
-                choices = [server._prompt_logprobs(ids) for ids in sequences]
-                return {
-                    "actual_logprobs": [
-                        [[next(iter(c["prompt_logprobs"][t].values()))["logprob"]] for t in range(s, len(ids))]
-                        for c, ids, s in zip(choices, sequences, starts)
-                    ]
-                }
-
-        scores = vllm_module.ServerSampler(LogpClient(), tokenizer).mean_logps([prompt], [["Hello there.", "No."]])
+        engine.generation.vllm_client = vllm_client.VLLMClient(base_url=server.url, connection_timeout=5)
+        scores = vllm_module.VLLMSampler(engine, tokenizer).mean_logps([prompt], [["Hello there.", "No."]])
     finally:
         server.close()
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

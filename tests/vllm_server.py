@@ -102,7 +102,7 @@ class FakeVLLMServer:
 
 def cpu_weight_transfer(monkeypatch):
     """Route `VLLMClient`'s weight pushes over HTTP (see the module docstring); returns the list of pushes made."""
-    from trl.generation import vllm_client
+    from trl.generation import vllm_client, vllm_generation
 
     pushes = []
 
@@ -115,6 +115,7 @@ def cpu_weight_transfer(monkeypatch):
         self._post(f"{self.base_url}/cpu_update_weights", json={"weights": weights})
 
     monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)
+    monkeypatch.setattr(vllm_generation, "is_vllm_available", lambda *args, **kwargs: True)
     monkeypatch.setattr(vllm_client.VLLMClient, "init_communicator", init_communicator)
     monkeypatch.setattr(vllm_client.VLLMClient, "update_named_params", update_named_params)
     return pushes

@@ -100,56 +100,29 @@ class OnlineSSOTrainer(SSOTrainer):
         self.generation_options = args.generation_options()
         self.features = known_features(args.features_file)
         self.principle_sampler = None
+        trust_remote_code = bool((args.model_init_kwargs or {}).get("trust_remote_code", False))
         if args.principle_source == "model":  # a separate model writes the guideline pairs
-            trust_remote_code = bool((args.model_init_kwargs or {}).get("trust_remote_code", False))
             self.principle_sampler = principle_model_sampler(
                 self.generation_options,
                 self.accelerator.device,
                 args.per_device_train_batch_size,
                 trust_remote_code=trust_remote_code,
             )
-        self.vllm_generation, self._synced_step = self._vllm_generation(), None
+        self.vllm, self._synced_step = None, None
+        if args.use_vllm:  # TRL's `VLLMGeneration` on this trainer's model, as GRPO builds it
+            from .generation.vllm import VLLMEngine
 
-    def _vllm_generation(self):
-        """TRL's `VLLMGeneration` with `use_vllm` (colocate: an engine per process built as GRPO builds it; server:
-        TRL's client), or None."""
-        args = self.args
-        if not args.use_vllm:
-            return None
-        from trl.generation.vllm_generation import VLLMGeneration
-
-        from .generation.vllm import require_vllm
-
-        require_vllm()
-        return VLLMGeneration(
-            model=self.model,
-            accelerator=self.accelerator,
-            processing_class=self.processing_class,
-            mode=args.vllm_mode,
-            server_base_url=args.vllm_server_base_url,
-            server_timeout=args.vllm_server_timeout,
-            tensor_parallel_size=args.vllm_tensor_parallel_size,
-            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-            max_model_length=args.vllm_max_model_length,
-            enable_sleep_mode=args.vllm_enable_sleep_mode,
-            trust_remote_code=bool((args.model_init_kwargs or {}).get("trust_remote_code", False)),
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_completion_length=args.max_completion_length,
-        )
+            self.vllm = VLLMEngine.for_trainer(self, trust_remote_code)
 
     def _sampler(self, policy, batch_size: int):
-        """What samples this generation: TRL's vLLM engine (the policy's weights synced to it once per optimizer
-        step), or transformers' `generate` on the policy."""
-        kwargs = self.generation_options.sampling_kwargs()
-        if self.vllm_generation is None:
-            return TransformersSampler(policy, self.processing_class, batch_size, kwargs)
-        from .generation.vllm import TrainerEngineSampler
-
+        """What samples this generation: vLLM (the policy's weights synced to it once per optimizer step), or
+        transformers' `generate` on the policy."""
+        if self.vllm is None:
+            return TransformersSampler(policy, self.processing_class, batch_size, self.args.sampling_kwargs())
         if self._synced_step != self.state.global_step:
-            self.vllm_generation.sync_weights()
+            self.vllm.sync()
             self._synced_step = self.state.global_step
-        return TrainerEngineSampler(self.vllm_generation, self.processing_class, kwargs)
+        return self.vllm.make_sampler(self.processing_class)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Data: prompts
@@ -238,7 +211,7 @@ class OnlineSSOTrainer(SSOTrainer):
                 provenance={"generator_model": "online", "seed": args.seed, "iteration": generation + 1},
             )
 
-        if self.vllm_generation is not None:
+        if self.vllm is not None:
             batch = sample(self._sampler(None, len(rows)))
         else:
             with unwrap_model_for_generation(self.model, self.accelerator) as policy:

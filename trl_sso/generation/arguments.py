@@ -209,8 +209,8 @@ class TripleOptions:
 
 @dataclass
 class VLLMOptions:
-    """Sampling with vLLM (GPUs), under the option names of TRL's online trainers; read by the generator and by
-    `OnlineSSOTrainer`, both through `trl_sso.generation.vllm`."""
+    """Sampling with vLLM (GPUs), under the option names of TRL's online trainers; every command that samples and
+    `OnlineSSOTrainer` read them through `trl_sso.generation.vllm` (TRL's `VLLMGeneration`)."""
 
     use_vllm: bool = field(
         default=False,
@@ -228,7 +228,7 @@ class VLLMOptions:
     vllm_server_base_url: str | None = field(
         default=None,
         metadata={
-            "help": "Base URL of the vLLM server (server mode). Default: http://127.0.0.1:8000.",
+            "help": "Base URL of the vLLM server (server mode). Default: port 8000 of this machine (TRL's).",
             "affects_data": False,
         },
     )
@@ -262,8 +262,9 @@ class VLLMOptions:
     vllm_enable_sleep_mode: bool = field(
         default=False,
         metadata={
-            "help": "Put the colocated engine to sleep while the policy trains (weights offloaded, KV cache freed) "
-            "instead of keeping it (online training) or deleting it (between the rounds of `iterate`).",
+            "help": "Put the colocated engine to sleep between its calls, as TRL does (weights and KV cache freed; "
+            "the policy's weights are loaded again before the next call), instead of keeping it (online training) "
+            "or deleting it before each training (`iterate`, `pipeline`).",
             "affects_data": False,
         },
     )

@@ -30,7 +30,7 @@ from ..data import (
     make_record,
 )
 from ..files import clear_leftovers, save_folder_atomic, write_json_atomic
-from ..models import load_chat_model, require_chat_template
+from ..models import load_chat_model
 from ..names import DEFAULT_MODEL_ID, public_name
 from ..offline import default_model_path
 from ..principles import expand_feature_names, known_features
@@ -39,6 +39,7 @@ from ..signal.plots import plot_accuracy
 from ..signal.report import signal_report
 from .arguments import GenerateArguments
 from .filters import REASONS, drop_reason, logprob_keep
+from .policy import policy_sampler
 from .prompts import load_prompts
 from .samplers import TransformersSampler
 from .sources import PrincipleSource
@@ -181,15 +182,21 @@ def sample_triples(
 
 
 def generation_worker(args: GenerateArguments, state) -> tuple[int, int, bool]:
-    """`(worker, workers, writes)` of this process: the processes of a colocated vLLM tensor-parallel group generate
-    the same batches together (one worker, whose first process writes them); otherwise each process is a worker.
+    """`(worker, workers, writes)` of this process: the processes that share one vLLM engine generate the same batches
+    together (one worker, whose first process writes them; `trl_sso.generation.vllm`): those of a colocated
+    tensor-parallel group, or all of them with a server. Otherwise each process is a worker.
 
     >>> from types import SimpleNamespace as N
     >>> args = N(use_vllm=True, vllm_mode="colocate", vllm_tensor_parallel_size=2)
     >>> [generation_worker(args, N(process_index=i, num_processes=4)) for i in range(4)]
     [(0, 2, True), (0, 2, False), (1, 2, True), (1, 2, False)]
+    >>> args = N(use_vllm=True, vllm_mode="server", vllm_tensor_parallel_size=1)
+    >>> [generation_worker(args, N(process_index=i, num_processes=2)) for i in range(2)]
+    [(0, 1, True), (0, 1, False)]
     """
-    size = args.vllm_tensor_parallel_size if args.use_vllm and args.vllm_mode == "colocate" else 1
+    size = 1
+    if args.use_vllm:
+        size = args.vllm_tensor_parallel_size if args.vllm_mode == "colocate" else state.num_processes
     return state.process_index // size, max(state.num_processes // size, 1), state.process_index % size == 0
 
 
@@ -204,26 +211,18 @@ class SSOGenerator:
             expand_feature_names(args.features, self.features)
         self.prompts = load_prompts(args.prompts, args.prompt_column, args.prompt_split, args.num_prompts)
         if sampler is None:
-            model_name = args.model_name_or_path
-            if model_name is None:
-                model_name = default_model_path()
-            if args.use_vllm:
-                from transformers import AutoTokenizer
-
-                from .vllm import VLLMEngine
-
-                tokenizer = AutoTokenizer.from_pretrained(
-                    model_name, revision=args.model_revision, trust_remote_code=args.trust_remote_code
-                )
-                require_chat_template(tokenizer, model_name)
-                if self.engine is None:  # this run's own engine, released when it ends
-                    self.engine, self.owns_engine = VLLMEngine(args), True
-                sampler = self.engine.sampler(model_name, tokenizer, args.model_revision, args.trust_remote_code)
-            else:
-                model, tokenizer = load_chat_model(
-                    model_name, args.dtype, self.state.device, args.model_revision, args.trust_remote_code
-                )
-                sampler = TransformersSampler(model, tokenizer, args.batch_size, args.sampling_kwargs())
+            model_name = args.model_name_or_path or default_model_path()
+            sampler, tokenizer = policy_sampler(
+                args,
+                model_name,
+                args.batch_size,
+                engine,
+                dtype=args.dtype,
+                revision=args.model_revision,
+                trust_remote_code=args.trust_remote_code,
+            )
+            if args.use_vllm and engine is None:  # this run's own engine, released when it ends
+                self.engine, self.owns_engine = sampler.engine, True
         self.sampler, self.tokenizer = sampler, tokenizer
         if args.principle_source == "model" and principle_sampler is None:
             principle_sampler = principle_model_sampler(

@@ -19,22 +19,21 @@ from pathlib import Path
 
 from ..data import PLACEMENTS, build_steered_prompt
 from ..files import write_json_atomic
-from ..generation.arguments import SamplingOptions, redefault
+from ..generation.arguments import SamplingOptions, VLLMOptions, redefault
+from ..generation.policy import policy_sampler
 from ..generation.prompts import load_prompts
-from ..generation.samplers import TransformersSampler
 from ..names import DEFAULT_MODEL_ID, public_name
 from ..options import check_ranges
 from ..principles import contrastive_system_prompts, expand_feature_names, known_features
 from ..signal.intervals import paired_score_change, wilson, with_interval
-from ..signal.onpolicy import load_policy
 from ..signal.plots import plot_calibration
 from ..signal.responses import outcome, outcome_shares
 
 
 @dataclass
-class CalibrateArguments(SamplingOptions):
-    """Options of `trl-sso calibrate`: the sampling options are the generator's (`SamplingOptions`), so that the check
-    samples as generation will."""
+class CalibrateArguments(SamplingOptions, VLLMOptions):
+    """Options of `trl-sso calibrate`: the sampling and vLLM options are the generator's (`SamplingOptions`,
+    `VLLMOptions`), so that the check samples as generation will."""
 
     # the check answers many times (features x placements x sides): short answers keep it a quick look
     max_completion_length: int = redefault(SamplingOptions, "max_completion_length", 64)
@@ -127,7 +126,7 @@ def calibrate(args: CalibrateArguments) -> dict:
         )
     prompts = load_prompts(args.prompts, args.prompt_column, num_prompts=args.num_prompts, packaged="eval_prompts")
     model_name = args.model_name_or_path or DEFAULT_MODEL_ID
-    model, tokenizer = load_policy(model_name)
+    sampler, tokenizer = policy_sampler(args, model_name, args.batch_size, chat=False)
     jobs = [("plain", None, None)]  # (side, feature, placement), each answering every prompt
     jobs += [(side, name, where) for name in names for where in args.placements for side in ("good", "bad")]
     inputs = []
@@ -139,7 +138,7 @@ def calibrate(args: CalibrateArguments) -> dict:
         principle = positive if side == "good" else negative
         inputs += [build_steered_prompt(p, principle, tokenizer, where) for p in prompts]
     start = time.perf_counter()
-    completions = TransformersSampler(model, tokenizer, args.batch_size, args.sampling_kwargs()).sample(
+    completions = sampler.sample(
         inputs, args.temperature, args.top_p, args.max_completion_length, args.seed, desc="Answering"
     )
     seconds = time.perf_counter() - start

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import write_json_atomic
-from ..generation.arguments import SamplingOptions, redefault
+from ..generation.arguments import SamplingOptions, VLLMOptions, redefault
+from ..generation.policy import policy_sampler
 from ..generation.prompts import load_prompts
 from ..names import DEFAULT_MODEL_ID, public_names
 from ..options import Range, check_ranges
@@ -19,14 +20,14 @@ from ..signal.intervals import (
     wilson,
     with_interval,
 )
-from ..signal.onpolicy import load_policy
 from ..signal.plots import plot_evaluation
 from .stages import format_change, held_out_change, score_answers
 
 
 @dataclass
-class EvaluateArguments(SamplingOptions):
-    """Options of `trl-sso evaluate`; the sampling options are the generator's (`SamplingOptions`)."""
+class EvaluateArguments(SamplingOptions, VLLMOptions):
+    """Options of `trl-sso evaluate`; the sampling and vLLM options are the generator's (`SamplingOptions`,
+    `VLLMOptions`)."""
 
     # the policy as it is, not a sample of it: greedy by default (0 is allowed here, unlike when generating triples)
     temperature: float = redefault(SamplingOptions, "temperature", 0.0, range=Range(0, 2))
@@ -78,23 +79,21 @@ def evaluate_models(args: EvaluateArguments) -> dict:
 
         reward_model, reward_tokenizer = load_reward_model(args.reward_model)
     models, answers = args.model_name_or_path or [DEFAULT_MODEL_ID], {}
-    rows = []
+    rows, engine = [], None  # with `use_vllm`, one engine answers for every model in turn
     for name in models:
-        model, tokenizer = load_policy(name)
+        sampler, _ = policy_sampler(args, name, args.batch_size, engine, chat=False)
+        engine = getattr(sampler, "engine", None)
         row, answers[name] = score_answers(
-            model,
-            tokenizer,
+            sampler,
             prompts,
             {n: features[n] for n in names},
             args.max_completion_length,
             args.temperature,
-            args.batch_size,
             args.seed,
             args.top_p,
-            args.sampling_kwargs(),
         )
         rows.append({"model": name, **row})
-        del model
+        del sampler
     compare_with_first(rows)
     if args.reward_model:
         scores = {name: rewards(reward_model, reward_tokenizer, list(zip(prompts, answers[name]))) for name in models}

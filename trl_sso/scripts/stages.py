@@ -212,8 +212,9 @@ def signal_stage(
         # the per-record A(x, y) stay beside the report, so that any figure can be recomputed (or compared across runs)
         result["onpolicy"] = {**onpolicy_report(values), "records_per_second": rate, "per_record": values}
     prompts = load_prompts(pipe_args.eval_prompts, num_prompts=pipe_args.eval_num_prompts, packaged="eval_prompts")
+    sampler = TransformersSampler(model, tokenizer)
     result["evaluation"], answers = score_answers(
-        model, tokenizer, prompts, evaluation_features(options), pipe_args.eval_max_completion_length
+        sampler, prompts, evaluation_features(options), pipe_args.eval_max_completion_length
     )
     result["evaluation"]["answers"] = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)]  # to read them
     del model
@@ -222,23 +223,12 @@ def signal_stage(
     return result
 
 
-def score_answers(
-    model,
-    tokenizer,
-    prompts,
-    features,
-    max_new_tokens=128,
-    temperature=0.0,
-    batch_size=8,
-    seed=42,
-    top_p=1.0,
-    sampling_kwargs=None,
-):
-    """Let `model` answer `prompts` (no principle) and score the answers with the checkers of `features` (name ->
-    `Feature`). Returns the scores and the answers: per feature, the share of answers following its good side and the
-    per-prompt 0/1 scores; their mean per prompt, its mean; the mean tokens and the truncated share. Every share and
-    mean carries its 95% interval (`trl_sso.signal.intervals`: Wilson on the summed scores; tokens: bootstrap)."""
-    sampler = TransformersSampler(model, tokenizer, batch_size, sampling_kwargs)
+def score_answers(sampler, prompts, features, max_new_tokens=128, temperature=0.0, seed=42, top_p=1.0):
+    """Let the policy of `sampler` answer `prompts` (no principle) and score the answers with the checkers of
+    `features` (name -> `Feature`). Returns the scores and the answers: per feature, the share of answers following
+    its good side and the per-prompt 0/1 scores; their mean per prompt, its mean; the mean tokens and the truncated
+    share. Every share and mean carries its 95% interval (`trl_sso.signal.intervals`: Wilson on the summed scores;
+    tokens: bootstrap)."""
     completions = sampler.sample(prompts, temperature, top_p, max_new_tokens, seed)
     n = len(completions)
     scores = {name: [f.checker(c.text) for c in completions] for name, f in features.items()}
