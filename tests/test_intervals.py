@@ -185,8 +185,9 @@ def test_no_report_claims_certainty_on_all_zero_data(monkeypatch):
 
     from trl_sso.data import make_record
     from trl_sso.principles import known_features
-    from trl_sso.scripts import evaluate, stages
+    from trl_sso.scripts import evaluate
     from trl_sso.scripts.calibrate import score_cell
+    from trl_sso.signal import heldout
     from trl_sso.signal.onpolicy import onpolicy_report
     from trl_sso.signal.report import signal_report
 
@@ -198,7 +199,7 @@ def test_no_report_claims_certainty_on_all_zero_data(monkeypatch):
             return [answer for _ in prompts]
 
     brevity = {"Brevity": features["Brevity"]}
-    rows = [{"model": str(i), **stages.score_answers(Sampler(), ["Q?"] * 16, brevity)[0]} for i in range(2)]
+    rows = [{"model": str(i), **heldout.score_answers(Sampler(), ["Q?"] * 16, brevity)[0]} for i in range(2)]
     evaluate.compare_with_first(rows)
     evaluation = {"prompts": 16, "features": ["Brevity"], "models": rows}
     assert rows[1]["vs_first"]["change"] == 0 and "tokens_change_note" in rows[1]["vs_first"]

@@ -121,13 +121,15 @@ def test_no_import_circle():
     assert not circles, "\n".join(circles)
 
 
-# The helpers the commands of `trl_sso/scripts/` share; every other module there is one command
-SCRIPT_HELPERS = ("trl_sso.scripts.common", "trl_sso.scripts.stages")
+# The one module of helpers the commands of `trl_sso/scripts/` share; every other module there is one command
+SCRIPT_HELPERS = ("trl_sso.scripts.common",)
 
 
 def test_no_command_script_imports_another():
-    """A command's module in `trl_sso/scripts/` imports only the shared helpers, never another command: a new command
-    is its row in the table plus its own file."""
+    """A command's module in `trl_sso/scripts/` imports only the one module of shared helpers, never another command,
+    and every other module there is a command's: a new command is its row in the table plus its own file."""
+    from trl_sso.cli.table import COMMANDS
+
     tangled = [
         f"{source} imports {target}"
         for source, targets in graph().items()
@@ -136,6 +138,12 @@ def test_no_command_script_imports_another():
         if target.startswith("trl_sso.scripts.") and target not in SCRIPT_HELPERS
     ]
     assert not tangled, "\n".join(tangled)
+    modules = {path.stem for path in (PACKAGE / "scripts").glob("*.py")} - {"__init__"}
+    helpers = {module.rpartition(".")[2] for module in SCRIPT_HELPERS}
+    commands = {entry.runner.partition(":")[0].rpartition(".")[2] for entry in COMMANDS.values()}
+    assert modules - helpers <= commands, (
+        f"modules of trl_sso/scripts/ that are no command: {modules - helpers - commands}"
+    )
     helpers_reach_commands = [t for h in SCRIPT_HELPERS for t in graph()[h] if t.startswith("trl_sso.scripts.")]
     assert all(t in SCRIPT_HELPERS for t in helpers_reach_commands), helpers_reach_commands
 

@@ -66,7 +66,8 @@ def evaluate(cli, policy: str, path: Path) -> dict:
     """The held-out evaluation of `policy` (answers with no principle, scored on the features), as `iterate` runs
     it."""
     from trl_sso.generation.arguments import GenerationOptions
-    from trl_sso.scripts.stages import IterateArguments, signal_stage
+    from trl_sso.scripts.common import signal_stage
+    from trl_sso.scripts.iterate import IterateArguments
 
     pipe = IterateArguments(eval_num_prompts=cli.eval_prompts, eval_max_completion_length=cli.eval_tokens)
     return signal_stage(policy, None, GenerationOptions(features=FEATURES), pipe, path)["evaluation"]
@@ -75,8 +76,8 @@ def evaluate(cli, policy: str, path: Path) -> dict:
 def run_online(cli, root: Path, prompts: Path) -> dict:
     from trl_sso.cli.commands import parser
     from trl_sso.offline import default_model_path
+    from trl_sso.scripts.common import save_next_policy
     from trl_sso.scripts.online import train_online
-    from trl_sso.scripts.stages import save_next_policy
     from trl_sso.signal.intervals import wilson
 
     out = root / "online"
@@ -118,7 +119,7 @@ def main() -> None:
     parser.add_argument("--output_dir", default="outputs/bench_online")
     cli = parser.parse_args()
 
-    from trl_sso.scripts.stages import format_change, held_out_change
+    from trl_sso.signal.heldout import format_change, held_out_change
     from trl_sso.signal.intervals import with_interval
 
     root = Path(cli.output_dir)

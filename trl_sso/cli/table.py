@@ -77,7 +77,7 @@ COMMANDS: dict[str, Command] = {
     "iterate": Command(
         "Online SSO (paper v1): generate with the current policy, train, repeat for T rounds.",
         "Online SSO (paper v1): generate with the current policy, train, repeat for T rounds.",
-        ("trl_sso.scripts.stages:IterateArguments", *_ONLINE),
+        ("trl_sso.scripts.iterate:IterateArguments", *_ONLINE),
         "trl_sso.scripts.iterate:iterate",
         trl_parser=True,
         sibling="pipeline",
@@ -87,7 +87,7 @@ COMMANDS: dict[str, Command] = {
         "The generator pipeline (paper v2): train a generator, write pairs, DPO the policy.",
         "The SSO generator pipeline (paper v2): train a data generator, let it write pairs, then train the policy "
         "with DPO.",
-        ("trl_sso.scripts.stages:PipelineArguments", *_ONLINE),
+        ("trl_sso.scripts.pipeline:PipelineArguments", *_ONLINE),
         "trl_sso.scripts.pipeline:pipeline",
         trl_parser=True,
         sibling="iterate",

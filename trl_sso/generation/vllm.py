@@ -25,9 +25,11 @@ process sends the batch, and its results are handed to the others, so that every
 same steps.
 """
 
+import gc
 import logging
 import types
 from contextlib import contextmanager
+from pathlib import Path
 
 from ..data import render
 from ..runtime import process_state
@@ -86,8 +88,6 @@ class _Processes:
 def _load_policy(path: str, revision: str, trust_remote_code: bool):
     """The policy at `path` in host memory, its `name_or_path` a local folder (a colocated engine is built from it, so
     a Hub id's `revision` is resolved to its snapshot first)."""
-    from pathlib import Path
-
     from transformers import AutoModelForCausalLM
 
     if not Path(path).is_dir():
@@ -297,8 +297,6 @@ class VLLMSampler:
 
 
 def _empty_cache() -> None:
-    import gc
-
     import torch
 
     gc.collect()

@@ -1,18 +1,36 @@
-"""What every training command shares: model loading options, PEFT / quantization with clear errors, and the
-build-train-save sequence that resumes from the last checkpoint of the output folder."""
+"""What the commands share, the one module of helpers under `trl_sso/scripts/` (no script imports another):
+
+1. training: model loading options, PEFT / quantization with clear errors, and the build-train-save sequence that
+   resumes from the last checkpoint of the output folder (`train`, `reward`, `online`, and the stages below);
+2. the stages that `iterate` and `pipeline` are made of: the starting policy, a generation stage, a training stage,
+   the next policy saved as a full checkpoint, and the signal of a round. Each stage's final artifact is written
+   atomically, so a rerun skips the stages that finished.
+"""
 
 import copy
 import dataclasses
+import gc
 import importlib.util
 import json
 import logging
 import math
 import os
 import re
+from pathlib import Path
 
-from ..files import removed_on_failure, write_json_atomic
+from ..cards import final_metrics, model_license
+from ..files import removed_on_failure, save_folder_atomic, write_json_atomic
+from ..generation import generate
+from ..generation.arguments import GenerateArguments, GenerationOptions
+from ..generation.generator import generation_metrics
+from ..generation.prompts import load_prompts
+from ..generation.samplers import TransformersSampler
+from ..generation.vllm import VLLMEngine
 from ..hub import point_adapter_at, push_folder
-from ..names import hub_id, public_name
+from ..names import DEFAULT_MODEL_ID, hub_id, public_name
+from ..offline import default_model_path
+from ..signal.heldout import evaluation_features, score_answers
+from ..signal.onpolicy import load_policy, mean_logps, onpolicy_report
 
 
 logger = logging.getLogger(__name__)
@@ -360,3 +378,141 @@ def finish_training(trainer, output, training_args, model_args, sources) -> None
         )
     trainer.accelerator.wait_for_everyone()
     trainer.end()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The stages of `iterate` and `pipeline`
+
+
+def starting_policy(model_args) -> tuple[str, str]:
+    """`(path, name)` of the starting policy: the model given, or the packaged default; the name (its Hub id, else
+    the last part of its path: `trl_sso.names.public_name`) is what provenance, reports and cards show."""
+    if model_args.model_name_or_path:
+        return model_args.model_name_or_path, public_name(model_args.model_name_or_path)
+    return default_model_path(), DEFAULT_MODEL_ID
+
+
+def vllm_engine(options: GenerationOptions):
+    """The vLLM engine (or server client) a run keeps across its generation stages; None without `use_vllm`."""
+    if not options.use_vllm:
+        return None
+    return VLLMEngine(options)
+
+
+def generate_stage(options: GenerationOptions, model_args, training_args, *, model: str, engine=None, **settings):
+    """Generate with `model` under `options`; `settings` gives the output folder and the provenance. The starting
+    policy is loaded with the revision of `model_args`; later policies are local folders. With a vLLM `engine`
+    (`vllm_engine`), the engine hands its GPU memory back before the stage returns, so that training has it."""
+    revision = model_args.model_revision if model == model_args.model_name_or_path else "main"
+    args = GenerateArguments(
+        **dataclasses.asdict(options),
+        model_name_or_path=model,
+        model_revision=revision,
+        trust_remote_code=training_args.trust_remote_code,
+        dtype=model_args.dtype or "auto",
+        **settings,
+    )
+    dataset, summary = generate(args, engine=engine)
+    if engine is not None:
+        engine.release()
+    gc.collect()
+    return dataset, summary
+
+
+def stage_metrics(summary: dict, records: list[dict]) -> dict[str, float]:
+    """The generation a stage trains on, as metrics for the `--report_to` trackers (`generation/`): its counts, and
+    the signal of one generation as online training logs it (`trl_sso.generation.generator.generation_metrics`)."""
+    overall = ((summary.get("signal") or {}).get("accuracy") or {}).get("overall")
+    shared = generation_metrics(summary["num_prompts"], records, summary["dropped"], overall)
+    counts = {
+        "prompts": summary["num_prompts"],
+        "records": summary["num_records"],
+        "principle_fallbacks": summary["principle_fallbacks"],
+    }
+    return {f"generation/{key}": value for key, value in {**counts, **shared}.items()}
+
+
+def train_stage(
+    model_path, dataset, training_args, model_args, output_dir, callbacks=None, generation=None, **overrides
+):
+    """Train with SSOTrainer into `output_dir` (resuming from its last checkpoint); returns the final metrics. The
+    stage publishes nothing itself; `generation` (the summary of the data) is logged to the `--report_to` trackers
+    first; `overrides` set `SSOConfig` fields for this stage only, checked as the constructor checks them
+    (`SSOConfig.for_stage`)."""
+    from ..trainer import SSOTrainer
+
+    args = training_args.for_stage(
+        output_dir=str(output_dir), push_to_hub=False, hub_model_id=None, resume_from_checkpoint=None, **overrides
+    )
+    trainer, _ = train_and_save(
+        SSOTrainer,
+        model_path,
+        model_args,
+        args,
+        before_train=generation and (lambda trainer: trainer.log(stage_metrics(generation, dataset.to_list()))),
+        train_dataset=dataset,
+        callbacks=callbacks,
+    )
+    metrics = final_metrics(trainer.state.log_history)
+    del trainer
+    gc.collect()
+    return metrics
+
+
+def save_next_policy(base_path: str, trained_dir: Path, target: Path) -> None:
+    """Save the trained policy as a full checkpoint at `target`: the trained model itself, or with PEFT its adapter
+    merged into the full-precision base (also for QLoRA, whose base was quantized only for training)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def save(folder):
+        if (trained_dir / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+            model = PeftModel.from_pretrained(base, str(trained_dir)).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(trained_dir), dtype="auto")
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(str(trained_dir)).save_pretrained(folder)
+        (folder / "README.md").write_text(policy_card(base_path))
+
+    save_folder_atomic(target, save)
+
+
+def policy_card(base_path: str) -> str:
+    """The small card of a saved next policy: it inherits its base's license (`trl_sso.cards.model_license`), which
+    the data it generates in the next round inherits in turn."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(base_model=hub_id(base_path), tags=["trl", "sso"], **model_license(base_path))
+    return (
+        f"---\n{data.to_yaml()}\n---\n\nA policy after a round of Self-Steering Optimization, saved by trl-sso as a "
+        "full checkpoint (with PEFT, the adapter merged into its base).\n"
+    )
+
+
+def signal_stage(
+    policy: str, records: list | None, options: GenerationOptions, pipe_args, path: Path, engine=None
+) -> dict:
+    """Under `policy`: on-policyness of `records` (the data it generated; `None` for the final policy) and its
+    evaluation on held-out prompts. Written to `path` (JSON) and reused by a rerun. A vLLM server that holds `policy`
+    (`engine`, server mode) scores A(x, y)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    model, tokenizer = load_policy(policy)
+    result = {}
+    if records:
+        score_rows = engine.scorer(policy, tokenizer) if engine is not None else None
+        values, rate = mean_logps(model, tokenizer, records, score_rows=score_rows)
+        # the per-record A(x, y) stay beside the report, so that any figure can be recomputed (or compared across runs)
+        result["onpolicy"] = {**onpolicy_report(values), "records_per_second": rate, "per_record": values}
+    prompts = load_prompts(pipe_args.eval_prompts, num_prompts=pipe_args.eval_num_prompts, packaged="eval_prompts")
+    sampler = TransformersSampler(model, tokenizer)
+    result["evaluation"], answers = score_answers(
+        sampler, prompts, evaluation_features(options), pipe_args.eval_max_completion_length
+    )
+    result["evaluation"]["answers"] = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)]  # to read them
+    del model
+    gc.collect()
+    write_json_atomic(path, result, indent=2)
+    return result

@@ -16,12 +16,12 @@ from ..generation.prompts import load_prompts
 from ..names import DEFAULT_MODEL_ID, public_names
 from ..options import Range, check_ranges
 from ..principles import expand_feature_names, known_features
+from ..signal.heldout import format_change, held_out_change, score_answers
 from ..signal.intervals import (
     wilson,
     with_interval,
 )
 from ..signal.plots import plot_evaluation
-from .stages import format_change, held_out_change, score_answers
 
 
 @dataclass

@@ -16,6 +16,7 @@ starting model for round 1: its Hub id, or branch `base` where a local starting 
 model and adapter thus loads from the Hub alone (see `round_lineage` for the card's branch table).
 """
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -27,22 +28,48 @@ from ..data import RESPONSE_COLUMNS
 from ..files import write_json_atomic
 from ..hub import point_adapter_at, push_dataset, push_folder
 from ..names import hub_id
+from ..options import check_ranges
 from ..runtime import process_state, wait_for_main
+from ..signal.heldout import format_change, held_out_change
 from ..signal.intervals import excludes_zero, share_difference, with_interval
 from ..signal.plots import plot_rounds
-from .stages import (
-    format_change,
-    generate_stage,
-    held_out_change,
-    save_next_policy,
-    signal_stage,
-    starting_policy,
-    train_stage,
-    vllm_engine,
-)
+from .common import generate_stage, save_next_policy, signal_stage, starting_policy, train_stage, vllm_engine
 
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class IterateArguments:
+    """Options of `trl-sso iterate` beyond generation, training and model arguments."""
+
+    rounds: int = dataclasses.field(default=3, metadata={"help": "Online rounds (the paper runs 3)."})
+    hub_dataset_id: str | None = dataclasses.field(
+        default=None, metadata={"help": "Publish each round's dataset to this repo, as config iteration_<t>."}
+    )
+    round_signal: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "Measure each round's signal under its policy (on-policyness) and evaluate the policy on "
+            "held-out prompts, into report.json, rounds.json and rounds.png."
+        },
+    )
+    eval_prompts: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Held-out prompts each round's policy answers with no principle (file, saved dataset or dataset "
+            "name; column `prompt`). Default: the 40 packaged held-out prompts, disjoint from the generation prompts."
+        },
+    )
+    eval_num_prompts: int | None = dataclasses.field(
+        default=40, metadata={"help": "Use only the first N held-out prompts (all of them: leave it unset)."}
+    )
+    eval_max_completion_length: int = dataclasses.field(
+        default=128, metadata={"help": "Maximum new tokens of the held-out answers."}
+    )
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def round_row(report: dict) -> dict:

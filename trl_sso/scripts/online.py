@@ -11,8 +11,7 @@ import logging
 import os
 
 from ..data import render
-from .common import finish_training, ignore_bias_buffers, train_and_save
-from .stages import starting_policy
+from .common import finish_training, ignore_bias_buffers, starting_policy, train_and_save
 
 
 logger = logging.getLogger(__name__)

@@ -19,11 +19,29 @@ from ..data import MAIN_PAIR_COLUMNS
 from ..files import write_json_atomic
 from ..hub import point_adapter_at, push_dataset, push_folder
 from ..names import hub_id
+from ..options import check_ranges
 from ..runtime import process_state
-from .stages import generate_stage, save_next_policy, starting_policy, train_stage, vllm_engine
+from .common import generate_stage, save_next_policy, starting_policy, train_stage, vllm_engine
 
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PipelineArguments:
+    """Options of `trl-sso pipeline` beyond generation, training and model arguments."""
+
+    policy_num_prompts: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Queries the trained generator writes pairs for (default: as many as it was trained on)."},
+    )
+    hub_dataset_id: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Publish the generator's training data and the pairs it wrote to this dataset repo."},
+    )
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def pipeline(pipe_args, gen_options, training_args, model_args, callbacks=None) -> dict:
