@@ -130,9 +130,7 @@ def test_conflicting_placements_are_refused_at_parse_time(tmp_path):
 
 def options_table() -> str:
     """The README's table of the shared options, from their one declaration (`trl_sso.generation.arguments`)."""
-    from trl_sso.generation.arguments import VLLMOptions
-
-    from trl_sso.generation.arguments import GenerationOptions
+    from trl_sso.generation.arguments import GenerationOptions, VLLMOptions
 
     commands = {  # each command's class of sampling options
         "generate": GenerateArguments,

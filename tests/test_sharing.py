@@ -40,11 +40,13 @@ def test_pack_truncates_each_sequence_as_the_two_row_layout_does():
     row = sharing.pack(prompt, [winner, loser], max_length=6, truncation_mode="keep_start")
     assert row["input_ids"] == [1, 2, 3, 4, 5, 6, 4, 8]
     assert row["position_ids"] == [0, 1, 2, 3, 4, 5, 3, 4]
-    # keep_end: the two sequences keep different parts of the prompt, so each branch holds its whole sequence
+    # keep_end: the two sequences keep different parts of the prompt, so each is a prompt of its own with one branch
     row = sharing.pack(prompt, [winner, loser], max_length=5, truncation_mode="keep_end")
     assert row["input_ids"] == [3, 4, 5, 6, 7, 1, 2, 3, 4, 8]
     assert row["position_ids"] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
-    assert row["segment_ids"] == [1] * 5 + [2] * 5
+    first, second = sharing.context_id(0), sharing.context_id(1)
+    assert row["segment_ids"] == [first, 1, 1, 1, 1, second, second, second, 2, 2]
+    assert row["exit_ids"] == [5] * 5 + [10] * 5  # nothing shared: each sequence sees only itself
     assert row["completion_mask"] == [0, 0, 1, 1, 1, 0, 0, 0, 0, 1]
 
 
@@ -55,7 +57,7 @@ def test_labels_and_mask_of_a_collated_row():
         [-100, -100, 4, 5, -100, 6, -100],
         [8, -100, 9, -100, -100, -100, -100],
     ]
-    allowed = sharing.allowed_attention(batch["segment_ids"], batch["position_ids"])[0, 0].int()
+    allowed = sharing.allowed_attention(batch["exit_ids"], batch["position_ids"])[0, 0].int()
     assert allowed[5].tolist() == [1, 1, 0, 0, 0, 1, 0]  # the loser's first token: the shared part and itself
     assert allowed[4].tolist() == [1, 1, 1, 1, 1, 0, 0]  # the winner's last token: the shared part and the winner
     assert bool(allowed.diagonal().all())  # padding included: no row is fully masked
@@ -94,10 +96,10 @@ def shared_logps(model, rows, num_branches, window_off=False):
     config, dtype = sharing.mask_settings(model)
     if window_off:
         mask = sharing._for_attention(
-            sharing.allowed_attention(batch["segment_ids"], batch["position_ids"]), config._attn_implementation, dtype
+            batch["exit_ids"], batch["position_ids"], None, config._attn_implementation, dtype
         )
     else:
-        mask = sharing.attention_mask_for(config, dtype, batch["segment_ids"], batch["position_ids"])
+        mask = sharing.attention_mask_for(config, dtype, batch["exit_ids"], batch["position_ids"])
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).logits
     scored = sharing.scored_positions(batch["segment_ids"], batch["completion_mask"])
@@ -112,6 +114,22 @@ ATTENTION = [(t, a) for t in FAMILIES for a in ("sdpa", "eager") if not (t == "g
 
 @pytest.mark.parametrize("model_type,attention", ATTENTION)
 def test_shared_rows_give_the_log_probs_of_unshared_rows(model_type, attention):
+    model = tiny_family_model(model_type, attention)
+    assert sharing.unsupported_reason(model) is None
+    prompts = [torch.randint(1, 300, (n,)).tolist() for n in (9, 5)]
+    completions = [[torch.randint(1, 300, (n,)).tolist() for n in (7, 4, 5)], [[11, 12], [13, 14, 15]]]
+    for max_length, mode in ((None, "keep_start"), (14, "keep_start"), (14, "keep_end")):
+        rows = [sharing.pack(p, c, max_length, mode) for p, c in zip(prompts, completions)]
+        shared = shared_logps(model, rows, num_branches=3)
+        for row, (prompt, comps) in enumerate(zip(prompts, completions)):
+            expected = unshared_logps(model, prompt, comps, max_length, mode)
+            assert_close_to_scale(shared[row, : len(comps)], expected, LOGP_RTOL, name=f"row {row}, {mode}")
+    if getattr(model.config, "sliding_window", None):  # negative control: the window matters at these lengths
+        rows = [sharing.pack(p, c) for p, c in zip(prompts, completions)]
+        assert not torch.allclose(shared_logps(model, rows, 3, window_off=True), shared_logps(model, rows, 3))
+
+
+def tiny_family_model(model_type, attention, seed=0):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(
@@ -126,20 +144,73 @@ def test_shared_rows_give_the_log_probs_of_unshared_rows(model_type, attention):
             **FAMILIES[model_type],
         },
     )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attention).eval()
-    assert sharing.unsupported_reason(model) is None
-    prompts = [torch.randint(1, 300, (n,)).tolist() for n in (9, 5)]
-    completions = [[torch.randint(1, 300, (n,)).tolist() for n in (7, 4, 5)], [[11, 12], [13, 14, 15]]]
-    for max_length, mode in ((None, "keep_start"), (14, "keep_start"), (14, "keep_end")):
-        rows = [sharing.pack(p, c, max_length, mode) for p, c in zip(prompts, completions)]
-        shared = shared_logps(model, rows, num_branches=3)
-        for row, (prompt, comps) in enumerate(zip(prompts, completions)):
-            expected = unshared_logps(model, prompt, comps, max_length, mode)
-            assert_close_to_scale(shared[row, : len(comps)], expected, LOGP_RTOL, name=f"row {row}, {mode}")
-    if getattr(model.config, "sliding_window", None):  # negative control: the window matters at these lengths
-        rows = [sharing.pack(p, c) for p, c in zip(prompts, completions)]
-        assert not torch.allclose(shared_logps(model, rows, 3, window_off=True), shared_logps(model, rows, 3))
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention).eval()
+
+
+def sso_record(seed: int):
+    """The three pairs of an SSO record as token ids, with the principle after the question: x, x+ and x- share the
+    template's header and the question, then differ (x+ / x- carry a principle), and end alike."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def tokens(n):
+        return torch.randint(1, 300, (n,), generator=generator).tolist()
+
+    header, question, end = tokens(3), tokens(6 + seed), tokens(2)
+    x, x_pos, x_neg = header + question + end, header + question + tokens(4) + end, header + question + tokens(3) + end
+    y_pos, y_neg, y_o = tokens(5), tokens(3 + seed), tokens(4)
+    return [(x, [y_pos, y_neg]), (x_pos, [y_pos, y_neg]), (x_neg, [y_o, y_pos])]
+
+
+@pytest.mark.parametrize("model_type,attention", ATTENTION)
+def test_tree_rows_give_the_log_probs_of_unshared_rows(model_type, attention):
+    """One row per SSO record (`pack_tree`: the common beginning of x, x+ and x- once, each context's own tokens, then
+    its two responses) gives each of the six sequences the log-probs it has alone, under each truncation mode; with a
+    mask that lets the branches see each other (the negative control) it does not."""
+    model = tiny_family_model(model_type, attention)
+    records = [sso_record(0), sso_record(1)]  # of different lengths: the batch pads one row
+    for max_length, mode in ((None, "keep_start"), (16, "keep_start"), (16, "keep_end")):
+        rows = [sharing.pack_tree(record, max_length, mode) for record in records]
+        tree = shared_logps(model, rows, num_branches=6)
+        for index, record in enumerate(records):
+            expected = torch.cat([unshared_logps(model, x, ys, max_length, mode) for x, ys in record])
+            assert_close_to_scale(tree[index], expected, LOGP_RTOL, name=f"record {index}, {max_length}, {mode}")
+    rows = [sharing.pack_tree(record) for record in records]
+    assert len(rows[0]["input_ids"]) < sum(len(x) + len(y) for x, ys in records[0] for y in ys)  # shares the question
+    leaky = [dict(row, exit_ids=[len(row["input_ids"])] * len(row["input_ids"])) for row in rows]  # plain causal
+    assert not torch.allclose(shared_logps(model, leaky, 6), shared_logps(model, rows, 6), atol=1e-4)
+
+
+def test_a_tree_of_one_prompt_is_the_shared_layout():
+    """`pack` is `pack_tree` of one prompt: the layout of today's shared rows (the depth-one tree)."""
+    prompt, completions = [1, 2, 3, 4], [[5, 6], [7]]
+    assert sharing.pack(prompt, completions) == sharing.pack_tree([(prompt, completions)])
+    row = sharing.pack_tree([(prompt, completions)])
+    assert sharing.SHARED in row["segment_ids"] and min(row["segment_ids"]) == sharing.SHARED  # no context segment
+
+
+def test_the_tree_shares_what_the_token_ids_share():
+    """The common part is found on token ids: contexts that differ from their first token share nothing (the `system`
+    placement's principle comes first), and each still gets exactly its own sequences."""
+    rows = sharing.pack_tree([([9, 1, 2], [[3]]), ([8, 1, 2], [[4]])])
+    assert rows["input_ids"] == [9, 1, 2, 3, 8, 1, 2, 4] and rows["position_ids"] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert rows["exit_ids"] == [4] * 4 + [8] * 4
+
+
+def test_flex_attention_block_mask_matches_sdpa_on_cpu():
+    """`attn_implementation="flex_attention"` takes the tree's mask as a `BlockMask` built from the same indices, and
+    gives what SDPA gives with the dense mask."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    records = [sso_record(0), sso_record(1)]
+    rows = [sharing.pack_tree(record) for record in records]
+    sdpa = shared_logps(tiny_family_model("llama", "sdpa"), rows, 6)
+    flex_model = tiny_family_model("llama", "flex_attention")
+    batch = sharing.collate(rows, pad_token_id=0)
+    config, dtype = sharing.mask_settings(flex_model)
+    mask = sharing.attention_mask_for(config, dtype, batch["exit_ids"], batch["position_ids"])
+    assert type(mask).__name__ == "BlockMask"
+    flex = shared_logps(flex_model, rows, 6)
+    assert_close_to_scale(flex, sdpa, LOGP_RTOL, name="flex_attention against sdpa")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

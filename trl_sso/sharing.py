@@ -1,4 +1,5 @@
-"""The shared-prompt layout: one row holds a prompt once and several completions of it.
+"""The shared-prompt layout: one row holds a prompt once and several completions of it; or, as a tree, several
+prompts that begin alike (x, x+ and x- of an SSO record) with their common beginning once, and their completions.
 
 Preference trainers lay a pair out as two rows, `[prompt + winner ; prompt + loser]`, so the prompt is forwarded twice.
 SSO's steering prompts carry a whole principle, which makes that repetition a large share of its tokens. In the shared
@@ -9,18 +10,28 @@ layout a prompt `p` of `n` tokens and its completions `c_1 .. c_K` become one ro
 
 - Each branch starts with the prompt's last token, so that the branch's first completion token is predicted inside
   the branch: position `t` always predicts the token at `t + 1` of its own segment.
-- Attention: a token sees the shared part and the earlier tokens of its own branch, nothing else
-  (`allowed_attention`; `attention_mask_for` shapes it for a model).
+- Attention: a token sees the shared part and the earlier tokens of its own branch, nothing else.
 - Positions: every branch restarts where the shared part ends, at `n - 1` (`position_ids`).
 
 Each branch then computes exactly what the row `p + c_k` computes alone: the same tokens at the same positions with
-the same context. Only the order of floating-point sums inside the kernels differs. Truncation to `max_length` is
-applied to each `p + c_k` first, as TRL's preference collator does. The prompt is shared only when every truncated
-sequence kept the same prompt tokens. Otherwise (`keep_end` cut the prompt differently) each branch holds its whole
-sequence, so the numbers stay those of the unshared layout.
+the same context. Only the order of floating-point sums inside the kernels differs.
 
-Segment ids name the parts of a row: `SHARED` for the shared part, `k` for branch `k` (from 1), `PADDING` after the
-row's end.
+**The tree** (`pack_tree`) cuts the same way one level higher. Prompts `q_1 .. q_G` (each with its completions) that
+share their first `r` tokens become: the common part once (the root), then for each prompt its own remaining tokens
+but the last (a context segment), then that prompt's branches as above. The layout above is the tree with one prompt.
+The common part is computed on token ids, so a tokenizer that merges tokens across the end of the question cannot
+break exactness: the prompts simply share less. A token attends to its ancestors' tokens and to the earlier tokens
+of its own segment: in the row, a segment's subtree is one contiguous span, so the mask needs only where that span ends
+(`exit_ids`: key `k` is visible from query `q` when `k <= q < exit_ids[k]`), the ancestor mask of
+`allowed_attention`, or a FlexAttention `BlockMask` built from the same indices (`flex_block_mask`).
+
+Truncation to `max_length` is applied to each full `prompt + completion` first, as TRL's preference collator does. A
+prompt is shared by its completions only when every truncated sequence kept the same prompt tokens. Otherwise
+(`keep_end` cut the prompt differently) each of its sequences is a prompt of its own with one completion, so the
+numbers stay those of the unshared layout.
+
+Segment ids name the parts of a row: `SHARED` for the root, `k` for branch `k` (from 1, in row order), `context_id(g)`
+(negative) for the context segment of prompt `g`, `PADDING` after the row's end.
 
 Not every attention implementation takes such a mask (flash attention does not), so the caller checks
 `unsupported_reason` first and keeps one completion per row where it says no.
@@ -40,7 +51,7 @@ SHARED = 0  # segment id of the shared part of a row
 PADDING = -1  # segment id of padding
 # Model families whose attention was checked to give the unshared log-probabilities in this layout (tests/test_sharing)
 VERIFIED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi", "phi3"})
-MASK_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4D mask
+MASK_ATTENTION = ("sdpa", "eager", "flex_attention")  # implementations that take the mask (4D, or a BlockMask)
 
 
 def truncate(sequence: list, max_length: int | None, mode: str) -> list:
@@ -61,14 +72,96 @@ def truncated(prompt: list[int], completion: list[int], max_length: int | None, 
     return ids, truncate([0] * len(prompt) + [1] * len(completion), max_length, mode)
 
 
+def context_id(group: int) -> int:
+    """Segment id of the context segment of prompt `group` (from 0) in a tree row: negative, below `PADDING`."""
+    return PADDING - 1 - group
+
+
+def common_prefix(sequences: Sequence[list[int]]) -> int:
+    """The number of leading items that all of `sequences` share."""
+    length = min(len(sequence) for sequence in sequences)
+    for index in range(length):
+        if any(sequence[index] != sequences[0][index] for sequence in sequences[1:]):
+            return index
+    return length
+
+
+def pack_tree(
+    groups: Sequence[tuple[list[int], Sequence[list[int]]]],
+    max_length: int | None = None,
+    truncation_mode: str = "keep_start",
+) -> dict[str, list[int]]:
+    """One tree-layout row for `groups` of `(prompt, [completion, ...])`: `input_ids`, `position_ids`, `segment_ids`,
+    `completion_mask` (1 on completion tokens) and `exit_ids` (where each token's subtree ends), as lists. The
+    completions become branches `1 .. K` in the order given.
+
+    Example: two prompts that share their first two tokens, with one and two completions.
+    ```python
+    >>> from trl_sso.sharing import pack_tree
+
+    >>> row = pack_tree([([1, 2, 3], [[4]]), ([1, 2, 5, 6], [[7], [8, 9]])])
+    >>> row["input_ids"], row["position_ids"]
+    ([1, 2, 3, 4, 5, 6, 7, 6, 8, 9], [0, 1, 2, 3, 2, 3, 4, 3, 4, 5])
+    >>> row["segment_ids"], row["exit_ids"]
+    ([0, 0, 1, 1, -3, 2, 2, 3, 3, 3], [10, 10, 4, 4, 10, 7, 7, 10, 10, 10])
+
+    ```
+    """
+    contexts, tails = [], []  # per sharing group: its kept prompt, and the kept completion tails (with their masks)
+    for prompt, completions in groups:
+        cut = [truncated(prompt, completion, max_length, truncation_mode) for completion in completions]
+        kept = [sequence[: mask.count(0)] for sequence, mask in cut]
+        if all(k == kept[0] for k in kept):
+            contexts.append(kept[0])
+            tails.append([(sequence[len(kept[0]) :], mask[len(kept[0]) :]) for sequence, mask in cut])
+        else:  # truncation cut this prompt differently per completion: each sequence is a prompt of its own
+            for (sequence, mask), prompt_kept in zip(cut, kept, strict=True):
+                contexts.append(prompt_kept)
+                tails.append([(sequence[len(prompt_kept) :], mask[len(prompt_kept) :])])
+    # every prompt keeps at least its last token of its own: its branches start with it
+    root = max(min(common_prefix(contexts), min(len(context) for context in contexts) - 1), 0) if contexts else 0
+    row = {key: [] for key in ("input_ids", "position_ids", "segment_ids", "completion_mask")}
+    spans = []  # per segment, in row order: (where it begins, the index of its parent segment)
+
+    def add(ids, start, segment, parent, mask=None):
+        spans.append((len(row["input_ids"]), parent))
+        row["input_ids"] += ids
+        row["position_ids"] += range(start, start + len(ids))
+        row["segment_ids"] += [segment] * len(ids)
+        row["completion_mask"] += mask if mask is not None else [0] * len(ids)
+
+    add(contexts[0][:root] if contexts else [], 0, SHARED, None)
+    branch = 0
+    for group, (context, completions) in enumerate(zip(contexts, tails, strict=True)):
+        add(context[root:-1], root, context_id(group), 0)
+        parent, last = len(spans) - 1, context[-1:]
+        for tail, mask in completions:
+            branch += 1
+            add(last + tail, len(context) - len(last), branch, parent, [0] * len(last) + mask)
+    # a segment's subtree ends where the first later segment outside it begins (or at the row's end)
+    total, exits = len(row["input_ids"]), []
+    for index, (begin, _) in enumerate(spans):
+        stop = spans[index + 1][0] if index + 1 < len(spans) else total
+        outside = (spans[j][0] for j in range(index + 1, len(spans)) if not _descends(spans, j, index))
+        exits += [next(outside, total)] * (stop - begin)
+    row["exit_ids"] = exits
+    return row
+
+
+def _descends(spans, index: int, ancestor: int) -> bool:
+    """Whether segment `index` lies in the subtree of segment `ancestor` (`spans` as `pack_tree` builds them)."""
+    while index is not None and index != ancestor:
+        index = spans[index][1]
+    return index == ancestor
+
+
 def pack(
     prompt: list[int],
     completions: Sequence[list[int]],
     max_length: int | None = None,
     truncation_mode: str = "keep_start",
 ) -> dict[str, list[int]]:
-    """One shared-layout row: `input_ids`, `position_ids`, `segment_ids` and `completion_mask` (1 on completion
-    tokens), as lists.
+    """One shared-layout row: the tree of one prompt (`pack_tree`).
 
     Example:
     ```python
@@ -79,31 +172,23 @@ def pack(
     ([1, 2, 3, 4, 5, 3, 6], [0, 1, 2, 3, 4, 2, 3])
     >>> row["segment_ids"], row["completion_mask"]
     ([0, 0, 1, 1, 1, 2, 2], [0, 0, 0, 1, 1, 0, 1])
+    >>> row["exit_ids"]
+    [7, 7, 5, 5, 5, 7, 7]
 
     ```
     """
-    sequences, masks = zip(*(truncated(prompt, c, max_length, truncation_mode) for c in completions), strict=True)
-    kept_prompts = [sequence[: mask.count(0)] for sequence, mask in zip(sequences, masks, strict=True)]
-    same = all(kept == kept_prompts[0] for kept in kept_prompts)
-    shared = kept_prompts[0][:-1] if same else []
-    row = {
-        "input_ids": list(shared),
-        "position_ids": list(range(len(shared))),
-        "segment_ids": [SHARED] * len(shared),
-        "completion_mask": [0] * len(shared),
-    }
-    for k, (sequence, mask) in enumerate(zip(sequences, masks, strict=True), start=1):
-        branch = sequence[len(shared) :]
-        row["input_ids"] += branch
-        row["position_ids"] += range(len(shared), len(sequence))
-        row["segment_ids"] += [k] * len(branch)
-        row["completion_mask"] += mask[len(shared) :]
-    return row
+    return pack_tree([(prompt, completions)], max_length, truncation_mode)
 
 
 def collate(rows: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_multiple_of: int | None = None):
     """Right-pad `pack` rows into `(rows, length)` tensors, with a 2D `attention_mask` (1 on real tokens)."""
-    padding = {"input_ids": pad_token_id, "position_ids": 0, "segment_ids": PADDING, "completion_mask": 0}
+    padding = {
+        "input_ids": pad_token_id,
+        "position_ids": 0,
+        "segment_ids": PADDING,
+        "completion_mask": 0,
+        "exit_ids": 0,
+    }
     batch = {
         key: pad(
             [torch.tensor(row[key], dtype=torch.long) for row in rows],
@@ -114,6 +199,8 @@ def collate(rows: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_mult
         for key, value in padding.items()
     }
     batch["attention_mask"] = (batch["segment_ids"] != PADDING).long()
+    index = torch.arange(1, batch["exit_ids"].size(1) + 1).expand_as(batch["exit_ids"])
+    batch["exit_ids"] = torch.where(batch["attention_mask"].bool(), batch["exit_ids"], index)  # padding: itself only
     return batch
 
 
@@ -139,41 +226,57 @@ def branch_sums(per_token: torch.Tensor, segment_ids: torch.Tensor, num_branches
     return [(per_token * (segment_ids == k)).sum(dim=1) for k in range(1, num_branches + 1)]
 
 
-def allowed_attention(
-    segment_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None
-) -> torch.Tensor:
-    """`(rows, 1, length, length)` bool: query `q` may attend to key `k` when `k <= q` and `k` lies in the shared
-    part or in `q`'s own segment, and (with a sliding window) when their positions are less than `sliding_window`
-    apart. Padding forms its own segment, so every row of the mask allows at least its diagonal."""
-    length = segment_ids.size(1)
-    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
-    query, key = segment_ids[:, :, None], segment_ids[:, None, :]
-    allowed = causal & ((key == SHARED) | (key == query))
+def allowed_attention(exit_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None):
+    """`(rows, 1, length, length)` bool, the ancestor mask: query `q` may attend to key `k` when `k <= q < exit_ids[k]`
+    (`k` lies in `q`'s segment or in one of its ancestors), and (with a sliding window) when their positions are less
+    than `sliding_window` apart. Padding ends where it begins, so every row of the mask allows its diagonal."""
+    length = exit_ids.size(1)
+    index = torch.arange(length, device=exit_ids.device)
+    causal = index[None, :, None] >= index[None, None, :]
+    allowed = causal & (index[None, :, None] < exit_ids[:, None, :])
     if sliding_window is not None:
         allowed &= (position_ids[:, :, None] - position_ids[:, None, :]) < sliding_window
     return allowed[:, None]
 
 
-def _for_attention(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """SDPA takes the boolean mask; eager attention adds the mask to its scores."""
+def flex_block_mask(exit_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None):
+    """The mask of `allowed_attention` as a FlexAttention `BlockMask`, for `attn_implementation="flex_attention"`:
+    built from the same indices, so that blocks with nothing to attend to are skipped rather than masked."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(row, head, query, key):
+        allowed = (key <= query) & (query < exit_ids[row, key])
+        if sliding_window is not None:
+            allowed = allowed & (position_ids[row, query] - position_ids[row, key] < sliding_window)
+        return allowed
+
+    rows, length = exit_ids.shape
+    return create_block_mask(mask_mod, rows, None, length, length, device=exit_ids.device)
+
+
+def _for_attention(exit_ids, position_ids, window, implementation: str, dtype: torch.dtype):
+    """The mask in the form `implementation` takes: SDPA the boolean mask; eager attention adds it to its scores;
+    FlexAttention a `BlockMask`."""
+    if implementation == "flex_attention":
+        return flex_block_mask(exit_ids, position_ids, window)
+    allowed = allowed_attention(exit_ids, position_ids, window)
     if implementation == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def attention_mask_for(config, dtype: torch.dtype, segment_ids: torch.Tensor, position_ids: torch.Tensor):
-    """The attention mask that a model with `config`, computing in `dtype`, takes for shared rows: one 4D mask, or one
-    per layer type when the model mixes full and sliding-window layers (e.g. Gemma 2)."""
+def attention_mask_for(config, dtype: torch.dtype, exit_ids: torch.Tensor, position_ids: torch.Tensor):
+    """The attention mask that a model with `config`, computing in `dtype`, takes for shared rows (`exit_ids` and
+    `position_ids` of `collate`): one mask, or one per layer type when the model mixes full and sliding-window layers
+    (e.g. Gemma 2)."""
     implementation = config._attn_implementation
     window = getattr(config, "sliding_window", None)
     layer_types = set(getattr(config, "layer_types", None) or ())
     if not layer_types:  # every layer alike: windowed when the config has a window (Mistral, Phi-3)
-        return _for_attention(allowed_attention(segment_ids, position_ids, window), implementation, dtype)
+        return _for_attention(exit_ids, position_ids, window, implementation, dtype)
     masks = {
         layer_type: _for_attention(
-            allowed_attention(segment_ids, position_ids, window if layer_type == "sliding_attention" else None),
-            implementation,
-            dtype,
+            exit_ids, position_ids, window if layer_type == "sliding_attention" else None, implementation, dtype
         )
         for layer_type in layer_types
     }
@@ -295,12 +398,11 @@ def completion_logps(
         batch = {k: v.to(device) for k, v in collate([packed[i] for i in chunk], pad_token_id).items()}
         segments, positions = batch["segment_ids"], batch["position_ids"]
         scored = scored_positions(segments, batch["completion_mask"])
+        mask = attention_mask_for(config, dtype, batch["exit_ids"], positions) if share else batch["attention_mask"]
         with torch.no_grad():
             outputs = model(
                 input_ids=batch["input_ids"],
-                attention_mask=attention_mask_for(config, dtype, segments, positions)
-                if share
-                else batch["attention_mask"],
+                attention_mask=mask,
                 position_ids=positions,
                 shift_labels=shift_labels(batch["input_ids"], scored),
                 use_cache=False,

@@ -80,9 +80,9 @@ class DataCollatorForSSO(DataCollatorForPreference):
       rows `[x- y_o ; x- y+]`.
 
     With `share_prompt=True`, each example is one row holding the prompt once, then the winner and the loser as
-    branches (`trl_sso.sharing`), and the block adds `position_ids` and `segment_ids` (1 for the winner, 2 for the
-    loser). Each sequence is truncated to `max_length` before padding (`truncation_mode` as in DPO). Precomputed
-    `ref_*_logps` columns are stacked into tensors of shape `(batch,)`.
+    branches (`trl_sso.sharing`), and the block adds `position_ids`, `segment_ids` (1 for the winner, 2 for the
+    loser) and `exit_ids` (the ancestor mask's indices). Each sequence is truncated to `max_length` before padding
+    (`truncation_mode` as in DPO). Precomputed `ref_*_logps` columns are stacked into tensors of shape `(batch,)`.
 
     Examples:
     ```python
@@ -398,7 +398,7 @@ class SSOTrainer(DPOTrainer):
             config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
             outputs = model(
                 input_ids=input_ids,
-                attention_mask=sharing.attention_mask_for(config, dtype, segments, positions),
+                attention_mask=sharing.attention_mask_for(config, dtype, inputs[f"{prefix}exit_ids"], positions),
                 position_ids=positions,
                 shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
                 use_cache=False,
