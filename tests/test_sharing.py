@@ -11,6 +11,7 @@
 """
 
 import logging
+import os
 
 import pytest
 import torch
@@ -433,3 +434,26 @@ def test_prepare_scoring_compacts_on_cpu_once_and_from_two_threads(tiny_model_di
         list(pool.map(sharing.prepare_scoring, [shared, shared]))
     assert getattr(sharing._fused_forward_of(shared), "_sso_compact", False)
     assert sharing._fused_forward_of(shared).__code__ is sharing._fused_forward_of(model).__code__
+
+
+def test_the_tree_forwards_fewer_tokens_on_the_packaged_models_records(tokenizer_dir, monkeypatch):
+    """`tests/benchmarks/bench_tokens.py` on two records tokenized as the trainer tokenizes them (the packaged model's
+    template, the principle after the question): the tree forwards fewer tokens than the shared-prompt layout, which
+    forwards fewer than two rows a pair; with the principle in the system message (nothing shared beyond the
+    template's first tokens) the tree is within a few tokens of the shared layout."""
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))  # restored afterwards
+    path = Path(__file__).parent / "benchmarks" / "bench_tokens.py"
+    spec = importlib.util.spec_from_file_location("bench_tokens", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for seed in range(2):
+        after = bench.counts(tokenizer, bench.record(seed, 150, 300), "after_question")
+        assert after["tree"] < after["shared"] < after["two_rows"] and after["common"] > 100
+        system = bench.counts(tokenizer, bench.record(seed, 150, 300), "system")
+        assert system["shared"] - 10 <= system["tree"] <= system["shared"]
