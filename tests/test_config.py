@@ -27,6 +27,7 @@ def test_every_sso_field_has_help_and_a_docstring_entry():
         "sso_sft_coef",
         "sso_backward_per_pair",
         "sso_share_prompt",
+        "sso_share_across_pairs",
         "sso_principle_placement",
     }
     for f in fields:

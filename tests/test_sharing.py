@@ -236,8 +236,15 @@ def family_dir(request, tokenizer_dir, tmp_path_factory):
 def run_both_layouts(model_dir, tokenizer, tmp_path, lora=False, qlora=False, **overrides):
     """For `sso_share_prompt` True and False: the per-sequence log-probs of every pair, the loss summed over two
     micro-batches of `training_step` with gradient accumulation 2, the gradients and the logged metrics."""
+    layouts = ({"sso_share_prompt": True}, {"sso_share_prompt": False})
+    return run_layouts(model_dir, tokenizer, tmp_path, layouts, lora, qlora, **overrides)
+
+
+def run_layouts(model_dir, tokenizer, tmp_path, layouts, lora=False, qlora=False, **overrides):
+    """`run_both_layouts` for each of `layouts` (`SSOConfig` overrides)."""
     results = []
-    for share in (True, False):
+    for number, layout in enumerate(layouts):
+        share = layout["sso_share_prompt"]
         torch.manual_seed(0)
         if qlora:
             from transformers import BitsAndBytesConfig
@@ -248,7 +255,7 @@ def run_both_layouts(model_dir, tokenizer, tmp_path, lora=False, qlora=False, **
             kwargs = {"model": policy_and_reference(model_dir)["model"]} if lora else policy_and_reference(model_dir)
         lora = lora or qlora
         peft = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False) if lora else None
-        args = sso_args(tmp_path / str(share), sso_share_prompt=share, **overrides)
+        args = sso_args(tmp_path / str(number), **layout, **overrides)
         trainer = SSOTrainer(
             **kwargs, args=args, train_dataset=sso_dataset(), processing_class=tokenizer, peft_config=peft
         )
@@ -318,6 +325,63 @@ def test_trainer_numbers_do_not_depend_on_the_layout(family_dir, tokenizer, tmp_
 @pytest.mark.parametrize("case", list(LLAMA_CASES))
 def test_more_trainer_settings_do_not_depend_on_the_layout(tiny_model_dir, tokenizer, tmp_path, case):
     assert_same_numbers(*run_both_layouts(tiny_model_dir, tokenizer, tmp_path, **LLAMA_CASES[case]))
+
+
+# the tree: one row per example where x, x+ and x- begin alike (the principle after the question)
+TREE = {"sso_principle_placement": "after_question"}
+THREE_LAYOUTS = (
+    {"sso_share_prompt": True},  # the tree (the default where it applies)
+    {"sso_share_prompt": True, "sso_share_across_pairs": False},  # one shared row per pair
+    {"sso_share_prompt": False},  # DPO's two rows per pair
+)
+TREE_CASES = {
+    "policy, per-pair plan asked": {"max_length": 64},
+    "policy, keep_end truncation, ld_alpha, WPO weighting": {
+        "max_length": 48, "truncation_mode": "keep_end", "ld_alpha": 0.5, "use_weighting": True
+    },
+    "generator objective (two pairs), gradient checkpointing": {
+        "sso_objective": "generator", "gradient_checkpointing": True
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(TREE_CASES))
+def test_the_tree_gives_the_numbers_of_the_other_layouts(family_dir, tokenizer, tmp_path, case):
+    """One tree row per example: the log-probs, the loss, the gradients and the metrics of the shared-prompt layout
+    and of the two-row layout, with fewer tokens forwarded than either. The whole example being one forward pass, the
+    step backpropagates once: the per-pair plan is not used (`sso_backward_per_pair` applies to the other layouts)."""
+    tree, shared, two_rows = run_layouts(family_dir, tokenizer, tmp_path, THREE_LAYOUTS, **TREE, **TREE_CASES[case])
+    batch = tree[-1]
+    assert "tree_input_ids" in batch and "tree_input_ids" not in shared[-1]
+    pairs = [prefix for prefix in ("", "pos_", "neg_") if f"{prefix}input_ids" in shared[-1]]
+    tree_tokens = batch["tree_attention_mask"].sum()
+    assert tree_tokens <= sum(shared[-1][f"{p}attention_mask"].sum() for p in pairs)
+    if TREE_CASES[case].get("truncation_mode") != "keep_end":  # keep_end cuts the common beginning: nothing to share
+        assert tree_tokens < sum(shared[-1][f"{p}attention_mask"].sum() for p in pairs)
+    assert_same_numbers(tree, shared)
+    assert_same_numbers(tree, two_rows)
+
+
+def test_the_tree_steps_with_one_backward_pass(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """With a tree batch, `training_step` is the parent's (one backward of the whole loss), and the tree is forwarded
+    once for the policy and once for the reference, whatever the number of pairs."""
+    args = sso_args(tmp_path, **TREE)
+    trainer = SSOTrainer(**policy_and_reference(tiny_model_dir), args=args, train_dataset=sso_dataset(),
+                         processing_class=tokenizer)  # fmt: skip
+    trainer.model.train()
+    assert trainer._backward_per_pair(trainer.model)  # asked for, and possible: it is the tree that rules it out
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in (0, 1)]))
+    assert "tree_input_ids" in batch
+    forwards = {"policy": 0, "reference": 0}
+    for name, model in (("policy", trainer.model), ("reference", trainer.ref_model)):
+        model.register_forward_hook(lambda *args, name=name: forwards.__setitem__(name, forwards[name] + 1))
+    shares = []
+    monkeypatch.setattr(trainer, "_backward_share", lambda *args, **kwargs: shares.append(args[0]))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by `train()` in normal use
+    trainer.training_step(trainer.model, batch)
+    assert forwards == {"policy": 1, "reference": 1} and shares == []  # three pairs, one forward each, no per-pair
+    assert len(trainer._tree_outputs) == 0  # nothing kept past the step
 
 
 @pytest.mark.parametrize("adapter", ["LoRA", "QLoRA 4-bit"])

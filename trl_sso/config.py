@@ -154,6 +154,13 @@ class SSOConfig(TokenFreePickle, DPOConfig):
             the principle. Models whose attention cannot take the shared-prompt mask (flash attention, unverified
             model types, prompt-learning adapters) keep the two-row layout, with one warning that names the reason.
 
+        sso_share_across_pairs (`bool`, *optional*, defaults to `True`):
+            With `sso_share_prompt`, whether to forward each example as one row (`trl_sso.sharing.pack_tree`): the
+            common beginning of x, x+ and x- once, each prompt's own tokens, then its two completions; where, in every
+            example of a batch, the prompts begin alike for at least half the shortest one (the principle after the
+            question). The log-probabilities are the same. The whole example is then one forward pass, so a training
+            step backpropagates the loss once rather than pair by pair (`sso_backward_per_pair` does not apply).
+
         sso_principle_placement (`str` or `None`, *optional*, defaults to `None`):
             Where the principle goes in the steering prompts x+ and x-: `"system"` (the system message),
             `"before_question"` or `"after_question"` (in the user turn). `None` follows the data: each record's
@@ -217,6 +224,15 @@ class SSOConfig(TokenFreePickle, DPOConfig):
         metadata={
             "help": "Whether to forward each pair's prompt once for both completions (same log-probabilities, fewer "
             "tokens). Models whose attention cannot take the shared-prompt mask keep DPO's two-row layout."
+        },
+    )
+
+    sso_share_across_pairs: bool = field(
+        default=True,
+        metadata={
+            "help": "With `sso_share_prompt`, forward each example as one row holding the common beginning of its "
+            "pairs' prompts once (the tree layout: same log-probabilities, fewer tokens) where they begin alike for "
+            "at least half their length, as with the principle after the question."
         },
     )
 

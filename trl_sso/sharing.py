@@ -49,6 +49,7 @@ from trl.trainer.utils import add_fused_lm_head, pad
 
 SHARED = 0  # segment id of the shared part of a row
 PADDING = -1  # segment id of padding
+OTHER = -1_000  # segment id, in a view of a tree row for one pair, of everything that is not the pair's two branches
 # Model families whose attention was checked to give the unshared log-probabilities in this layout (tests/test_sharing)
 VERIFIED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi", "phi3"})
 _FLEX_BLOCK = 128  # FlexAttention's default block size
@@ -87,6 +88,13 @@ def common_prefix(sequences: Sequence[list[int]]) -> int:
         if any(sequence[index] != sequences[0][index] for sequence in sequences[1:]):
             return index
     return length
+
+
+def tree_pays(prompts: Sequence[list[int]]) -> bool:
+    """Whether a tree row is worth its length for `prompts`: they begin alike for at least half of the shortest one
+    (the principle after or inside the question). Otherwise (the principle in the system message, before the
+    question) they share little beyond the template, and one row a prompt keeps the attention rows short."""
+    return 2 * common_prefix(prompts) >= min(len(prompt) for prompt in prompts)
 
 
 def pack_tree(

@@ -113,6 +113,7 @@ class DataCollatorForSSO(DataCollatorForPreference):
     """
 
     share_prompt: bool = False
+    share_across_pairs: bool = False
 
     def _pad(self, sequences: list[list[int]], value: int) -> torch.Tensor:
         tensors = [torch.tensor(sequence, dtype=torch.long) for sequence in sequences]
@@ -144,12 +145,46 @@ class DataCollatorForSSO(DataCollatorForPreference):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         output = {}
-        for name, pair in PAIRS.items():
-            if pair.token_columns[0] in examples[0]:
+        pairs = [name for name, pair in PAIRS.items() if pair.token_columns[0] in examples[0]]
+        if self._use_tree(examples, pairs):
+            output.update(self._collate_tree(examples, pairs))
+        else:
+            for name in pairs:
                 output.update(self._collate_pair(examples, name))
+        for pair in PAIRS.values():
             for column in pair.ref_columns:
                 if column in examples[0]:
                     output[column] = torch.tensor([example[column] for example in examples])
+        return output
+
+    def _use_tree(self, examples: list[dict[str, Any]], pairs: list[str]) -> bool:
+        """Whether the batch goes as one tree row per example (`share_across_pairs`): with several pairs whose
+        prompts, in every example, begin alike for at least half of the shortest (`trl_sso.sharing.tree_pays`)."""
+        if not (self.share_prompt and self.share_across_pairs and len(pairs) > 1):
+            return False
+        return all(sharing.tree_pays([e[PAIRS[p].token_columns[0]] for p in pairs]) for e in examples)
+
+    def _collate_tree(self, examples: list[dict[str, Any]], pairs: list[str]) -> dict[str, torch.Tensor]:
+        """One tree row per example (`trl_sso.sharing.pack_tree`) under the `tree_` keys, the pairs' branches in the
+        order of `pairs`; and for each pair a view of it under the pair's own keys: the same rows, with the pair's
+        winner and loser as branches 1 and 2 and only their completion tokens in its completion mask."""
+        rows = []
+        for example in examples:
+            groups = []
+            for pair in pairs:
+                prompt_key, winner_key, loser_key = PAIRS[pair].token_columns
+                groups.append((example[prompt_key], (example[winner_key], example[loser_key])))
+            rows.append(sharing.pack_tree(groups, self.max_length, self.truncation_mode))
+        tree = sharing.collate(rows, self.pad_token_id, self.pad_to_multiple_of)
+        output = {f"tree_{key}": value for key, value in tree.items()}
+        segments = tree["segment_ids"]
+        for index, pair in enumerate(pairs):
+            prefix, winner, loser = PAIRS[pair].prefix, 2 * index + 1, 2 * index + 2
+            own = torch.where(segments == winner, 1, torch.where(segments == loser, 2, sharing.OTHER))
+            output.update({f"{prefix}{key}": tree[key] for key in ("input_ids", "position_ids", "exit_ids")})
+            output[f"{prefix}attention_mask"] = tree["attention_mask"]
+            output[f"{prefix}segment_ids"] = own
+            output[f"{prefix}completion_mask"] = tree["completion_mask"] * (own > 0)
         return output
 
 
@@ -223,6 +258,7 @@ class SSOTrainer(DPOTrainer):
                     _refuse_images(next(iter(data), {}), split)
         self.sso_pairs = sso_data.pairs_in_use(args.sso_objective, args.sso_steer_coef)
         self._prompt_sharing = None  # settled once the models are loaded (`_shares_prompt`)
+        self._tree_outputs = []  # (key, outputs) of the tree forwards of the batch at hand (`_forward_tree`)
         super().__init__(
             model=model,
             ref_model=ref_model,
@@ -281,6 +317,7 @@ class SSOTrainer(DPOTrainer):
                 truncation_mode=c.truncation_mode,
                 pad_to_multiple_of=c.pad_to_multiple_of,
                 share_prompt=self._shares_prompt(),
+                share_across_pairs=self.args.sso_share_across_pairs,
             )
 
     def _shares_prompt(self) -> bool:
@@ -393,7 +430,9 @@ class SSOTrainer(DPOTrainer):
         prefix = PAIRS[pair].prefix
         input_ids, completion_mask = inputs[f"{prefix}input_ids"], inputs[f"{prefix}completion_mask"]
         router = {"output_router_logits": True} if policy and self.aux_loss_enabled else {}
-        if f"{prefix}segment_ids" in inputs:  # shared-prompt rows
+        if "tree_input_ids" in inputs:  # one tree row per example: one forward for every pair, each reads its view
+            outputs = self._forward_tree(model, inputs, policy, router)
+        elif f"{prefix}segment_ids" in inputs:  # shared-prompt rows
             segments, positions = inputs[f"{prefix}segment_ids"], inputs[f"{prefix}position_ids"]
             config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
             outputs = model(
@@ -424,6 +463,28 @@ class SSOTrainer(DPOTrainer):
         if self.ld_alpha is not None:
             log_probs = log_probs * self._ld_token_weights(inputs, pair).to(log_probs.dtype)
         return self._pair_sums(log_probs, inputs, pair), outputs
+
+    def _forward_tree(self, model, inputs: dict, policy: bool, router: dict):
+        """The forward of a batch's tree rows (`tree_*` keys), run once for all its pairs: kept for the pairs that
+        follow while it is the same batch, model, kind of forward and gradient mode."""
+        key = (inputs["tree_input_ids"], model, policy, torch.is_grad_enabled())
+        for cached, outputs in self._tree_outputs:
+            if all(a is b for a, b in zip(cached, key)):
+                return outputs
+        input_ids, segments = inputs["tree_input_ids"], inputs["tree_segment_ids"]
+        positions, completion_mask = inputs["tree_position_ids"], inputs["tree_completion_mask"]
+        config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
+        outputs = model(
+            input_ids=input_ids,
+            attention_mask=sharing.attention_mask_for(config, dtype, inputs["tree_exit_ids"], positions),
+            position_ids=positions,
+            shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
+            use_cache=False,
+            fused_lm_head=True,
+            **router,
+        )
+        self._tree_outputs.append((key, outputs))
+        return outputs
 
     @staticmethod
     def _pair_sums(per_token: torch.Tensor, inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -507,6 +568,7 @@ class SSOTrainer(DPOTrainer):
         ref_logps = {}
         for pair in self.sso_pairs:
             ref_logps.update(zip(PAIRS[pair].ref_columns, self._pair_ref_logps(model, inputs, pair), strict=True))
+        self._tree_outputs = []
         return ref_logps
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
@@ -591,7 +653,7 @@ class SSOTrainer(DPOTrainer):
         transformers' own source (tests/test_trainer.py).
         """
         model.train()  # before the choice: it depends on the model's training mode
-        if not self._backward_per_pair(model):
+        if not self._backward_per_pair(model) or "tree_input_ids" in inputs:  # a tree: one forward, one backward
             return super().training_step(model, inputs, num_items_in_batch)
         cp_context, inputs = self._prepare_context_parallel_inputs(model, inputs)
         with cp_context():
@@ -691,6 +753,7 @@ class SSOTrainer(DPOTrainer):
         pairs, outputs = {}, {}
         for pair in self.sso_pairs:
             pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
+        self._tree_outputs = []  # a tree's forwards served every pair
         loss = self._loss_and_metrics(inputs, pairs, outputs)
         if not return_outputs:
             return loss
@@ -742,17 +805,12 @@ class SSOTrainer(DPOTrainer):
 
         counts = torch.zeros(5, device=means.device)
         for pair, output in outputs.items():
-            prefix = PAIRS[pair].prefix
             mask, winners = self._scored_masks(inputs, pair)
-            counts += torch.stack(
-                [
-                    (output.entropy.detach() * mask).sum(),
-                    mask.sum(),
-                    (output.is_top1 & winners).sum(),
-                    winners.sum(),
-                    inputs[f"{prefix}attention_mask"].sum(),
-                ]
+            counts[:4] += torch.stack(
+                [(output.entropy.detach() * mask).sum(), mask.sum(), (output.is_top1 & winners).sum(), winners.sum()]
             ).float()
+        forwarded = ["tree_"] if "tree_attention_mask" in inputs else [PAIRS[pair].prefix for pair in outputs]
+        counts[4] = sum(inputs[f"{prefix}attention_mask"].sum() for prefix in forwarded)  # a tree row counts once
         entropy, tokens, correct, winner_tokens, num_tokens = (
             self.accelerator.gather_for_metrics(counts.view(1, -1)).sum(dim=0).tolist()
         )
