@@ -330,7 +330,7 @@ def test_more_trainer_settings_do_not_depend_on_the_layout(tiny_model_dir, token
 # the tree: one row per example where x, x+ and x- begin alike (the principle after the question)
 TREE = {"sso_principle_placement": "after_question"}
 THREE_LAYOUTS = (
-    {"sso_share_prompt": True},  # the tree (the default where it applies)
+    {"sso_share_prompt": True, "sso_share_across_pairs": True},  # the tree
     {"sso_share_prompt": True, "sso_share_across_pairs": False},  # one shared row per pair
     {"sso_share_prompt": False},  # DPO's two rows per pair
 )
@@ -365,7 +365,7 @@ def test_the_tree_gives_the_numbers_of_the_other_layouts(family_dir, tokenizer, 
 def test_the_tree_steps_with_one_backward_pass(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
     """With a tree batch, `training_step` is the parent's (one backward of the whole loss), and the tree is forwarded
     once for the policy and once for the reference, whatever the number of pairs."""
-    args = sso_args(tmp_path, **TREE)
+    args = sso_args(tmp_path, sso_share_across_pairs=True, **TREE)
     trainer = SSOTrainer(**policy_and_reference(tiny_model_dir), args=args, train_dataset=sso_dataset(),
                          processing_class=tokenizer)  # fmt: skip
     trainer.model.train()

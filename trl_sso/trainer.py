@@ -13,6 +13,11 @@ One block per pair rather than one stacked batch: the steering prompts carry the
 the plain query, so stacking would pad the main pair to their length, and the per-token cost of TRL's fused LM head
 grows with the rows of a forward on CPU. Each block is exactly what DPOTrainer forwards for that pair. Pairs that the
 objective does not use are neither tokenized, collated nor forwarded.
+
+Where the pairs' prompts begin alike (the principle after the question), the collator lays each example out as one
+tree row instead (`sso_share_across_pairs`, `trl_sso.sharing.pack_tree`) and gives each pair a view of it under its own
+keys: the policy and the reference forward the tree once for all pairs (`_forward_tree`), each pair reads its branches,
+and the step backpropagates the loss once.
 """
 
 import contextlib
@@ -433,17 +438,7 @@ class SSOTrainer(DPOTrainer):
         if "tree_input_ids" in inputs:  # one tree row per example: one forward for every pair, each reads its view
             outputs = self._forward_tree(model, inputs, policy, router)
         elif f"{prefix}segment_ids" in inputs:  # shared-prompt rows
-            segments, positions = inputs[f"{prefix}segment_ids"], inputs[f"{prefix}position_ids"]
-            config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
-            outputs = model(
-                input_ids=input_ids,
-                attention_mask=sharing.attention_mask_for(config, dtype, inputs[f"{prefix}exit_ids"], positions),
-                position_ids=positions,
-                shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
-                use_cache=False,
-                fused_lm_head=True,
-                **router,
-            )
+            outputs = self._forward_shared(model, inputs, prefix, router)
         else:
             labels = input_ids.masked_fill(completion_mask == 0, -100)
             outputs = model(
@@ -471,20 +466,26 @@ class SSOTrainer(DPOTrainer):
         for cached, outputs in self._tree_outputs:
             if all(a is b for a, b in zip(cached, key)):
                 return outputs
-        input_ids, segments = inputs["tree_input_ids"], inputs["tree_segment_ids"]
-        positions, completion_mask = inputs["tree_position_ids"], inputs["tree_completion_mask"]
+        outputs = self._forward_shared(model, inputs, "tree_", router)
+        self._tree_outputs.append((key, outputs))
+        return outputs
+
+    def _forward_shared(self, model, inputs: dict, prefix: str, router: dict):
+        """The forward of the shared rows of `inputs` under `prefix` (a pair's block, or `tree_`): their mask from the
+        segments' exit indices (`trl_sso.sharing`), positions continued from each segment's parent, and labels only
+        where a position predicts a completion token of its own segment."""
+        input_ids, segments = inputs[f"{prefix}input_ids"], inputs[f"{prefix}segment_ids"]
+        positions, completion_mask = inputs[f"{prefix}position_ids"], inputs[f"{prefix}completion_mask"]
         config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
-        outputs = model(
+        return model(
             input_ids=input_ids,
-            attention_mask=sharing.attention_mask_for(config, dtype, inputs["tree_exit_ids"], positions),
+            attention_mask=sharing.attention_mask_for(config, dtype, inputs[f"{prefix}exit_ids"], positions),
             position_ids=positions,
             shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
             use_cache=False,
             fused_lm_head=True,
             **router,
         )
-        self._tree_outputs.append((key, outputs))
-        return outputs
 
     @staticmethod
     def _pair_sums(per_token: torch.Tensor, inputs: dict, pair: str) -> tuple[torch.Tensor, torch.Tensor]:

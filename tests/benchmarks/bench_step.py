@@ -56,7 +56,7 @@ def text(n_words: int, seed: int) -> str:
     return " ".join(WORDS[(seed * 7 + i * 3) % len(WORDS)] for i in range(n_words))
 
 
-def make_dataset(n: int, prompt_words: int, principle_words: int, response_words: int) -> Dataset:
+def make_dataset(n: int, prompt_words: int, principle_words: int, response_words: int, placement: str) -> Dataset:
     rows = []
     for i in range(n):
         rows.append(
@@ -67,6 +67,7 @@ def make_dataset(n: int, prompt_words: int, principle_words: int, response_words
                 "original": [{"role": "assistant", "content": text(response_words + i % 3, i + 3)}],
                 "positive_system": "Be accurate and helpful. " + text(principle_words, i + 4),
                 "negative_system": "Be inaccurate and unhelpful. " + text(principle_words + 2, i + 5),
+                "principle_placement": placement,
             }
         )
     return Dataset.from_list(rows)
@@ -139,6 +140,8 @@ class Stepper:
         examples = [trainer.train_dataset[i] for i in range(trainer.args.per_device_train_batch_size)]
         self.batch = trainer._prepare_inputs(trainer.data_collator(examples))
         keys = [k for k in self.batch if k.endswith("input_ids")]
+        if "tree_input_ids" in self.batch:  # one tree row per example: the pairs' keys are views of it
+            keys = ["tree_input_ids"]
         self.padded_tokens = sum(self.batch[k].numel() for k in keys)
         self.real_tokens = sum(int(self.batch[k.replace("input_ids", "attention_mask")].sum()) for k in keys)
         self.faults = []  # (seconds, minor page faults) of each step
@@ -177,6 +180,7 @@ def minor_page_faults() -> int:
 
 VARIANTS = {  # SSOTrainer variants: SSOConfig overrides
     "policy, shared prompt": {},
+    "policy, tree": {"sso_share_across_pairs": True},
     "policy, two rows (DPO layout)": {"sso_share_prompt": False},
     "policy, shared, one backward": {"sso_backward_per_pair": False},
     "policy, shared, steering off": {"sso_steer_coef": 0.0, "sso_use_weight": False},
@@ -199,6 +203,12 @@ def parse_args():
     parser.add_argument("--prompt_words", type=int, default=30)
     parser.add_argument("--principle_words", type=int, default=60)
     parser.add_argument("--response_words", type=int, default=120)
+    parser.add_argument(
+        "--placement",
+        default="system",
+        choices=("system", "before_question", "after_question"),
+        help="where the principle goes in x+ and x- (after the question, x, x+ and x- share the question: the tree)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed steps of each trainer, after one warm-up step")
     parser.add_argument("--rounds", type=int, default=2, help="processes per trainer, run in turn")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -283,7 +293,9 @@ def main():
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     else:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path())
-    dataset = make_dataset(max(args.batch, 8), args.prompt_words, args.principle_words, args.response_words)
+    dataset = make_dataset(
+        max(args.batch, 8), args.prompt_words, args.principle_words, args.response_words, args.placement
+    )
     if args.run_one:  # internal: one trainer, in its own process
         model_path = model_path if args.model == "packaged" else os.path.join(args.work, "model")
         print(json.dumps(run_one(args.run_one, args, args.work, model_path, tokenizer, dataset)))
