@@ -65,7 +65,7 @@ ITERATE = (
 KILLER = """
 import os, signal, sys
 from trl_sso import trainer
-from trl_sso.scripts import stages
+from trl_sso.scripts import common
 
 def kill(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -76,7 +76,7 @@ if sys.argv[1] == "before-the-final-save":
         save_model(self, output_dir, _internal_call) if _internal_call else kill()
     )
 else:
-    stages.save_next_policy = kill
+    common.save_next_policy = kill  # before `iterate` imports it
 from trl_sso.cli.main import main
 main(["iterate", *sys.argv[2:]])
 """

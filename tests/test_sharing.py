@@ -334,8 +334,10 @@ THREE_LAYOUTS = (
     {"sso_share_prompt": True, "sso_share_across_pairs": False},  # one shared row per pair
     {"sso_share_prompt": False},  # DPO's two rows per pair
 )
-TREE_CASES = {
+TREE_CASES = {  # the first on every family, against both other layouts; the rest on Llama, against one row a pair
     "policy, per-pair plan asked": {"max_length": 64},
+}
+LLAMA_TREE_CASES = {
     "policy, keep_end truncation, ld_alpha, WPO weighting": {
         "max_length": 48, "truncation_mode": "keep_end", "ld_alpha": 0.5, "use_weighting": True
     },
@@ -354,12 +356,20 @@ def test_the_tree_gives_the_numbers_of_the_other_layouts(family_dir, tokenizer, 
     batch = tree[-1]
     assert "tree_input_ids" in batch and "tree_input_ids" not in shared[-1]
     pairs = [prefix for prefix in ("", "pos_", "neg_") if f"{prefix}input_ids" in shared[-1]]
-    tree_tokens = batch["tree_attention_mask"].sum()
-    assert tree_tokens <= sum(shared[-1][f"{p}attention_mask"].sum() for p in pairs)
-    if TREE_CASES[case].get("truncation_mode") != "keep_end":  # keep_end cuts the common beginning: nothing to share
-        assert tree_tokens < sum(shared[-1][f"{p}attention_mask"].sum() for p in pairs)
+    assert batch["tree_attention_mask"].sum() < sum(shared[-1][f"{p}attention_mask"].sum() for p in pairs)
     assert_same_numbers(tree, shared)
     assert_same_numbers(tree, two_rows)
+
+
+@pytest.mark.parametrize("case", list(LLAMA_TREE_CASES))
+def test_more_settings_give_the_tree_the_numbers_of_one_row_a_pair(tiny_model_dir, tokenizer, tmp_path, case):
+    layouts = THREE_LAYOUTS[:2]
+    tree, shared = run_layouts(tiny_model_dir, tokenizer, tmp_path, layouts, **TREE, **LLAMA_TREE_CASES[case])
+    assert "tree_input_ids" in tree[-1]
+    pairs = [prefix for prefix in ("", "pos_", "neg_") if f"{prefix}input_ids" in shared[-1]]
+    # keep_end cuts the common beginning, so the tree may share nothing: never more tokens, though
+    assert tree[-1]["tree_attention_mask"].sum() <= sum(shared[-1][f"{p}attention_mask"].sum() for p in pairs)
+    assert_same_numbers(tree, shared)
 
 
 def test_the_tree_steps_with_one_backward_pass(tiny_model_dir, tokenizer, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ Every file or folder that a later run reads back to decide what is already done 
 import contextlib
 import glob
 import json
+import logging
 import math
 import os
 import shutil
@@ -131,8 +132,6 @@ def output_lock(folder: str | Path, command: str):
     """Hold `folder` for one run of `command`: a lock file with this process's id, refused (a `ValueError` naming the
     running process) while another live process holds it, taken over (with a warning) from a process that died
     without releasing it, and removed when the run ends."""
-    import logging
-
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from trl.trainer.grpo_trainer import RepeatSampler
 from .generation.generator import generation_metrics, principle_model_sampler, sample_triples
 from .generation.samplers import TransformersSampler
 from .generation.sources import PrincipleSource
+from .generation.vllm import VLLMEngine
 from .models import require_chat_template
 from .online_config import OnlineSSOConfig
 from .principles import known_features
@@ -110,8 +111,6 @@ class OnlineSSOTrainer(SSOTrainer):
             )
         self.vllm, self._synced_step = None, None
         if args.use_vllm:  # TRL's `VLLMGeneration` on this trainer's model, as GRPO builds it
-            from .generation.vllm import VLLMEngine
-
             self.vllm = VLLMEngine.for_trainer(self, trust_remote_code)
 
     def _sampler(self, policy, batch_size: int):

@@ -2,6 +2,7 @@
 place in an `accelerate launch` run, and how the other processes wait for work the main process does alone. Read by
 the training configs, the generator and the scripts alike."""
 
+import time
 from pathlib import Path
 
 
@@ -42,8 +43,6 @@ def wait_for_main(state, done: Path, poll_seconds: float = 2.0) -> None:
     the other processes must not sit in a barrier while the main process evaluates or merges for longer. They watch
     for `done` instead, and all processes then meet at a barrier that returns at once. (Should the main process die,
     the launcher ends the others.) The caller makes sure that `done` does not exist before the work starts."""
-    import time
-
     if not state.is_main_process:
         while not done.exists():
             time.sleep(poll_seconds)

@@ -79,8 +79,8 @@ TRAIN = (
 )
 
 
-def run(command: list[str], timeout: int = 600) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run(command: list[str], timeout: int = 600, env: dict | None = None) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:6])} ... exited with {result.returncode}: {result.stderr[-1500:]}")
     return result.stdout
@@ -275,18 +275,23 @@ def check_layouts(cpu, model, data, work) -> str:
 
 
 def check_server(cpu, model, data, work) -> str:
-    """Server mode: `trl vllm-serve` on the packaged model, then `generate` against it with the log-probability
-    filter (`get_sequence_logprobs`). Pushing a new policy's weights runs over NCCL, which cannot join two processes
-    on one GPU: that needs a second GPU, and is tested on CPU with a stand-in transfer (tests/test_vllm.py)."""
+    """Server mode: `trl vllm-serve` on the packaged model (GPU 0), then `generate` against it with the log-probability
+    filter (`get_sequence_logprobs`) from GPU 1. TRL's `VLLMGeneration` opens the NCCL link that carries a new
+    policy's weights when it starts, and NCCL cannot join two processes on one GPU: the check needs two GPUs (the
+    weight push itself is tested on CPU with a stand-in transfer, tests/test_vllm.py)."""
     if cpu:
         raise NotRun("vLLM needs a GPU (server mode is tested on CPU against a stand-in server)")
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        raise NotRun("server mode needs two GPUs: TRL opens an NCCL link to the server, which has a GPU of its own")
     from conftest import free_port
 
     port = free_port()
     env = {
         **os.environ,
         "VLLM_SERVER_DEV_MODE": "1",
-        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
+        "CUDA_VISIBLE_DEVICES": "0",
     }
     serve = ["trl", "vllm-serve", "--model", model, "--port", str(port), "--gpu_memory_utilization", "0.3"]
     server = subprocess.Popen(serve, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"))
@@ -297,7 +302,7 @@ def check_server(cpu, model, data, work) -> str:
             f"--max_completion_length 32 --use_vllm --vllm_mode server --vllm_server_base_url http://127.0.0.1:{port} "
             "--vllm_server_timeout 300 --logprob_filter --drop_revealing false"
         ).split()
-        run(["trl-sso", *argv], timeout=500)
+        run(["trl-sso", *argv], timeout=500, env={**os.environ, "CUDA_VISIBLE_DEVICES": "1"})
         summary = json.loads((out / "summary.json").read_text())
     finally:
         server.terminate()
