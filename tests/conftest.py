@@ -419,3 +419,17 @@ V2 = {
     "rejected": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Rainbows are painted."}],
     "raw": [{"from": "human", "value": "Explain rainbows."}, {"from": "gpt", "value": "Sunlight and rain make them."}],
 }
+
+
+def count_sdpa_calls(monkeypatch) -> list:
+    """Patch the SDPA that `trl_sso.segment_attention` calls to record the query length of each call."""
+    from trl_sso import segment_attention
+
+    calls, sdpa = [], segment_attention.sdpa_attention_forward
+
+    def counted(module, query, *args, **kwargs):
+        calls.append(query.size(2))
+        return sdpa(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(segment_attention, "sdpa_attention_forward", counted)
+    return calls

@@ -11,7 +11,7 @@ from datasets import Dataset
 from numerics import assert_close_to_scale
 from transformers import TrainerCallback
 
-from trl_sso import OnlineSSOConfig, OnlineSSOTrainer, SSOConfig, SSOTrainer
+from trl_sso import OnlineSSOConfig, OnlineSSOTrainer, SSOConfig, SSOTrainer, segment_attention
 
 
 PROMPTS = Dataset.from_dict({"prompt": [f"Question {i}: why is the sky blue?" for i in range(8)]})
@@ -37,17 +37,24 @@ def online_args(tmp_path, **overrides):
 
 
 @pytest.mark.usefixtures("each_thread_count")
-def test_one_online_step_equals_sso_on_the_records_it_sampled(tiny_model_dir, tokenizer, tmp_path):
+def test_one_online_step_equals_sso_on_the_records_it_sampled(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """The online step forwards each record as one tree row (the principle after the question), computed by segment
+    (rows of any length, here); the oracle forwards DPO's two rows a pair."""
     online_grads, oracle_grads = FirstGradients(), FirstGradients()
     args = online_args(tmp_path / "online", max_steps=1)
     online = OnlineSSOTrainer(
         **policy_and_reference(tiny_model_dir), args=args, train_dataset=PROMPTS, processing_class=tokenizer,
         callbacks=[online_grads],
     )  # fmt: skip
+    plans, plan = [], segment_attention.segment_plan
+    monkeypatch.setattr(segment_attention, "segment_plan", lambda *a: plans.append(a[0].shape) or plan(*a))
+    monkeypatch.setattr(segment_attention, "MIN_LENGTH", 0)
     online.train()
+    monkeypatch.undo()
+    assert plans and all(rows == 2 for rows, _ in plans)  # one tree row a record, its attention by segment
     records = online.last_records
     assert len(records) == 2  # nothing filtered: one micro-step of 2 prompts
-    oracle_args = SSOConfig(**dict(TRAINING, max_steps=1), output_dir=str(tmp_path / "oracle"))
+    oracle_args = SSOConfig(**dict(TRAINING, max_steps=1), sso_share_prompt=False, output_dir=str(tmp_path / "oracle"))
     oracle = SSOTrainer(
         **policy_and_reference(tiny_model_dir), args=oracle_args, train_dataset=Dataset.from_list(records),
         processing_class=tokenizer, callbacks=[oracle_grads],

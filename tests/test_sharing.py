@@ -1,8 +1,9 @@
 """The shared-prompt layout (`trl_sso.sharing`, `sso_share_prompt`) gives the numbers of DPO's two-row layout.
 
 - the layout itself: exact rows, truncation, labels, masks;
-- every verified model family, random weights, sdpa and eager attention: per-sequence log-probs equal to those of the
-  unshared rows, with sliding windows that bite (and a mask without the window as a negative control);
+- every verified model family, random weights, sdpa, eager and SDPA by segment (`trl_sso.segment_attention`):
+  per-sequence log-probs equal to those of the unshared rows, with sliding windows that bite (and a mask without the
+  window as a negative control);
 - SSOTrainer on tiny Llama, Qwen2 (mixed full and sliding-window layers) and Mistral (sliding window): the same
   per-sequence log-probs, loss, metrics and gradients with and without sharing, for both objectives, with LoRA, with
   `keep_start` / `keep_end` truncation and through `training_step` with gradient accumulation; precomputed
@@ -12,14 +13,15 @@
 
 import logging
 import os
+from unittest import mock
 
 import pytest
 import torch
-from conftest import policy_and_reference, save_tiny_model, sso_args, sso_dataset
+from conftest import count_sdpa_calls, policy_and_reference, save_tiny_model, sso_args, sso_dataset
 from numerics import assert_close_to_scale
 from peft import LoraConfig
 
-from trl_sso import SSOTrainer, sharing
+from trl_sso import SSOTrainer, segment_attention, sharing
 
 
 pytestmark = pytest.mark.usefixtures("each_thread_count")
@@ -93,16 +95,20 @@ def unshared_logps(model, prompt, completions, max_length, mode):
 
 
 def shared_logps(model, rows, num_branches, window_off=False):
+    """Summed log-probs of each branch of `rows`, forwarded as the trainer forwards them (`attention_inputs`): a model
+    that computes by segment does so on these short rows too."""
     batch = sharing.collate(rows, pad_token_id=0)
     config, dtype = sharing.mask_settings(model)
+    with mock.patch.object(segment_attention, "MIN_LENGTH", 0):
+        attention = sharing.attention_inputs(config, dtype, batch)
+    if config._attn_implementation == segment_attention.IMPLEMENTATION:
+        assert "sso_segments" in attention
     if window_off:
-        mask = sharing._for_attention(
+        attention["attention_mask"] = sharing._for_attention(
             batch["exit_ids"], batch["position_ids"], None, config._attn_implementation, dtype
         )
-    else:
-        mask = sharing.attention_mask_for(config, dtype, batch["exit_ids"], batch["position_ids"])
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).logits
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **attention).logits
     scored = sharing.scored_positions(batch["segment_ids"], batch["completion_mask"])
     labels = sharing.shift_labels(batch["input_ids"], scored)
     per_token = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0] * scored
@@ -110,7 +116,8 @@ def shared_logps(model, rows, num_branches, window_off=False):
 
 
 # Gemma 2 runs with eager attention only in transformers (its logits soft-capping)
-ATTENTION = [(t, a) for t in FAMILIES for a in ("sdpa", "eager") if not (t == "gemma2" and a == "sdpa")]
+IMPLEMENTATIONS = ("sdpa", "eager", segment_attention.IMPLEMENTATION)
+ATTENTION = [(t, a) for t in FAMILIES for a in IMPLEMENTATIONS if not (t == "gemma2" and "sdpa" in a)]
 
 
 @pytest.mark.parametrize("model_type,attention", ATTENTION)
@@ -243,6 +250,7 @@ def run_both_layouts(model_dir, tokenizer, tmp_path, lora=False, qlora=False, **
 def run_layouts(model_dir, tokenizer, tmp_path, layouts, lora=False, qlora=False, **overrides):
     """`run_both_layouts` for each of `layouts` (`SSOConfig` overrides)."""
     results = []
+    by_segment = mock.patch.object(segment_attention, "MIN_LENGTH", 0)  # the shared rows of SDPA models, by segment
     for number, layout in enumerate(layouts):
         share = layout["sso_share_prompt"]
         torch.manual_seed(0)
@@ -260,19 +268,22 @@ def run_layouts(model_dir, tokenizer, tmp_path, layouts, lora=False, qlora=False
             **kwargs, args=args, train_dataset=sso_dataset(), processing_class=tokenizer, peft_config=peft
         )
         assert trainer.data_collator.share_prompt is share
+        if args.gradient_checkpointing:  # as `train()` does
+            trainer.model.activation_checkpointing_enable()
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 2  # set by `train()` in normal use
         batches = [
             trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in indices]))
             for indices in ((0, 1), (2, 3))
         ]
-        with torch.no_grad():
-            logps = {
-                pair: torch.cat(trainer._forward_pair(trainer.model, batches[0], pair)[0])
-                for pair in trainer.sso_pairs
-            }
-        trainer.model.zero_grad()
-        loss = sum(trainer.training_step(trainer.model, batch) for batch in batches)
+        with by_segment:
+            with torch.no_grad():
+                logps = {
+                    pair: torch.cat(trainer._forward_pair(trainer.model, batches[0], pair)[0])
+                    for pair in trainer.sso_pairs
+                }
+            trainer.model.zero_grad()
+            loss = sum(trainer.training_step(trainer.model, batch) for batch in batches)
         grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
         metrics = {k: v for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
         results.append((logps, loss, grads, metrics, batches[0]))
@@ -391,7 +402,55 @@ def test_the_tree_steps_with_one_backward_pass(tiny_model_dir, tokenizer, tmp_pa
     trainer.current_gradient_accumulation_steps = 1  # set by `train()` in normal use
     trainer.training_step(trainer.model, batch)
     assert forwards == {"policy": 1, "reference": 1} and shares == []  # three pairs, one forward each, no per-pair
-    assert len(trainer._tree_outputs) == 0  # nothing kept past the step
+    assert trainer._tree_outputs is None  # nothing kept past the step
+
+
+def test_sdpa_models_compute_long_shared_rows_by_segment(tmp_path, monkeypatch):
+    """A model switched to SDPA by segment runs one SDPA call per segment on rows of `MIN_LENGTH` tokens and more,
+    SDPA's dense masked call on shorter ones, and plain SDPA (the same numbers) where no segments are passed; the
+    switch is not saved with the model."""
+    model = tiny_family_model("llama", "sdpa")
+    assert segment_attention.use_segment_attention(model)
+    assert model.config._attn_implementation == segment_attention.IMPLEMENTATION
+    rows = [sharing.pack_tree(record) for record in (sso_record(0), sso_record(1))]
+    batch = sharing.collate(rows, pad_token_id=0)
+    plan = segment_attention.segment_plan(batch["segment_ids"], batch["exit_ids"], sharing.PADDING)
+    assert [len(row) for row in plan] == [10, 10]  # root, three contexts, six branches
+    calls = count_sdpa_calls(monkeypatch)
+    shared_logps(model, rows, 6)  # MIN_LENGTH patched to 0
+    assert len(calls) == model.config.num_hidden_layers * 20
+    calls.clear()
+    config, dtype = sharing.mask_settings(model)
+    assert "sso_segments" not in sharing.attention_inputs(config, dtype, batch)  # short rows: the dense mask
+    ids = torch.tensor([sso_record(0)[0][0]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    assert len(calls) == model.config.num_hidden_layers and calls[0] == ids.size(1)  # no segments: SDPA itself
+    with torch.no_grad():
+        torch.testing.assert_close(plain, tiny_family_model("llama", "sdpa")(input_ids=ids).logits, rtol=0, atol=0)
+    model.save_pretrained(tmp_path)
+    assert segment_attention.IMPLEMENTATION not in (tmp_path / "config.json").read_text()
+
+
+def test_the_trainer_computes_the_tree_by_segment(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """SSOTrainer switches SDPA models to SDPA by segment; with gradient checkpointing, the policy's forward, its
+    recomputation in the backward pass and the reference forward all run by segment (the segments reach the
+    attention through TRL's fused head and the checkpointed layers)."""
+    args = sso_args(tmp_path, sso_share_across_pairs=True, gradient_checkpointing=True, **TREE)
+    trainer = SSOTrainer(**policy_and_reference(tiny_model_dir), args=args, train_dataset=sso_dataset(),
+                         processing_class=tokenizer)  # fmt: skip
+    for model in (trainer.model, trainer.ref_model):
+        assert model.config._attn_implementation == segment_attention.IMPLEMENTATION
+    trainer.model.activation_checkpointing_enable()  # as `train()` does
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in (0, 1)]))
+    plan = segment_attention.segment_plan(batch["tree_segment_ids"], batch["tree_exit_ids"], sharing.PADDING)
+    calls = count_sdpa_calls(monkeypatch)
+    monkeypatch.setattr(segment_attention, "MIN_LENGTH", 0)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by `train()` in normal use
+    trainer.training_step(trainer.model, batch)
+    segments = sum(len(row) for row in plan)
+    assert len(calls) == 3 * trainer.model.config.num_hidden_layers * segments
 
 
 @pytest.mark.parametrize("adapter", ["LoRA", "QLoRA 4-bit"])
@@ -409,19 +468,34 @@ def test_lora_numbers_do_not_depend_on_the_layout(tiny_model_dir, tokenizer, tmp
         assert_same_numbers(shared, unshared)
 
 
-def test_precomputed_reference_log_probs_do_not_depend_on_the_layout(tiny_model_dir, tokenizer, tmp_path):
+@pytest.mark.parametrize("placement", ["system", "after_question"])
+def test_precomputed_reference_log_probs_do_not_depend_on_the_layout(tiny_model_dir, tokenizer, tmp_path, placement):
+    """The reference log-probs precomputed in one shared row a pair, or (the principle after the question) in the
+    tree, are those of two rows a pair."""
     columns = []
     for share in (True, False):
-        args = sso_args(tmp_path / str(share), sso_share_prompt=share, precompute_ref_log_probs=True)
+        args = sso_args(tmp_path / str(share), sso_share_prompt=share, precompute_ref_log_probs=True,
+                        sso_principle_placement=placement)  # fmt: skip
         trainer = SSOTrainer(
             **policy_and_reference(tiny_model_dir), args=args, train_dataset=sso_dataset(), processing_class=tokenizer
         )
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in (0, 1)])
+        assert ("tree_input_ids" in batch) is (share and placement == "after_question")
         columns.append(
             {c: trainer.train_dataset[c] for c in trainer.train_dataset.column_names if c.startswith("ref_")}
         )
     assert columns[0].keys() == columns[1].keys() and len(columns[0]) == 6
     for column, values in columns[1].items():
         assert_close_to_scale(torch.tensor(columns[0][column]), torch.tensor(values), LOGP_RTOL, name=column)
+
+
+def test_lora_numbers_in_the_tree(tiny_model_dir, tokenizer, tmp_path):
+    """LoRA with the tree: the numbers of two rows a pair (the reference forward is the policy's with its adapter
+    switched off, on the same tree row)."""
+    layouts = (THREE_LAYOUTS[0], THREE_LAYOUTS[2])
+    tree, two_rows = run_layouts(tiny_model_dir, tokenizer, tmp_path, layouts, lora=True, **TREE)
+    assert "tree_input_ids" in tree[-1] and all("lora" in name for name in tree[2])
+    assert_same_numbers(tree, two_rows)
 
 
 def test_a_model_that_cannot_take_the_mask_keeps_two_rows_with_one_warning(tokenizer_dir, tokenizer, tmp_path, caplog):
@@ -466,6 +540,7 @@ def test_the_shape_of_trls_fused_head_that_prepare_scoring_relies_on(tiny_model_
     import inspect
 
     from conftest import load_tiny_model
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
     from trl.trainer.utils import add_fused_lm_head
 
     source = inspect.getsource(add_fused_lm_head)
@@ -473,7 +548,34 @@ def test_the_shape_of_trls_fused_head_that_prepare_scoring_relies_on(tiny_model_
     model = load_tiny_model(tiny_model_dir)
     add_fused_lm_head(model)
     function = sharing._fused_forward_of(model)
-    assert function is not None and "_use_triton" in function.__code__.co_names
+    assert function is not None and {"_use_triton", "_ChunkedLogProbFunction"} <= set(function.__code__.co_names)
+    for method in (ChunkedLogProbFunction.forward, ChunkedLogProbFunction.backward):  # tiles: `with_token_tiles`
+        assert "TOKEN_CHUNK_SIZE" in method.__code__.co_names
+
+
+@pytest.mark.parametrize("outputs", [("log_probs",), ("log_probs", "entropy", "log_sum_sq_probs", "is_top1")])
+def test_the_head_in_cpu_tiles_computes_what_trls_computes(outputs):
+    """TRL's fused head function copied with tiles of 3 tokens (`with_token_tiles`, as the CPU tiles) gives TRL's
+    per-token outputs and gradients over 10 tokens (four tiles, the last one short)."""
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    torch.manual_seed(0)
+    weight = torch.randn(40, 8, requires_grad=True)
+    hidden = torch.randn(10, 8, requires_grad=True)
+    targets = torch.randint(0, 40, (10,))
+    results = []
+    for function in (ChunkedLogProbFunction, sharing.with_token_tiles(ChunkedLogProbFunction, 3)):
+        values = function.apply(hidden, weight, None, targets, 0.7, 16, None, 1.0, outputs)
+        differentiable = [v for name, v in zip(("log_probs", "entropy"), values[:2], strict=True) if name in outputs]
+        torch.autograd.backward(differentiable, [torch.linspace(-1, 1, 10)] * len(differentiable))
+        results.append([v for v in values if v is not None] + [hidden.grad, weight.grad])
+        hidden.grad = weight.grad = None
+    names = [name for name in outputs if name != "is_top1"] + ["is_top1"] * ("is_top1" in outputs) + ["dh", "dW"]
+    for name, ours, trls in zip(names, *results, strict=True):
+        if ours.dtype == torch.bool:
+            assert torch.equal(ours, trls), name
+        else:
+            assert_close_to_scale(ours, trls, GRAD_RTOL if name.startswith("d") else LOGP_RTOL, name=name)
 
 
 def test_prepare_scoring_compacts_on_cpu_once_and_from_two_threads(tiny_model_dir, monkeypatch):
@@ -482,20 +584,19 @@ def test_prepare_scoring_compacts_on_cpu_once_and_from_two_threads(tiny_model_di
     from concurrent.futures import ThreadPoolExecutor
 
     from conftest import load_tiny_model
-    from trl.kernels import ChunkedLogProbFunction
 
     model = load_tiny_model(tiny_model_dir)
     rows = [([1, 2, 3, 4], [[5, 6], [7]]), ([8, 9], [[10, 11, 12]])]
     expected = sharing.completion_logps(model, rows, pad_token_id=0)
     forward = model.forward
     projected = []
-    original = ChunkedLogProbFunction.apply
+    original = sharing.CPU_TILED_LOG_PROBS.apply
 
     def spy(hidden, *rest):
         projected.append(len(hidden))
         return original(hidden, *rest)
 
-    monkeypatch.setattr(ChunkedLogProbFunction, "apply", spy)
+    monkeypatch.setattr(sharing.CPU_TILED_LOG_PROBS, "apply", spy)  # on a CPU, TRL's function in CPU tiles
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: sharing.completion_logps(model, rows, pad_token_id=0), range(4)))
     assert model.forward is forward

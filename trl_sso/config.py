@@ -154,15 +154,15 @@ class SSOConfig(TokenFreePickle, DPOConfig):
             the principle. Models whose attention cannot take the shared-prompt mask (flash attention, unverified
             model types, prompt-learning adapters) keep the two-row layout, with one warning that names the reason.
 
-        sso_share_across_pairs (`bool`, *optional*, defaults to `False`):
+        sso_share_across_pairs (`bool`, *optional*, defaults to `True`):
             With `sso_share_prompt`, whether to forward each example as one row (`trl_sso.sharing.pack_tree`): the
             common beginning of x, x+ and x- once, each prompt's own tokens, then its two completions; where, in every
             example of a batch, the prompts begin alike for at least half the shortest one (the principle after the
-            question). The log-probabilities are the same. The whole example is then one forward pass, so a training
-            step backpropagates the loss once rather than pair by pair (`sso_backward_per_pair` does not apply). Off
-            by default: the tree's rows are longer, and attention with a dense mask costs the square of a row's
-            length; on a CPU, at the public releases' shape, it forwarded 14% fewer tokens than one row a pair but
-            took 22% longer a step and 1.8 times the memory (tests/benchmarks/bench_step.py).
+            question; elsewhere one row a pair). The log-probabilities are the same. The whole example is then one
+            forward pass, so a training step backpropagates the loss once rather than pair by pair
+            (`sso_backward_per_pair` does not apply). On a CPU, SDPA models compute rows of 384 tokens and more
+            segment by segment (`trl_sso.segment_attention`), so the longer row does not pay SDPA's dense masked
+            square.
 
         sso_principle_placement (`str` or `None`, *optional*, defaults to `None`):
             Where the principle goes in the steering prompts x+ and x-: `"system"` (the system message),
@@ -231,12 +231,11 @@ class SSOConfig(TokenFreePickle, DPOConfig):
     )
 
     sso_share_across_pairs: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "With `sso_share_prompt`, forward each example as one row holding the common beginning of its "
             "pairs' prompts once (the tree layout: same log-probabilities, fewer tokens) where they begin alike for "
-            "at least half their length, as with the principle after the question. Off by default: its rows are "
-            "longer, and with a dense attention mask (SDPA, eager) a step measured slower on a CPU."
+            "at least half their length, as with the principle after the question; one row a pair elsewhere."
         },
     )
 

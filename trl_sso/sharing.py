@@ -34,7 +34,8 @@ Segment ids name the parts of a row: `SHARED` for the root, `k` for branch `k` (
 (negative) for the context segment of prompt `g`, `PADDING` after the row's end.
 
 Not every attention implementation takes such a mask (flash attention does not), so the caller checks
-`unsupported_reason` first and keeps one completion per row where it says no.
+`unsupported_reason` first and keeps one completion per row where it says no. SDPA models take long rows on a CPU
+segment by segment instead of as one masked square (`attention_inputs`, `trl_sso.segment_attention`).
 """
 
 import threading
@@ -43,8 +44,11 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from trl.kernels.chunked_logprob import _use_triton
+from trl.kernels import chunked_logprob
+from trl.kernels.chunked_logprob import ChunkedLogProbFunction, _use_triton
 from trl.trainer.utils import add_fused_lm_head, pad
+
+from . import segment_attention
 
 
 SHARED = 0  # segment id of the shared part of a row
@@ -53,9 +57,10 @@ OTHER = -1_000  # segment id, in a view of a tree row for one pair, of everythin
 # Model families whose attention was checked to give the unshared log-probabilities in this layout (tests/test_sharing)
 VERIFIED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi", "phi3"})
 _FLEX_BLOCK = 128  # FlexAttention's default block size
-# implementations that take the mask in training and scoring; FlexAttention takes it as a `BlockMask`
-# (`flex_block_mask`), verified on Llama only: across the other families it differs on a CPU (torch 2.13), unexplained
-MASK_ATTENTION = ("sdpa", "eager")
+# implementations that take the mask in training and scoring (SDPA models are switched to SDPA by segment,
+# `trl_sso.segment_attention`); FlexAttention takes it as a `BlockMask` (`flex_block_mask`), verified on Llama only:
+# across the other families it differs on a CPU (torch 2.13), unexplained
+MASK_ATTENTION = ("sdpa", "eager", segment_attention.IMPLEMENTATION)
 
 
 def truncate(sequence: list, max_length: int | None, mode: str) -> list:
@@ -273,12 +278,12 @@ def flex_block_mask(exit_ids: torch.Tensor, position_ids: torch.Tensor, sliding_
 
 
 def _for_attention(exit_ids, position_ids, window, implementation: str, dtype: torch.dtype):
-    """The mask in the form `implementation` takes: SDPA the boolean mask; eager attention adds it to its scores;
-    FlexAttention a `BlockMask`."""
+    """The mask in the form `implementation` takes: SDPA (by segment too) the boolean mask; eager attention adds it to
+    its scores; FlexAttention a `BlockMask`."""
     if implementation == "flex_attention":
         return flex_block_mask(exit_ids, position_ids, window)
     allowed = allowed_attention(exit_ids, position_ids, window)
-    if implementation == "sdpa":
+    if implementation in ("sdpa", segment_attention.IMPLEMENTATION):
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
@@ -299,6 +304,19 @@ def attention_mask_for(config, dtype: torch.dtype, exit_ids: torch.Tensor, posit
         for layer_type in layer_types
     }
     return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
+def attention_inputs(config, dtype: torch.dtype, batch: dict, prefix: str = "") -> dict:
+    """The attention arguments of a forward of the shared rows under `prefix` in `batch` (`collate`'s keys): their
+    mask (`attention_mask_for`) and, for a model that computes by segment where that pays (long rows, on a CPU),
+    the segments (`trl_sso.segment_attention`)."""
+    exit_ids, segment_ids = batch[f"{prefix}exit_ids"], batch[f"{prefix}segment_ids"]
+    inputs = {"attention_mask": attention_mask_for(config, dtype, exit_ids, batch[f"{prefix}position_ids"])}
+    if config._attn_implementation == segment_attention.IMPLEMENTATION and segment_attention.pays(
+        exit_ids.size(1), exit_ids.device
+    ):
+        inputs["sso_segments"] = segment_attention.segment_plan(segment_ids, exit_ids, PADDING)
+    return inputs
 
 
 def mask_settings(model) -> tuple:
@@ -351,6 +369,41 @@ def _compact_on_cpu(device) -> bool:
     return device.type == "cpu" or _use_triton(device)
 
 
+# Tokens per tile of the fused LM head on a CPU. TRL's tiles hold 4,096 tokens (`TOKEN_CHUNK_SIZE`), sized for a GPU;
+# on a CPU a tile is folded by whole-tile torch operations, each with a temporary of the tile's size: 1,800 scored
+# tokens x 32,768 vocabulary entries is 236 MB per temporary, fresh pages from the kernel on every call. Tiles of 128
+# tokens (16 MB) stay in the allocator's heap and in cache: TRL's function over 1,800 tokens of SmolLM2's head,
+# forward and backward on 2 cores, took 10.3 s with 1.37M page faults at 4,096 tokens a tile, 6.4 s with 9k at 128
+# (tests/benchmarks/bench_head.py). The numbers are the same: each token's statistics are folded as before.
+CPU_HEAD_TOKENS = 128
+
+
+def with_token_tiles(function: type, tokens: int) -> type:
+    """A copy of TRL's `ChunkedLogProbFunction` (an autograd function, `function`) whose tiles hold `tokens` tokens:
+    its forward and backward, run with the kernel module's names but `TOKEN_CHUNK_SIZE`."""
+    names = dict(vars(chunked_logprob), TOKEN_CHUNK_SIZE=tokens)
+
+    def copy(method):
+        code = method.__code__
+        return staticmethod(types.FunctionType(code, names, method.__name__, method.__defaults__, method.__closure__))
+
+    methods = {"forward": copy(function.forward), "backward": copy(function.backward)}
+    return type(f"{function.__name__}In{tokens}TokenTiles", (torch.autograd.Function,), methods)
+
+
+CPU_TILED_LOG_PROBS = with_token_tiles(ChunkedLogProbFunction, CPU_HEAD_TOKENS)
+
+
+class _LogProbsByDevice:
+    """What the compacted fused head calls for `ChunkedLogProbFunction`: TRL's own on an accelerator, its copy with
+    CPU-sized tiles (`CPU_HEAD_TOKENS`) on a CPU."""
+
+    @staticmethod
+    def apply(hidden: torch.Tensor, *rest):
+        function = CPU_TILED_LOG_PROBS if hidden.device.type == "cpu" else ChunkedLogProbFunction
+        return function.apply(hidden, *rest)
+
+
 _PREPARING = threading.Lock()
 
 
@@ -365,6 +418,8 @@ def prepare_scoring(model, outputs: tuple[str, ...] = ("log_probs",)):
       prompts and padding included, costs a fifth of a small model's step (its vocabulary projection) plus the memory
       of its logits. The head gets a copy of TRL's fused forward whose `_use_triton` also says yes on a CPU, so no
       global is swapped per call; the log-probabilities are the same, each scored position being computed as before.
+    - On a CPU the same copy projects in tiles of `CPU_HEAD_TOKENS` tokens rather than TRL's GPU-sized ones
+      (`CPU_TILED_LOG_PROBS`): faster, and the peak memory of a long row's head is a few tiles of 16 MB.
     """
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     with _PREPARING:
@@ -372,7 +427,7 @@ def prepare_scoring(model, outputs: tuple[str, ...] = ("log_probs",)):
             add_fused_lm_head(target, outputs=outputs)
         function = _fused_forward_of(target)
         if not getattr(function, "_sso_compact", False):
-            names = dict(function.__globals__, _use_triton=_compact_on_cpu)
+            names = dict(function.__globals__, _use_triton=_compact_on_cpu, _ChunkedLogProbFunction=_LogProbsByDevice)
             compact = types.FunctionType(
                 function.__code__, names, function.__name__, function.__defaults__, function.__closure__
             )
@@ -399,6 +454,8 @@ def completion_logps(
     """
     prepare_scoring(model)
     share = unsupported_reason(model) is None
+    if share:
+        segment_attention.use_segment_attention(model)
     packed, owners = [], []  # packed rows, and where each one's completions belong: (row of `rows`, first, count)
     for index, (prompt, completions) in enumerate(rows):
         groups = [(0, list(completions))] if share else [(k, [c]) for k, c in enumerate(completions)]
@@ -416,11 +473,11 @@ def completion_logps(
         batch = {k: v.to(device) for k, v in collate([packed[i] for i in chunk], pad_token_id).items()}
         segments, positions = batch["segment_ids"], batch["position_ids"]
         scored = scored_positions(segments, batch["completion_mask"])
-        mask = attention_mask_for(config, dtype, batch["exit_ids"], positions) if share else batch["attention_mask"]
+        attention = attention_inputs(config, dtype, batch) if share else {"attention_mask": batch["attention_mask"]}
         with torch.no_grad():
             outputs = model(
                 input_ids=batch["input_ids"],
-                attention_mask=mask,
+                **attention,
                 position_ids=positions,
                 shift_labels=shift_labels(batch["input_ids"], scored),
                 use_cache=False,

@@ -41,7 +41,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import get_config_model_id, global_then_local_main_first, pad, use_adapter
 
 from . import data as sso_data
-from . import sharing
+from . import segment_attention, sharing
 from .cards import SSO_CITATION, trainer_model_card
 from .config import SSOConfig
 from .data import PAIRS
@@ -263,7 +263,7 @@ class SSOTrainer(DPOTrainer):
                     _refuse_images(next(iter(data), {}), split)
         self.sso_pairs = sso_data.pairs_in_use(args.sso_objective, args.sso_steer_coef)
         self._prompt_sharing = None  # settled once the models are loaded (`_shares_prompt`)
-        self._tree_outputs = []  # (key, outputs) of the tree forwards of the batch at hand (`_forward_tree`)
+        self._tree_outputs = None  # (key, outputs) of the batch's tree forwards, while `_sharing_tree_forwards`
         super().__init__(
             model=model,
             ref_model=ref_model,
@@ -346,6 +346,9 @@ class SSOTrainer(DPOTrainer):
                         "slower)."
                     )
                     self._prompt_sharing = False
+            for model in (self.model, self.ref_model) if self._prompt_sharing else ():
+                if model is not None:  # SDPA models compute long shared rows by segment
+                    segment_attention.use_segment_attention(self.accelerator.unwrap_model(model))
         return self._prompt_sharing
 
     # -----------------------------------------------------------------------------------------------------------------
@@ -459,9 +462,23 @@ class SSOTrainer(DPOTrainer):
             log_probs = log_probs * self._ld_token_weights(inputs, pair).to(log_probs.dtype)
         return self._pair_sums(log_probs, inputs, pair), outputs
 
+    @contextlib.contextmanager
+    def _sharing_tree_forwards(self):
+        """The scope in which the pairs of a batch share its tree forwards (`_forward_tree`): one loss or one set of
+        reference log-probs. Outside it, each forward is run afresh, so no output outlives the pass it was made in
+        (the same model and row serve as policy and, adapter off, as reference)."""
+        self._tree_outputs = []
+        try:
+            yield
+        finally:
+            self._tree_outputs = None
+
     def _forward_tree(self, model, inputs: dict, policy: bool, router: dict):
-        """The forward of a batch's tree rows (`tree_*` keys), run once for all its pairs: kept for the pairs that
-        follow while it is the same batch, model, kind of forward and gradient mode."""
+        """The forward of a batch's tree rows (`tree_*` keys), run once for all its pairs: within
+        `_sharing_tree_forwards`, kept for the pairs that follow while it is the same batch, model, kind of forward
+        and gradient mode."""
+        if self._tree_outputs is None:
+            return self._forward_shared(model, inputs, "tree_", router)
         key = (inputs["tree_input_ids"], model, policy, torch.is_grad_enabled())
         for cached, outputs in self._tree_outputs:
             if all(a is b for a, b in zip(cached, key)):
@@ -479,7 +496,7 @@ class SSOTrainer(DPOTrainer):
         config, dtype = sharing.mask_settings(self.accelerator.unwrap_model(model))
         return model(
             input_ids=input_ids,
-            attention_mask=sharing.attention_mask_for(config, dtype, inputs[f"{prefix}exit_ids"], positions),
+            **sharing.attention_inputs(config, dtype, inputs, prefix),
             position_ids=positions,
             shift_labels=sharing.shift_labels(input_ids, sharing.scored_positions(segments, completion_mask)),
             use_cache=False,
@@ -567,9 +584,9 @@ class SSOTrainer(DPOTrainer):
     def compute_ref_log_probs(self, model, inputs) -> dict[str, torch.Tensor]:
         """Reference log-probs of every pair in use in the collated batch `inputs`, keyed by their `ref_columns`."""
         ref_logps = {}
-        for pair in self.sso_pairs:
-            ref_logps.update(zip(PAIRS[pair].ref_columns, self._pair_ref_logps(model, inputs, pair), strict=True))
-        self._tree_outputs = []
+        with self._sharing_tree_forwards():
+            for pair in self.sso_pairs:
+                ref_logps.update(zip(PAIRS[pair].ref_columns, self._pair_ref_logps(model, inputs, pair), strict=True))
         return ref_logps
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
@@ -752,9 +769,9 @@ class SSOTrainer(DPOTrainer):
         DPO's two rows `[prompt + winner ; prompt + loser]`, with its logits. A trainer given `compute_metrics` keeps
         that layout (`_shares_prompt`)."""
         pairs, outputs = {}, {}
-        for pair in self.sso_pairs:
-            pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
-        self._tree_outputs = []  # a tree's forwards served every pair
+        with self._sharing_tree_forwards():  # a tree's forwards serve every pair
+            for pair in self.sso_pairs:
+                pairs[pair], outputs[pair] = self._pair_logps(model, inputs, pair)
         loss = self._loss_and_metrics(inputs, pairs, outputs)
         if not return_outputs:
             return loss

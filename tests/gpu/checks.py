@@ -9,7 +9,9 @@ On a single-GPU machine, with the packaged SmolLM2-135M-Instruct (offline):
 5. step time: `tests/benchmarks/bench_step.py` on the GPU (SSO against DPO on the same examples);
 6. the recipes' path: `iterate` for 2 rounds with vLLM colocate, LoRA, gradient checkpointing and bf16, with the free
    GPU memory at each training start (the engine's memory handed back);
-7. the shared-prompt and two-row layouts in bf16: the same losses within 1%, step time, `max_memory_allocated`;
+7. SSO's layouts (tree, one row a pair, two rows) in bf16: the same losses within 1%; step time and
+   `max_memory_allocated` of each and of DPOTrainer with flash attention; attention by segment and FlexAttention's
+   block mask against the dense mask;
 8. vLLM server mode: `trl vllm-serve`, and `generate` against it with the log-probability filter.
 It prints one summary table and exits with 1 when a check fails.
 
@@ -224,51 +226,74 @@ def check_recipe_path(cpu, model, data, work) -> str:
 
 
 def check_layouts(cpu, model, data, work) -> str:
-    """The shared-prompt and two-row layouts on the same steps: the same losses (bf16 on a GPU: within 1%), step
-    time and `max_memory_allocated`."""
+    """SSO's layouts on the same steps, with the principle after the question: the tree (one row a record), one
+    shared row a pair and DPO's two rows a pair give the same losses (bf16 on a GPU: within 1%); the step time and
+    `max_memory_allocated` of each, and of TRL's DPOTrainer on the plain pairs of the same records with flash
+    attention where it is installed (SDPA otherwise); then one attention layer by segment against SDPA's dense mask
+    and FlexAttention's block mask on the device (`tests/benchmarks/bench_segments.py`)."""
+    import importlib.util
+
     import torch
     from datasets import load_dataset
     from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
 
     from trl_sso import SSOConfig, SSOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     dataset = load_dataset("json", data_files=data, split="train")
+    common = dict(
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-6,
+        bf16=not cpu,
+        use_cpu=cpu,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        max_length=512,
+        seed=0,
+    )
+    layouts = {
+        "tree": {},
+        "one row a pair": {"sso_share_across_pairs": False},
+        "two rows a pair": {"sso_share_prompt": False},
+    }
+    flash = not cpu and importlib.util.find_spec("flash_attn") is not None
+    dpo_attention = "flash_attention_2" if flash else "sdpa"
     figures = {}
-    for share in (True, False):
-        args = SSOConfig(
-            output_dir=str(work / f"layout-{share}"),
-            sso_share_prompt=share,
-            max_steps=4,
-            per_device_train_batch_size=4,
-            learning_rate=1e-6,
-            bf16=not cpu,
-            use_cpu=cpu,
-            gradient_checkpointing=False,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=1,
-            max_length=512,
-            seed=0,
-        )
-        trainer = SSOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    for name, layout in [*layouts.items(), (f"DPOTrainer ({dpo_attention})", None)]:
+        folder = str(work / f"layout-{len(figures)}")
+        if layout is None:
+            args = DPOConfig(output_dir=folder, model_init_kwargs={"attn_implementation": dpo_attention}, **common)
+            trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        else:
+            args = SSOConfig(output_dir=folder, sso_principle_placement="after_question", **layout, **common)
+            trainer = SSOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         if not cpu:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         trainer.train()
         seconds = (time.perf_counter() - start) / args.max_steps
         peak = torch.cuda.max_memory_allocated() / 2**20 if not cpu else float("nan")
-        history = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        figures[share] = (history, seconds, peak)
+        figures[name] = ([entry["loss"] for entry in trainer.state.log_history if "loss" in entry], seconds, peak)
         del trainer
-    (shared, shared_s, shared_mb), (rows, rows_s, rows_mb) = figures[True], figures[False]
-    worst = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(shared, rows, strict=True))
-    tolerance = 1e-2 if not cpu else 1e-5
-    memory = "n/a on a CPU" if cpu else f"{shared_mb:.0f} MiB shared vs {rows_mb:.0f} MiB two rows"
-    detail = (
-        f"worst relative loss gap {worst:.1e} (tolerance {tolerance:.0e}); step {shared_s:.2f} s shared vs "
-        f"{rows_s:.2f} s two rows; max_memory_allocated {memory}"
+    reference = figures["two rows a pair"][0]
+    worst = max(
+        abs(a - b) / max(abs(b), 1e-8)
+        for name in ("tree", "one row a pair")
+        for a, b in zip(figures[name][0], reference, strict=True)
     )
+    tolerance = 1e-2 if not cpu else 1e-5
+    steps = "; ".join(
+        f"{name} {seconds:.2f} s" + ("" if cpu else f", {peak:.0f} MiB")
+        for name, (_, seconds, peak) in figures.items()
+    )
+    device = "--device cpu --lengths 256,512" if cpu else "--device cuda"
+    segments = run([sys.executable, "tests/benchmarks/bench_segments.py", *device.split()], timeout=300)
+    print(segments)
+    detail = f"worst relative loss gap to two rows {worst:.1e} (tolerance {tolerance:.0e}); a step: {steps}"
     if worst > tolerance:
         raise AssertionError(detail)
     return detail
