@@ -6,9 +6,9 @@ The layer has SmolLM2-135M's attention shape (9 query heads, 3 key/value heads, 
 record's: a shared row (a prompt of a quarter of the row, two responses) and a tree row (a root of a tenth, three
 contexts of a twentieth, six responses). Each figure is the fastest of `--repeats` runs.
 
-With `--flex` (the default on a GPU), also FlexAttention with the same mask as a `BlockMask`
-(`trl_sso.sharing.flex_block_mask`, compiled as FlexAttention is meant to run), which skips the blocks with nothing to
-attend to: the path the prefix-sharing paper for DPO (arXiv 2410.20305) timed on GPUs.
+With `--flex` (the default on a GPU; torch has no FlexAttention backward on a CPU), also FlexAttention with the same
+mask as a `BlockMask` (`trl_sso.sharing.flex_block_mask`, compiled as FlexAttention is meant to run), which skips the
+blocks with nothing to attend to: the path the prefix-sharing paper for DPO (arXiv 2410.20305) timed on GPUs.
 
     python tests/benchmarks/bench_segments.py
     python tests/benchmarks/bench_segments.py --lengths 256,512,1024,2048 --device cuda
@@ -99,9 +99,13 @@ def main():
         "--flex",
         type=lambda v: v.lower() in ("1", "true", "yes"),
         default=None,
-        help="also time FlexAttention with the block mask (default: on a GPU only; on a CPU it compiles for minutes)",
+        help="also time FlexAttention with the block mask (default: on a GPU; a CPU has no FlexAttention backward)",
     )
     args = parser.parse_args()
+    if args.flex and args.device == "cpu":
+        parser.error(
+            "--flex times FlexAttention's forward and backward, and torch has no FlexAttention backward on a CPU."
+        )
     flex = torch.compile(flex_attention) if (args.flex if args.flex is not None else args.device == "cuda") else None
     print(f"device {args.device}; {torch.get_num_threads()} threads; forward + backward of one attention layer")
     header = f"{'row':6} {'length':>6} {'dense ms':>9} {'by segment ms':>14} {'segment / dense':>16}"

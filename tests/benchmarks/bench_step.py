@@ -1,9 +1,11 @@
-"""Benchmark: one optimizer step of SSOTrainer, with and without the shared-prompt layout, against TRL's DPOTrainer on
-the same model and examples.
+"""Benchmark: one optimizer step of SSOTrainer in each of its layouts, against TRL's DPOTrainer on the same model and
+examples.
 
 SSO learns from three pairs where DPO learns from one, and two of its prompts carry a whole principle. Laid out as DPO
 lays a pair out (`[prompt + winner ; prompt + loser]`), SSO forwards every prompt twice; the shared-prompt layout
-(`sso_share_prompt`, `trl_sso.sharing`) forwards it once for both completions. The figures:
+(`sso_share_prompt`, `trl_sso.sharing`) forwards it once for both completions, and the tree (`sso_share_across_pairs`,
+with `--placement after_question`) forwards the beginning that x, x+ and x- share once for all three pairs. The
+releases' shape is `--prompt_words 150 --principle_words 40 --response_words 300`. The figures:
 
 - SSO step time / DPO step time on the same examples (target with sharing: <= 2.8 on the packaged SmolLM2);
 - SSO step time / the sum of DPOTrainer's steps on SSO's three pairs (DPOTrainer on the plain, the x+ and the x-
@@ -14,7 +16,8 @@ lays a pair out (`[prompt + winner ; prompt + loser]`), SSO forwards every promp
 
 Each trainer runs in a process of its own, as a user runs it: one warm-up step, then `--repeats` timed steps. The
 processes run one after the other, `--rounds` times in turn, and each figure is the fastest step: on a shared machine
-noise only ever adds time, so the minimum is the steadiest estimate. (An earlier version kept every trainer in one
+noise only ever adds time, so the minimum is the steadiest estimate; the slowest step is printed beside it, the spread
+that a difference between two rows must exceed to count. (An earlier version kept every trainer in one
 process; their heaps then interfered: the same SSO step took 17 s alone and 22 s beside seven other trainers.)
 
     python tests/benchmarks/bench_step.py --model packaged      # packaged SmolLM2-135M-Instruct, fp32, CPU friendly
@@ -136,6 +139,8 @@ class Stepper:
         self.trainer = trainer
         trainer.create_optimizer()
         trainer.current_gradient_accumulation_steps = 1  # set by `train()` in normal use
+        if trainer.args.gradient_checkpointing:  # as `Trainer.train()` does
+            trainer.model.activation_checkpointing_enable()
         trainer.model.train()
         examples = [trainer.train_dataset[i] for i in range(trainer.args.per_device_train_batch_size)]
         self.batch = trainer._prepare_inputs(trainer.data_collator(examples))
@@ -178,13 +183,16 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-VARIANTS = {  # SSOTrainer variants: SSOConfig overrides
-    "policy, shared prompt": {},
-    "policy, tree": {"sso_share_across_pairs": True},
+VARIANTS = {  # SSOTrainer variants: SSOConfig overrides ("dense mask": SDPA on the whole row, not by segment)
+    "policy, tree": {},
+    "policy, shared prompt": {"sso_share_across_pairs": False},
+    "policy, tree, dense mask": {"dense mask": True},
+    "policy, shared, dense mask": {"sso_share_across_pairs": False, "dense mask": True},
     "policy, two rows (DPO layout)": {"sso_share_prompt": False},
-    "policy, shared, one backward": {"sso_backward_per_pair": False},
+    "policy, shared, one backward": {"sso_share_across_pairs": False, "sso_backward_per_pair": False},
     "policy, shared, steering off": {"sso_steer_coef": 0.0, "sso_use_weight": False},
-    "generator, shared prompt": {"sso_objective": "generator"},
+    "generator, tree": {"sso_objective": "generator"},
+    "generator, shared prompt": {"sso_objective": "generator", "sso_share_across_pairs": False},
     "generator, two rows": {"sso_objective": "generator", "sso_share_prompt": False},
 }
 PAIRS_OF = {  # the DPOTrainer runs each variant is made of
@@ -241,8 +249,13 @@ def build_stepper(name: str, args, work: str, model_path: str, tokenizer, datase
         config = DPOConfig(**common_args(folder, args))
         trainer = DPOTrainer(model_path, args=config, train_dataset=dpo_data[name](), processing_class=tokenizer)
     else:
-        config = SSOConfig(**common_args(folder, args), **VARIANTS[name])
+        overrides = dict(VARIANTS[name])
+        dense = overrides.pop("dense mask", False)
+        config = SSOConfig(**common_args(folder, args), **overrides)
         trainer = SSOTrainer(model_path, args=config, train_dataset=dataset, processing_class=tokenizer)
+        if dense:  # undo SSOTrainer's switch to SDPA by segment (`trl_sso.segment_attention`)
+            for model in (trainer.model, trainer.ref_model):
+                model.set_attn_implementation("sdpa")
     return Stepper(trainer)
 
 
@@ -335,12 +348,13 @@ def main():
     dpo_time, dpo_tokens = fastest["dpo"][0], first["dpo"]["padded"]
     for name, label in (("dpo", "plain"), ("dpo-pos", "x+"), ("dpo-neg", "x-")):
         print(
-            f"DPOTrainer on the {label:5} pairs: {fastest[name][0] * 1000:6.0f} ms/step, {first[name]['padded']:5d} "
+            f"DPOTrainer on the {label:5} pairs: {fastest[name][0] * 1000:6.0f} ms/step (slowest "
+            f"{max(steps[name])[0] * 1000:.0f}), {first[name]['padded']:5d} "
             f"padded / {first[name]['real']:5d} real tokens, {fastest[name][1]} page faults, peak "
             f"{peak[name]:.0f} MiB"
         )
     header = (
-        f"{'SSOTrainer variant':30} {'ms/step':>8} {'x DPO':>6} {'x DPO on its pairs':>19} "
+        f"{'SSOTrainer variant':30} {'ms/step':>8} {'slowest':>8} {'x DPO':>6} {'x DPO on its pairs':>19} "
         f"{'tokens padded / real':>21} {'tokens x DPO':>13} {'page faults':>12} {'peak MiB':>9}"
     )
     print(header)
@@ -350,10 +364,14 @@ def main():
         kind = "steering off" if "steering off" in name else name.split(",")[0]
         pairs_time = sum(fastest[run][0] for run in PAIRS_OF[kind])
         print(
-            f"{name:30} {t * 1000:8.0f} {t / dpo_time:6.2f} {t / pairs_time:19.3f} "
+            f"{name:30} {t * 1000:8.0f} {max(steps[name])[0] * 1000:8.0f} {t / dpo_time:6.2f} {t / pairs_time:19.3f} "
             f"{first[name]['padded']:10d} / {first[name]['real']:<8d} {first[name]['padded'] / dpo_tokens:13.2f} "
             f"{faults:12d} {peak[name]:9.0f}"
         )
+    if args.rounds > 1:  # rounds ran the trainers in turn: a ratio of two rows per round pairs their conditions
+        print("fastest step of each process, round by round (ms):")
+        for name in names:
+            print(f"  {name:30} " + " ".join(f"{min(run['steps'])[0] * 1000:6.0f}" for run in runs[name]))
 
 
 if __name__ == "__main__":
