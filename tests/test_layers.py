@@ -21,6 +21,7 @@ FLOORS = [
     "hub_token",
     "options",
     "loss",
+    "segment_attention",
     "sharing",
     "data",
     "tokens",
