@@ -373,8 +373,9 @@ def _compact_on_cpu(device) -> bool:
 # on a CPU a tile is folded by whole-tile torch operations, each with a temporary of the tile's size: 1,800 scored
 # tokens x 32,768 vocabulary entries is 236 MB per temporary, fresh pages from the kernel on every call. Tiles of 128
 # tokens (16 MB) stay in the allocator's heap and in cache: TRL's function over 1,800 tokens of SmolLM2's head,
-# forward and backward on 2 cores, took 10.3 s with 1.37M page faults at 4,096 tokens a tile, 6.4 s with 9k at 128
-# (tests/benchmarks/bench_head.py). The numbers are the same: each token's statistics are folded as before.
+# forward and backward on 2 cores, took 9.3 s with 1.37M page faults at 4,096 tokens a tile, 7.1 s with 28k at 128
+# (tests/benchmarks/results/bench_head_cpu.txt). The numbers are the same: each token's statistics are folded as
+# before.
 CPU_HEAD_TOKENS = 128
 
 
