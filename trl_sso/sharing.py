@@ -58,9 +58,8 @@ OTHER = -1_000  # segment id, in a view of a tree row for one pair, of everythin
 VERIFIED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi", "phi3"})
 _FLEX_BLOCK = 128  # FlexAttention's default block size
 # implementations that take the mask in training and scoring (SDPA models are switched to SDPA by segment,
-# `trl_sso.segment_attention`); FlexAttention takes it as a `BlockMask` (`flex_block_mask`), verified on Llama only:
-# across the other families it differs on a CPU (torch 2.13), unexplained
-MASK_ATTENTION = ("sdpa", "eager", segment_attention.IMPLEMENTATION)
+# `trl_sso.segment_attention`); FlexAttention takes it as a `BlockMask` (`flex_block_mask`)
+MASK_ATTENTION = ("sdpa", "eager", segment_attention.IMPLEMENTATION, "flex_attention")
 
 
 def truncate(sequence: list, max_length: int | None, mode: str) -> list:
@@ -257,7 +256,9 @@ def allowed_attention(exit_ids: torch.Tensor, position_ids: torch.Tensor, slidin
 
 def flex_block_mask(exit_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None = None):
     """The mask of `allowed_attention` as a FlexAttention `BlockMask`, for `attn_implementation="flex_attention"`:
-    built from the same indices, so that blocks with nothing to attend to are skipped rather than masked."""
+    built from the same indices, so that blocks with nothing to attend to are skipped rather than masked. (On a CPU the
+    trainer refuses FlexAttention: torch 2.13 has no backward there, and its compiled CPU kernel is wrong on some
+    batches whatever the mask, tests/benchmarks/flex_cpu.py.)"""
     from torch.nn.attention.flex_attention import create_block_mask
 
     rows, length = exit_ids.shape

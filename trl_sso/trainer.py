@@ -203,6 +203,28 @@ def _refuse_images(example: dict, dataset_name: str) -> None:
         )
 
 
+def _refuse_flex_attention_on_cpu(models: dict, args: SSOConfig) -> None:
+    """A model with FlexAttention is refused on a CPU before it is loaded or run: torch has no FlexAttention backward
+    there, and its compiled CPU kernel returns wrong log-probs on some batches (tests/benchmarks/flex_cpu.py), so
+    neither training nor the reference model's scores would hold."""
+    if args.device.type != "cpu":
+        return
+    for role, model in models.items():
+        if model is None:
+            continue
+        if isinstance(model, str):  # loaded by DPOTrainer with `model_init_kwargs`, the reference model too
+            implementation = (args.model_init_kwargs or {}).get("attn_implementation")
+        else:
+            implementation = getattr(sharing.model_config(model), "_attn_implementation", None)
+        if implementation == "flex_attention":
+            raise ValueError(
+                f"The {role} uses `attn_implementation='flex_attention'`, which cannot run SSO on a CPU: torch has no "
+                "FlexAttention backward there, and its compiled CPU kernel returns wrong values on some batches. Load "
+                "it with `attn_implementation='sdpa'` (for a model path: `SSOConfig(model_init_kwargs="
+                "{'attn_implementation': 'sdpa'})`), or train on a GPU."
+            )
+
+
 class SSOTrainer(DPOTrainer):
     """
     Trainer for Self-Steering Optimization ([SSO](https://huggingface.co/papers/2410.17131)), a drop-in replacement
@@ -261,6 +283,7 @@ class SSOTrainer(DPOTrainer):
             for split, data in dataset.items() if isinstance(dataset, dict) else [(name, dataset)]:
                 if isinstance(data, (Dataset, IterableDataset)):
                     _refuse_images(next(iter(data), {}), split)
+        _refuse_flex_attention_on_cpu({"model": model, "reference model": ref_model}, args)
         self.sso_pairs = sso_data.pairs_in_use(args.sso_objective, args.sso_steer_coef)
         self._prompt_sharing = None  # settled once the models are loaded (`_shares_prompt`)
         self._tree_outputs = None  # (key, outputs) of the batch's tree forwards, while `_sharing_tree_forwards`
