@@ -141,7 +141,8 @@ def flex_attention_kernel(attention: str):
     from torch.nn.attention.flex_attention import flex_attention
     from transformers.integrations import flex_attention as integration
 
-    assert callable(integration.compile_friendly_flex_attention)  # the name transformers' forward calls
+    # the global that transformers' FlexAttention forward calls, so that replacing it takes effect
+    assert "compile_friendly_flex_attention" in integration.flex_attention_forward.__code__.co_names
 
     def eager(query, key, value, training=False, **kwargs):
         return flex_attention(query, key, value, **kwargs)
