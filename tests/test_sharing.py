@@ -130,7 +130,7 @@ ATTENTION = [(t, a) for t in FAMILIES for a in IMPLEMENTATIONS if not (t == "gem
 def flex_attention_kernel(attention: str):
     """For FlexAttention models, torch's eager FlexAttention in place of the compiled one that transformers calls.
 
-    The compiled CPU kernel of torch 2.13 is not fit to test against: on about half of the batches of a process it
+    The compiled CPU kernel of torch 2.13 is not fit to test against: on half or more of the batches of a process it
     fails to build (an undeclared `cur_qSplitSize0` in the generated C++) or returns NaN or errors of a third of the
     logits, with transformers' own causal masks as with the block mask, while the eager function is right on all of
     them (tests/benchmarks/flex_cpu.py). The eager function has the same semantics: what is tested is the block mask,
@@ -138,19 +138,21 @@ def flex_attention_kernel(attention: str):
     if attention != "flex_attention":
         yield
         return
-    from torch.nn.attention.flex_attention import flex_attention
     from transformers.integrations import flex_attention as integration
 
     # the global that transformers' FlexAttention forward calls, so that replacing it takes effect
     assert "compile_friendly_flex_attention" in integration.flex_attention_forward.__code__.co_names
-
-    def eager(query, key, value, training=False, **kwargs):
-        return flex_attention(query, key, value, **kwargs)
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        with mock.patch.object(integration, "compile_friendly_flex_attention", eager):
+        with mock.patch.object(integration, "compile_friendly_flex_attention", eager_flex_attention):
             yield
+
+
+def eager_flex_attention(query, key, value, training=False, **kwargs):
+    """Torch's FlexAttention, not compiled, called as transformers calls its compiled one."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(query, key, value, **kwargs)
 
 
 @pytest.mark.parametrize("model_type,attention", ATTENTION)
